@@ -1,0 +1,68 @@
+"""Command line: `python -m companion run|sweep|data|env` (see the README)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from . import course
+
+
+def _params(pairs: list[list[str]] | None) -> dict:
+    return {name: course.parse_value(value) for name, value in (pairs or [])}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the course's command line."""
+    parser = argparse.ArgumentParser(prog="python -m companion", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="execute notebooks with papermill and print their claims table")
+    run.add_argument("notebooks", nargs="*", help="notebook files or number prefixes (default: all)")
+    run.add_argument("--scale", default="auto", choices=["quick", "full", "auto"])
+    run.add_argument("--out", default="build", help="folder for executed notebooks and results files")
+    run.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"))
+    run.add_argument("--inplace", action="store_true", help="execute the committed notebooks in place")
+
+    sweep = sub.add_parser("sweep", help="run one notebook once per value of a parameter")
+    sweep.add_argument("notebook")
+    sweep.add_argument("-p", "--param", nargs="+", required=True, metavar="NAME V1", help="NAME V1 V2 ...")
+    sweep.add_argument("--scale", default="auto", choices=["quick", "full", "auto"])
+    sweep.add_argument("--out", default="build")
+
+    data = sub.add_parser("data", help="datasets: list what is present, or fetch the rest")
+    data.add_argument("action", choices=["fetch", "list"])
+    data.add_argument("names", nargs="*")
+    data.add_argument("--mirror", default=None, help="local mirror folder (default: $COMPANION_DATA_MIRROR)")
+
+    sub.add_parser("env", help="print the environment report")
+
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        rows = course.run(args.notebooks, scale=args.scale, out=args.out, params=_params(args.param), inplace=args.inplace)
+    elif args.command == "sweep":
+        if len(args.param) < 2:
+            parser.error("sweep -p needs a parameter name and at least one value")
+        name, values = args.param[0], [course.parse_value(v) for v in args.param[1:]]
+        rows = course.sweep(args.notebook, name, values, scale=args.scale, out=args.out)
+    elif args.command == "data":
+        from . import data as datamod
+
+        if args.action == "fetch":
+            datamod.fetch(args.names or None, mirror=args.mirror)
+        else:
+            for name, info in datamod.available_datasets().items():
+                print(f"{name:14} {'present' if info['present'] else 'missing':8} {info['how'] if not info['present'] else ''}")
+        return 0
+    else:
+        from .device import env_report
+
+        print(json.dumps(env_report(), indent=2))
+        return 0
+    print(course.table(rows))
+    return 0 if sum(r["failures"] for r in rows) == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""Plotting helpers shared by the notebooks: curves, bars with spread, image grids, the TL/MTL diagram."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
+
+
+def curves(histories: dict[str, Sequence[dict]], key: str, *, ax=None, xkey: str = "epoch", ylabel: str | None = None):
+    """One line per labelled history for metric `key` against `xkey` (notebooks 00, 05, 06)."""
+    ax = ax or plt.subplots(figsize=(5, 3.2))[1]
+    for label, hist in histories.items():
+        xs = [row[xkey] for row in hist if key in row]
+        ys = [row[key] for row in hist if key in row]
+        ax.plot(xs, ys, marker="o", ms=3, label=label)
+    ax.set_xlabel(xkey)
+    ax.set_ylabel(ylabel or key)
+    ax.grid(alpha=0.3)
+    ax.legend(frameon=False)
+    return ax
+
+
+def bars(values: dict[str, float | Sequence[float]], *, ax=None, ylabel: str = "", chance: float | None = None):
+    """Bars of means with min-max whiskers when a list of per-seed values is given (notebooks 01-11)."""
+    ax = ax or plt.subplots(figsize=(5, 3.2))[1]
+    names = list(values)
+    data = [np.atleast_1d(np.asarray(values[k], dtype=float)) for k in names]
+    means = [d.mean() for d in data]
+    err = np.array([[m - d.min() for m, d in zip(means, data)], [d.max() - m for m, d in zip(means, data)]])
+    ax.bar(names, means, yerr=err if any(len(d) > 1 for d in data) else None, capsize=4, color=plt.cm.tab10.colors[: len(names)])
+    for i, m in enumerate(means):
+        ax.text(i, m, f"{m:.3g}", ha="center", va="bottom", fontsize=9)
+    if chance is not None:
+        ax.axhline(chance, ls="--", c="grey", lw=1, label="chance")
+        ax.legend(frameon=False)
+    ax.set_ylabel(ylabel)
+    ax.tick_params(axis="x", labelrotation=15)
+    return ax
+
+
+def images(x, labels: Sequence | None = None, *, n: int = 16, cols: int = 8, title: str | None = None):
+    """A grid of the first `n` images (N×C×H×W in [0, 1]) with optional labels (every data notebook)."""
+    x = np.asarray(x[:n].detach().cpu() if hasattr(x, "detach") else x[:n])
+    rows = int(np.ceil(len(x) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.1, rows * 1.2), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < len(x):
+            img = x[i].transpose(1, 2, 0)
+            ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
+            if labels is not None:
+                ax.set_title(str(labels[i]), fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def _box(ax, xy, text, color):
+    ax.add_patch(FancyBboxPatch(xy, 2.2, 0.8, boxstyle="round,pad=0.05", fc=color, ec="black", lw=1))
+    ax.text(xy[0] + 1.1, xy[1] + 0.4, text, ha="center", va="center", fontsize=9)
+
+
+def _arrow(ax, a, b):
+    ax.add_patch(FancyArrowPatch(a, b, arrowstyle="-|>", mutation_scale=14, lw=1.2))
+
+
+def pipelines():
+    """Diagram: transfer learning as two phases in sequence vs multi-task learning as one parallel phase (notebook 01)."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.4))
+    for ax in (left, right):
+        ax.set_xlim(0, 10)
+        ax.set_ylim(0, 4)
+        ax.axis("off")
+    left.set_title("Transfer learning: sequential")
+    _box(left, (0.2, 2.6), "source data\n(large)", "#cfe2ff")
+    _box(left, (3.8, 2.6), "phase 1: train\non source task", "#ffe5b4")
+    _box(left, (0.2, 0.6), "target data\n(small)", "#d4edda")
+    _box(left, (3.8, 0.6), "phase 2: fine-tune\non target task", "#ffe5b4")
+    _box(left, (7.4, 0.6), "target model", "#f8d7da")
+    _arrow(left, (2.5, 3.0), (3.8, 3.0))
+    _arrow(left, (2.5, 1.0), (3.8, 1.0))
+    _arrow(left, (4.9, 2.6), (4.9, 1.4))
+    left.text(5.05, 2.0, "copy weights", fontsize=8)
+    _arrow(left, (6.1, 1.0), (7.4, 1.0))
+    right.set_title("Multi-task learning: parallel")
+    _box(right, (0.2, 2.6), "task A labels", "#cfe2ff")
+    _box(right, (0.2, 0.6), "task B labels", "#d4edda")
+    _box(right, (3.8, 1.6), "one phase: shared\ntrunk, loss A + loss B", "#ffe5b4")
+    _box(right, (7.4, 2.6), "head A", "#f8d7da")
+    _box(right, (7.4, 0.6), "head B", "#f8d7da")
+    _arrow(right, (2.5, 3.0), (3.8, 2.2))
+    _arrow(right, (2.5, 1.0), (3.8, 1.8))
+    _arrow(right, (6.1, 2.2), (7.4, 3.0))
+    _arrow(right, (6.1, 1.8), (7.4, 1.0))
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,116 @@
+"""The course as a whole: committed notebooks are fresh, the runner and sweeps work, installs agree."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import tomllib
+
+from companion.course import COURSE, NOTEBOOK_DIR, parse_value, source_hash, summary, table
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _nb(file: str) -> dict:
+    return json.loads((NOTEBOOK_DIR / file).read_text())
+
+
+def _code(cell) -> str:
+    return cell["source"] if isinstance(cell["source"], str) else "".join(cell["source"])
+
+
+@pytest.mark.parametrize("file", [nb.file for nb in COURSE])
+def test_committed_notebook_is_fresh_and_well_formed(file):
+    nb = _nb(file)
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    assert nb["metadata"].get("companion", {}).get("source_hash") == source_hash(nb), (
+        f"{file}: code changed since its outputs were produced; run `make notebooks NB={file[:2]}`"
+    )
+    assert nb["metadata"].get("papermill", {}).get("parameters", {}) == {}, "committed outputs must use the notebook's own parameters"
+    assert all(c.get("execution_count") for c in code), "every code cell is executed in the committed copy"
+    errors = [o for c in code for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert not errors, f"error outputs committed: {[e.get('ename') for e in errors]}"
+    tagged = [i for i, c in enumerate(nb["cells"]) if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(tagged) == 1, "exactly one cell tagged 'parameters'"
+    params = _code(nb["cells"][tagged[0]])
+    for name in ("SEED", "DEVICE", "SCALE", "DATA_DIR", "RESULTS_DIR"):
+        assert re.search(rf"^{name}: \w+ = .+  # .+", params, re.M), f"parameter {name} missing, untyped or uncommented"
+    assert "DEVICE: str = \"auto\"" in params and "SCALE: str = \"auto\"" in params
+    assert "setup(" in _code(nb["cells"][tagged[0] + 1]), "the validation cell follows the parameters cell"
+    header = "".join(nb["cells"][0]["source"])
+    assert "**Goal.**" in header and "**Prerequisites.**" in header and "**Expected time.**" in header
+    assert "claims.report()" in _code(code[-1]), "the last code cell reports the claims"
+    assert any("Exercises" in "".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
+
+
+def test_parse_value():
+    assert parse_value("3") == 3 and parse_value("0.5") == 0.5 and parse_value("[1, 2]") == [1, 2]
+    assert parse_value("course_cnn_s") == "course_cnn_s" and parse_value("'quick'") == "quick"
+
+
+def test_summary_and_table(tmp_path):
+    (tmp_path / "01_definitions.json").write_text(json.dumps({
+        "parameters": {"SEED": 3}, "scale": "quick",
+        "claims": [{"held": True, "kind": "course", "note": ""}, {"held": False, "kind": "source", "note": "why"}],
+    }))
+    row = summary("01_definitions", tmp_path, 90.0)
+    assert (row["held"], row["total"], row["failures"], row["minutes"]) == (1, 2, 0, 1.5)
+    assert "01_definitions" in table([row]) and "1/2" in table([row])
+
+
+def _run(*args, check=True):
+    return subprocess.run([sys.executable, "-m", "companion", *args], cwd=REPO, capture_output=True, text=True, check=check, timeout=600)
+
+
+@pytest.mark.slow
+def test_runner_runs_a_notebook_with_another_seed(tmp_path):
+    proc = _run("run", "notebooks/01_definitions.ipynb", "-p", "SEED", "3", "--scale", "quick", "--out", str(tmp_path))
+    assert "01_definitions" in proc.stdout
+    files = list((tmp_path / "results").rglob("01_definitions.json"))
+    assert len(files) == 1
+    data = json.loads(files[0].read_text())
+    assert data["parameters"]["SEED"] == 3 and data["scale"] == "quick"
+    assert data["claims"] and all(c["held"] for c in data["claims"] if c["kind"] == "course"), data["claims"]
+    assert (tmp_path / "01_definitions--SCALE=quick-SEED=3.ipynb").exists()
+
+
+@pytest.mark.slow
+def test_sweep_runs_once_per_value(tmp_path):
+    proc = _run("sweep", "00", "-p", "SEED", "1", "2", "--scale", "quick", "--out", str(tmp_path))
+    seeds = sorted(json.loads(f.read_text())["parameters"]["SEED"] for f in (tmp_path / "results").rglob("*.json"))
+    assert seeds == [1, 2]
+    assert proc.stdout.count("00_start_here") == 2
+
+
+def test_bad_parameter_stops_before_training_with_one_line(tmp_path):
+    proc = _run("run", "00", "-p", "EPOCHS", "-1", "--out", str(tmp_path), check=False)
+    assert proc.returncode != 0
+    assert "EPOCHS must be a non-negative integer (0 or None: the scale's default), got -1" in proc.stderr
+    assert not list((tmp_path / "results").rglob("*.json")), "no results file from a refused run"
+    out = json.loads((tmp_path / "00_start_here--EPOCHS=-1.ipynb").read_text())
+    ran = [c for c in out["cells"] if c["cell_type"] == "code" and c.get("execution_count")]
+    assert not any("fit(" in _code(c) for c in ran), "no training cell ran"
+
+
+def test_install_files_name_the_same_packages():
+    def names(lines):
+        return {re.split(r"[<>=\[ ]", ln.strip(), maxsplit=1)[0].lower() for ln in lines if ln.strip() and not ln.strip().startswith(("#", "-"))}
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    declared = names(project["dependencies"] + project["optional-dependencies"]["dev"])
+    locked = names((REPO / "requirements-lock.txt").read_text().splitlines())
+    env = (REPO / "environment.yml").read_text().split("- pip:")[1]
+    conda = names(ln.strip()[2:] for ln in env.splitlines() if ln.strip().startswith("- "))
+    assert declared == locked == conda
+    assert all("==" in ln for ln in (REPO / "requirements-lock.txt").read_text().splitlines() if ln and not ln.startswith("#"))
+
+
+def test_ci_calls_the_readme_test_command():
+    assert "make test" in (REPO / "README.md").read_text()
+    ci = (REPO / ".ci" / "run").read_text()
+    assert "make test" in ci and "COMPANION_DATA_MIRROR" in ci

@@ -1,0 +1,119 @@
+"""Parameter validation, device choice, seeding and the claims/results files."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from companion.claims import Claims, write_json
+from companion.device import env_report, pick_device, seed_everything
+from companion.params import ParameterError, check, scale_of, setup
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("SEED", -1, "SEED must be a non-negative integer, got -1"),
+        ("SEED", 1.5, "SEED must be a non-negative integer, got 1.5"),
+        ("SCALE", "huge", "SCALE must be one of ['quick', 'full', 'auto'], got 'huge'"),
+        ("DEVICE", "tpu", "DEVICE must be one of ['auto', 'cpu', 'cuda', 'mps'], got 'tpu'"),
+        ("EPOCHS", -2, "EPOCHS must be a non-negative integer (0 or None: the scale's default), got -2"),
+        ("TARGET_EPOCHS", 2.5, "TARGET_EPOCHS must be a non-negative integer"),
+        ("N_TRAIN", "many", "N_TRAIN must be a non-negative integer"),
+        ("LABEL_FRACTION", 1.5, "LABEL_FRACTION must be a number in (0, 1], got 1.5"),
+        ("LR", 0, "LR must be a positive number, got 0"),
+        ("MODEL", "resnet_9000", "MODEL must be a timm model name (see timm.list_models('pattern*')), got 'resnet_9000'"),
+        ("SEEDS", [], "SEEDS must be a non-empty list of non-negative integers, got []"),
+        ("DATA_DIR", 3, "DATA_DIR must be a folder path as a string"),
+    ],
+)
+def test_bad_parameters_give_one_line_naming_the_parameter(name, value, expected):
+    with pytest.raises(ParameterError) as err:
+        check(name, value)
+    assert str(err.value).startswith(expected)
+    assert "\n" not in str(err.value)
+
+
+def test_unknown_dataset_is_refused():
+    with pytest.raises(ParameterError, match="DATASET must be one of"):
+        check("DATASET", "imagenet-22k")
+    check("DATASET", "digits")
+
+
+@pytest.mark.parametrize(("name", "value"), [("SEED", 0), ("EPOCHS", 0), ("EPOCHS", None), ("LABEL_FRACTION", 1.0), ("MODEL", "resnet18"), ("MODEL", "course_cnn_s"), ("SEEDS", [0, 1])])
+def test_good_parameters_pass(name, value):
+    check(name, value)
+
+
+def test_setup_fills_scale_defaults_and_resolves_paths(tmp_path):
+    cfg = setup(SEED=1, DEVICE="cpu", SCALE="quick", EPOCHS=0, N_TRAIN=500, RESULTS_DIR=str(tmp_path), defaults={"EPOCHS": (2, 9), "N_TRAIN": (100, 1000)})
+    assert (cfg.EPOCHS, cfg.N_TRAIN, cfg.scale, cfg.device.type) == (2, 500, "quick", "cpu")
+    assert cfg.results_dir == tmp_path
+    assert cfg.params["EPOCHS"] == 0  # the results file records what was asked for
+    full = setup(DEVICE="cpu", SCALE="full", EPOCHS=0, defaults={"EPOCHS": (2, 9)})
+    assert full.EPOCHS == 9
+    with pytest.raises(ParameterError, match="defaults names LR"):
+        setup(EPOCHS=1, defaults={"LR": (1, 2)})
+
+
+def test_scale_auto_is_quick_without_gpu():
+    assert scale_of("auto", torch.device("cpu")) == "quick"
+    assert scale_of("auto", torch.device("cuda")) == "full"
+    assert scale_of("full", torch.device("cpu")) == "full"
+
+
+def test_pick_device_auto_and_errors():
+    expected = "cuda" if torch.cuda.is_available() else ("mps" if torch.backends.mps.is_available() else "cpu")
+    assert pick_device("auto").type == expected
+    assert pick_device("cpu") == torch.device("cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            pick_device("cuda")
+
+
+def test_seed_everything_reproduces_all_generators():
+    seed_everything(42)
+    a = (random.random(), np.random.rand(), torch.rand(1).item())
+    seed_everything(42)
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == a
+    with pytest.raises(ValueError, match="SEED must be a non-negative integer"):
+        seed_everything(-5)
+
+
+def test_env_report_names_versions_and_device():
+    report = env_report("cpu")
+    assert report["device"] == "cpu"
+    assert report["torch"] == torch.__version__.split("+")[0] or report["torch"].startswith(torch.__version__[:4])
+    assert isinstance(report["datasets"], dict) and report["datasets"]["digits"] is True
+
+
+def test_claims_file_round_trip_and_strict_mode(tmp_path, capsys):
+    cfg = setup(SEED=3, DEVICE="cpu", RESULTS_DIR=str(tmp_path))
+    c = Claims("99_demo", cfg)
+    c.check("A held claim", {"acc": torch.tensor(0.91234567)}, True)
+    c.check("A source statement we contradict", {"gap": np.float32(-0.5)}, False, kind="source", note="at small data MTL overfits more here")
+    c.metric("curve", np.array([1.0, 2.0]))
+    path = c.report(strict=True)  # a contradicted source statement with a note is a finding, not a failure
+    data = json.loads(path.read_text())
+    assert data["notebook"] == "99_demo" and data["parameters"] == {"SEED": 3, "DEVICE": "cpu", "RESULTS_DIR": str(tmp_path)}
+    assert data["claims"][0] == {"claim": "A held claim", "kind": "course", "measured": {"acc": 0.912346}, "held": True, "note": ""}
+    assert data["claims"][1]["held"] is False and data["metrics"]["curve"] == [1.0, 2.0]
+    assert data["runtime_s"] >= 0
+    assert "[HELD    ] (course) A held claim" in capsys.readouterr().out
+    c.check("A course claim that failed", {"x": 1}, False)
+    with pytest.raises(AssertionError, match="1 claim\\(s\\) failed: A course claim that failed"):
+        c.report(strict=True)
+    assert json.loads(path.read_text())["claims"][-1]["held"] is False  # written before raising
+    with pytest.raises(ValueError, match="kind must be one of"):
+        c.check("x", {}, True, kind="maybe")
+
+
+def test_write_json_is_atomic(tmp_path):
+    path = write_json(tmp_path / "r.json", {"a": 1})
+    write_json(path, {"a": 2})
+    assert json.loads(path.read_text()) == {"a": 2}
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]

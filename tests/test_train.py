@@ -1,0 +1,262 @@
+"""fit(), evaluate(), checkpoints: reference values, determinism, kill-and-resume."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from companion.data import TensorBatches
+from companion.train import (
+    CheckpointError,
+    StepContext,
+    WeightedSum,
+    accuracy,
+    default_loss,
+    evaluate,
+    fit,
+    load_checkpoint,
+    save_checkpoint,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def blobs(n: int = 400, seed: int = 0):
+    """Two Gaussian blobs in 2-D, linearly separable with margin."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 2, (n,), generator=g)
+    x = torch.randn(n, 2, generator=g) * 0.5 + (y.float() * 2 - 1).unsqueeze(1) * 2.0
+    return x, y
+
+
+class TwoHead(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Dropout(0.1))
+        self.cls = nn.Linear(16, 2)
+        self.reg = nn.Linear(16, 1)
+
+    def forward(self, x):
+        h = self.trunk(x)
+        return {"cls": self.cls(h), "reg": self.reg(h).squeeze(1)}
+
+
+def test_default_loss_and_accuracy_reference_values():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    target = torch.tensor([0, 1, 1])
+    expected = -(torch.log_softmax(logits, 1)[torch.arange(3), target]).mean()
+    assert torch.isclose(default_loss(logits, target), expected)
+    assert accuracy(logits, target) == pytest.approx(2 / 3)  # the tie [1, 1] argmaxes to class 0
+    assert default_loss(torch.tensor([1.0, 3.0]), torch.tensor([0.0, 1.0])).item() == pytest.approx(2.5)
+    assert accuracy(torch.tensor([1.0]), torch.tensor([1.0])) is None
+    multi = torch.tensor([[1.0, -1.0, 2.0]])
+    assert accuracy(multi, torch.tensor([[1.0, 1.0, 1.0]])) == pytest.approx(2 / 3)
+
+
+def test_fit_learns_single_task_and_history_has_per_task_keys():
+    x, y = blobs()
+    hist = fit(nn.Linear(2, 2), TensorBatches(x, y, 32, seed=0), epochs=5, lr=0.05, val=TensorBatches(x, y, 100, shuffle=False), device="cpu", progress=False)
+    assert len(hist) == 5
+    assert hist.series("train_loss")[-1] < hist.series("train_loss")[0]
+    assert hist.last["val_acc/main"] > 0.95
+    assert hist.last["val_acc"] == hist.last["val_acc/main"]
+    assert {"epoch", "step", "lr", "train_loss/main", "train_acc/main", "val_loss/main", "time_s"} <= set(hist.last)
+    assert hist.last["step"] == 5 * math.ceil(400 / 32)
+
+
+def test_fit_is_deterministic_for_a_seed():
+    x, y = blobs()
+    weights = []
+    for _ in range(2):
+        torch.manual_seed(123)
+        model = TwoHead()
+        fit(model, TensorBatches(x, {"cls": y, "reg": x[:, 0]}, 32, seed=1), epochs=2, device="cpu", seed=7, progress=False)
+        weights.append([p.detach().clone() for p in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*weights))
+
+
+def test_multitask_summed_losses_equal_manual_gradient():
+    """The default balancer backpropagates the plain sum of task losses (notebook 01's definition of MTL)."""
+    x, y = blobs(64)
+    torch.manual_seed(0)
+    model = TwoHead().eval()
+    targets = {"cls": y, "reg": x[:, 0]}
+    out = model(x)
+    manual = nn.functional.cross_entropy(out["cls"], y) + nn.functional.mse_loss(out["reg"], targets["reg"])
+    grads = torch.autograd.grad(manual, list(model.parameters()))
+    out = model(x)
+    losses = {"cls": default_loss(out["cls"], y), "reg": default_loss(out["reg"], targets["reg"])}
+    model.zero_grad()
+    WeightedSum().backward(losses, StepContext(model=model, step=0, epoch=0))
+    assert all(torch.allclose(g, p.grad) for g, p in zip(grads, model.parameters()))
+    hist = fit(TwoHead(), TensorBatches(x, targets, 16), epochs=2, device="cpu", progress=False)
+    assert {"train_loss/cls", "train_loss/reg", "train_acc/cls"} <= set(hist.last)
+    assert "train_acc/reg" not in hist.last
+    assert hist.last["train_loss"] == pytest.approx(hist.last["train_loss/cls"] + hist.last["train_loss/reg"])
+
+
+def test_bf16_autocast_trains_on_cpu():
+    x, y = blobs()
+    hist = fit(nn.Sequential(nn.Linear(2, 32), nn.ReLU(), nn.Linear(32, 2)), TensorBatches(x, y, 32), epochs=4, lr=0.02, precision="bf16", val=TensorBatches(x, y, 400), device="cpu", progress=False)
+    assert hist.last["val_acc"] > 0.95
+
+
+def test_fp16_grad_scaler_path_runs_and_unscales():
+    x, y = blobs()
+    model = nn.Linear(2, 2)
+    hist = fit(model, TensorBatches(x, y, 32), epochs=3, lr=0.05, precision="fp16", clip_grad=1.0, val=TensorBatches(x, y, 400), device="cpu", progress=False)
+    assert hist.last["val_acc"] > 0.95
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_nan_loss_stops_with_step_and_task():
+    x, y = blobs(64)
+    x[40] = float("nan")
+    with pytest.raises(FloatingPointError, match=r"loss of task 'main' is nan at step \d+ \(epoch 0"):
+        fit(nn.Linear(2, 2), TensorBatches(x, y, 16, shuffle=False), epochs=1, device="cpu", progress=False)
+
+
+def test_schedulers_follow_their_formulas():
+    x, y = blobs(64)
+    hist = fit(nn.Linear(2, 2), TensorBatches(x, y, 16), epochs=2, lr=0.1, scheduler="cosine", device="cpu", progress=False)
+    assert hist[0]["lr"] == pytest.approx(0.1 * (1 + math.cos(math.pi * 4 / 8)) / 2)
+    assert hist[1]["lr"] == pytest.approx(0.0, abs=1e-12)
+    hist = fit(nn.Linear(2, 2), TensorBatches(x, y, 16), epochs=2, lr=0.1, scheduler="warmup_cosine", warmup_steps=4, device="cpu", progress=False)
+    assert hist[0]["lr"] == pytest.approx(0.1 * (1 + math.cos(math.pi * 4 / 8)) / 2, rel=1e-3)
+
+
+def test_param_groups_keep_their_own_learning_rates():
+    x, y = blobs(64)
+    model = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 2))
+    groups = [{"params": model[0].parameters(), "lr": 0.001}, {"params": model[2].parameters(), "lr": 0.01}]
+    opt = torch.optim.SGD(groups, lr=0.5)
+    fit(model, TensorBatches(x, y, 16), epochs=1, optimizer=opt, scheduler="cosine", device="cpu", progress=False)
+    assert [g["initial_lr"] for g in opt.param_groups] == [0.001, 0.01]
+
+
+def test_early_stopping_and_restore_best():
+    x, y = blobs(64)
+    val = TensorBatches(x, 1 - y, 64, shuffle=False)  # flipped labels: validation loss rises as training succeeds
+    model = nn.Linear(2, 2)
+    hist = fit(model, TensorBatches(x, y, 16), epochs=50, lr=0.05, val=val, early_stop=2, restore_best=True, device="cpu", progress=False)
+    assert len(hist) == 3  # best at epoch 1, then two epochs without improvement
+    assert hist[1]["val_loss"] > hist[0]["val_loss"] and hist[2]["val_loss"] > hist[0]["val_loss"]
+    assert evaluate(model, val, device="cpu")["loss"] == pytest.approx(hist[0]["val_loss"], rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"epochs": 0}, "epochs must be a positive integer, got 0"),
+        ({"epochs": -3}, "epochs must be a positive integer"),
+        ({"lr": -1.0}, "lr must be a positive finite number"),
+        ({"precision": "fp8"}, "precision must be one of"),
+        ({"optimizer": "lamb"}, "optimizer must be one of"),
+        ({"scheduler": "linear"}, "scheduler must be one of"),
+        ({"device": "tpu"}, "DEVICE must be one of"),
+    ],
+)
+def test_bad_arguments_fail_before_training(kwargs, message):
+    x, y = blobs(16)
+    model = nn.Linear(2, 2)
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match=message) as err:
+        fit(model, TensorBatches(x, y, 8), progress=False, **kwargs)
+    assert "\n" not in str(err.value)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_evaluate_reference_values():
+    model = nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.eye(2))
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 0.0], [0.0, 3.0]])
+    y = torch.tensor([0, 1, 1, 1])
+    res = evaluate(model, TensorBatches(x, y, 3, shuffle=False), device="cpu")
+    assert res["acc/main"] == pytest.approx(0.75)
+    expected = nn.functional.cross_entropy(x, y).item()
+    assert res["loss/main"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_checkpoint_round_trip_and_corrupt_file(tmp_path):
+    path = tmp_path / "ck.pt"
+    save_checkpoint(path, {"model": {"w": torch.ones(2)}, "step": 1})
+    save_checkpoint(path, {"model": {"w": torch.zeros(2)}, "step": 2})
+    assert load_checkpoint(path)["step"] == 2
+    assert (tmp_path / "ck.pt.prev").exists()
+    assert not list(tmp_path.glob(".*tmp"))
+    path.write_bytes(path.read_bytes()[:50])  # truncated, like a crash mid-copy by some other tool
+    with pytest.raises(CheckpointError, match="corrupt or unreadable.*previous good checkpoint is kept"):
+        load_checkpoint(path)
+    assert torch.equal(load_checkpoint(tmp_path / "ck.pt.prev")["model"]["w"], torch.ones(2))
+    x, y = blobs(16)
+    with pytest.raises(CheckpointError):
+        fit(nn.Linear(2, 2), TensorBatches(x, y, 8), checkpoint=path, device="cpu", progress=False)
+    assert (tmp_path / "ck.pt.prev").exists()
+
+
+def test_resume_refuses_a_checkpoint_of_another_run(tmp_path):
+    x, y = blobs(32)
+    path = tmp_path / "ck.pt"
+    fit(nn.Linear(2, 2), TensorBatches(x, y, 8), epochs=1, checkpoint=path, device="cpu", progress=False)
+    with pytest.raises(ValueError, match="written with lr=0.001, this run has lr=0.01"):
+        fit(nn.Linear(2, 2), TensorBatches(x, y, 8), epochs=1, lr=0.01, checkpoint=path, device="cpu", progress=False)
+
+
+SCRIPT = textwrap.dedent(
+    """
+    import sys, time, torch
+    from torch import nn
+    from companion.data import TensorBatches
+    from companion.train import fit
+
+    ckpt, out, slow = sys.argv[1], sys.argv[2], float(sys.argv[3])
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 8, generator=g)
+    y = (x[:, :4].sum(1) > 0).long()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Dropout(0.2), nn.Linear(32, 2))
+    def pause(m):
+        time.sleep(slow)
+        return torch.zeros(())
+    fit(model, TensorBatches(x, y, 16, seed=3), epochs=3, lr=0.01, scheduler="cosine", seed=5,
+        checkpoint=ckpt, checkpoint_every=1, regularizer=pause, device="cpu", progress=False)
+    torch.save(model.state_dict(), out)
+    """
+)
+
+
+def test_sigkill_mid_run_then_resume_gives_identical_weights(tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text(SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    run = [sys.executable, str(script)]
+    subprocess.run([*run, str(tmp_path / "a.pt"), str(tmp_path / "full.pt"), "0"], check=True, env=env, timeout=300)
+
+    ckpt = tmp_path / "b.pt"
+    proc = subprocess.Popen([*run, str(ckpt), str(tmp_path / "resumed.pt"), "0.05"], env=env)
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        if ckpt.exists() and load_checkpoint(ckpt)["step"] >= 20:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    state = load_checkpoint(ckpt)
+    assert 20 <= state["step"] < 48, "the run was not interrupted part-way"
+    assert not (tmp_path / "resumed.pt").exists()
+    subprocess.run([*run, str(ckpt), str(tmp_path / "resumed.pt"), "0"], check=True, env=env, timeout=300)
+
+    full = torch.load(tmp_path / "full.pt", weights_only=True)
+    resumed = torch.load(tmp_path / "resumed.pt", weights_only=True)
+    assert all(torch.equal(full[k], resumed[k]) for k in full)
