@@ -39,6 +39,19 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("env", help="print the environment report")
 
     args = parser.parse_args(argv)
+    try:
+        return _dispatch(parser, args)
+    except ValueError as err:  # bad names or parameters: one line, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:
+        if type(err).__name__ != "PapermillExecutionError":
+            raise
+        print(f"error: a notebook stopped in cell {err.exec_count}: {err.ename}: {err.evalue}", file=sys.stderr)
+        return 1
+
+
+def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.command == "run":
         rows = course.run(args.notebooks, scale=args.scale, out=args.out, params=_params(args.param), inplace=args.inplace)
     elif args.command == "sweep":

@@ -331,7 +331,7 @@ def fit(
             sched.load_state_dict(state["scheduler"])
         if scaler is not None and state.get("scaler") is not None:
             scaler.load_state_dict(state["scaler"])
-        if isinstance(balancer, nn.Module) and state.get("balancer") is not None:
+        if hasattr(balancer, "load_state_dict") and state.get("balancer") is not None:
             balancer.load_state_dict(state["balancer"])
         history = History(state["history"])
         start_epoch, step, skip = state["epoch"], state["step"], state["batch_in_epoch"]
@@ -346,7 +346,7 @@ def fit(
                 "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict() if sched is not None else None,
                 "scaler": scaler.state_dict() if scaler is not None else None,
-                "balancer": balancer.state_dict() if isinstance(balancer, nn.Module) else None,
+                "balancer": balancer.state_dict() if hasattr(balancer, "state_dict") else None,
                 "rng": _rng_state(),
                 "epoch": epoch,
                 "step": step,
