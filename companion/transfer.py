@@ -1,0 +1,606 @@
+"""Transfer-learning strategies on timm backbones: probe, fine-tune, LP-FT, gradual unfreezing (notebooks 02-09).
+
+- `prepare` sets up one strategy: which parameters train, a fresh head, per-group learning rates and what the
+  BatchNorm layers of the frozen parts do; `adapt` runs any strategy end to end with `fit`.
+- `lp_ft` (Kumar et al. 2022) probes the new head, then fine-tunes everything from the probed head.
+- `gradual` (Howard & Ruder 2018) unfreezes one more trunk stage per epoch, top stage first.
+- `layer_groups` gives discriminative learning rates: stage i of n gets lr * layer_decay ** (n - i), the head lr.
+  Each group carries its already-scaled `lr` and no `lr_scale`: timm's `param_groups_layer_decay` puts the decay
+  in `lr_scale`, which only timm's schedulers apply, so with a torch optimiser or scheduler it is silently lost.
+- BatchNorm in frozen parts, `bn=`: "train" (PyTorch's default: running statistics keep drifting to the new data),
+  "freeze" (timm's freeze_batch_norm_2d: statistics and affine fixed, no parameters left) or "eval" (same layers,
+  kept in eval mode by a forward pre-hook, so `model.train()` cannot undo it).
+- `l2sp` (Li et al. 2018), `transfer_blocks` (Yosinski et al. 2014), `forgetting` and cached `source_model`s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import math
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+
+import timm
+import torch
+from timm.layers import FrozenBatchNormAct2d, freeze_batch_norm_2d, unfreeze_batch_norm_2d
+from timm.layers.norm_act import FrozenBatchNorm2d  # torchvision's class, the one timm converts to
+from torch import Tensor, nn
+
+from .data import TensorBatches, data_root, load_dataset, subsample_per_class
+from .device import pick_device
+from .models import backbone, new_head, stages
+from .train import CheckpointError, History, evaluate, fit, load_checkpoint, save_checkpoint
+
+__all__ = [
+    "BN_POLICIES",
+    "STRATEGIES",
+    "adapt",
+    "forgetting",
+    "gradual",
+    "l2sp",
+    "layer_groups",
+    "lp_ft",
+    "prepare",
+    "source_model",
+    "transfer_blocks",
+    "unfreeze_top",
+]
+
+STRATEGIES = ("scratch", "linear_probe", "finetune", "lp_ft", "gradual", "discriminative")
+BN_POLICIES = ("train", "freeze", "eval")
+_FROZEN_BN = (FrozenBatchNorm2d, FrozenBatchNormAct2d)
+_SOURCE_VERSION = 1  # bump to invalidate every cached source model
+
+
+# ------------------------------------------------------------------------------------------- input checks
+
+
+def _check_choice(name: str, value: object, allowed: tuple) -> str:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def _check_positive(name: str, value: object, *, none: bool = False) -> None:
+    if value is None and none:
+        return
+    ok = (
+        isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 and math.isfinite(value)
+    )
+    if not ok:
+        raise ValueError(
+            f"{name} must be a positive finite number{' or None' if none else ''}, got {value!r}"
+        )
+
+
+def _check_int(name: str, value: object, low: int, high: int | None = None) -> int:
+    bad = (
+        not isinstance(value, int)
+        or isinstance(value, bool)
+        or value < low
+        or (high is not None and value > high)
+    )
+    if bad:
+        span = f"in {low}..{high}" if high is not None else f">= {low}"
+        raise ValueError(f"{name} must be an integer {span}, got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def _check_decay(value: object) -> None:
+    if value is not None and not (isinstance(value, (int, float)) and 0 < value <= 1):
+        raise ValueError(f"layer_decay must be None or a number in (0, 1], got {value!r}")
+
+
+def _classifier(model: nn.Module) -> nn.Module:
+    if not isinstance(model, nn.Module) or not hasattr(model, "get_classifier"):
+        raise ValueError(f"model must be a timm model with get_classifier(), got {type(model).__name__}")
+    return model.get_classifier()
+
+
+# ------------------------------------------------------------------------------- freezing and BatchNorm
+
+
+def _keep_eval(module: nn.Module, args: tuple) -> None:
+    """Forward pre-hook: run this BatchNorm with its running statistics, whatever model.train() said."""
+    module.training = False
+
+
+def _unhook(module: nn.Module) -> None:
+    hooks = module._forward_pre_hooks
+    for key in [k for k, fn in hooks.items() if fn is _keep_eval]:
+        del hooks[key]
+
+
+def _with_policy(bn: nn.Module, policy: str) -> nn.Module:
+    """The BatchNorm layer to use under a policy ("train" = a plain BatchNorm); may be a new module."""
+    _unhook(bn)
+    if policy == "freeze" and isinstance(bn, (nn.BatchNorm2d, nn.SyncBatchNorm)):
+        return freeze_batch_norm_2d(bn)
+    if isinstance(bn, _FROZEN_BN) and policy != "freeze":
+        bn = unfreeze_batch_norm_2d(bn).to(bn.running_mean.device)
+    if policy == "eval" or (policy == "freeze" and not isinstance(bn, _FROZEN_BN)):  # 1d/3d: eval does it
+        bn.register_forward_pre_hook(_keep_eval)
+    return bn
+
+
+def _names(model: nn.Module, parts: Iterable[nn.Module]) -> set[str]:
+    """Names (in model) of the given modules and of all their descendants."""
+    ids = {id(m) for part in parts for m in part.modules()}
+    return {name for name, m in model.named_modules() if id(m) in ids}
+
+
+def _freeze(model: nn.Module, frozen: set[str], bn: str) -> None:
+    """Freeze the parameters of the modules named in `frozen`, train all others; BN policy on the frozen ones."""
+    _check_choice("bn", bn, BN_POLICIES)
+    for name, module in list(model.named_modules()):
+        if name and isinstance(module, (nn.modules.batchnorm._BatchNorm, *_FROZEN_BN)):
+            new = _with_policy(module, bn if name in frozen else "train")
+            if new is not module:
+                parent, _, attr = name.rpartition(".")
+                new.train(module.training)
+                setattr(model.get_submodule(parent), attr, new)
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.rpartition(".")[0] not in frozen)
+
+
+def unfreeze_top(model: nn.Module, k: int, *, bn: str = "eval") -> nn.Module:
+    """Train the head and the top k trunk stages, freeze the rest under BatchNorm policy `bn` (notebook 04).
+
+    k = 0 is a linear probe, k = len(stages(model)) trains everything (parameters outside the stages and the
+    head, if any, unfreeze only then).
+    """
+    blocks = stages(model)
+    _check_int("k", k, 0, len(blocks))
+    if k == len(blocks):
+        _freeze(model, set(), bn)
+    else:
+        trained = _names(model, [_classifier(model), *blocks[len(blocks) - k :]])
+        _freeze(model, {name for name, _ in model.named_modules()} - trained, bn)
+    return model
+
+
+def _trainable_stages(model: nn.Module) -> list[int]:
+    return [i for i, s in enumerate(stages(model)) if any(p.requires_grad for p in s.parameters())]
+
+
+# ------------------------------------------------------------------------------------- learning rates
+
+
+def layer_groups(
+    model: nn.Module, lr: float, *, head_lr: float | None = None, layer_decay: float | None = None
+) -> list[dict]:
+    """Optimiser parameter groups of the trainable parameters: head first, then the trunk (notebook 05).
+
+    Without layer_decay the trunk is one group at `lr`; with it, stage i of the n in `stages(model)` gets
+    lr * layer_decay ** (n - i) (the head's depth is n). The lr is stored already scaled, without timm's
+    `lr_scale`, so torch and timm optimisers and schedulers all see the decayed rates.
+    """
+    _check_positive("lr", lr)
+    _check_positive("head_lr", head_lr, none=True)
+    _check_decay(layer_decay)
+    head = {id(p) for p in _classifier(model).parameters()}
+    depth: dict[int, int] = {}
+    if layer_decay is not None:
+        blocks = stages(model)
+        depth = {id(p): i for i, s in enumerate(blocks) for p in s.parameters()}
+        top = len(blocks) - 1  # parameters outside the stages train with the top stage
+    groups: dict[str, dict] = {"head": {"name": "head", "params": [], "lr": head_lr or lr}}
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue
+        if id(p) in head:
+            key, rate = "head", head_lr or lr
+        elif layer_decay is None:
+            key, rate = "trunk", lr
+        else:
+            i = depth.get(id(p), top)
+            key, rate = f"stage{i}", lr * layer_decay ** (len(blocks) - i)
+        groups.setdefault(key, {"name": key, "params": [], "lr": rate})["params"].append(p)
+    return [g for g in groups.values() if g["params"]]
+
+
+# ------------------------------------------------------------------------------------------ strategies
+
+
+@contextlib.contextmanager
+def _seeded(seed: int | None) -> Iterator[None]:
+    """Run a block with the CPU generator seeded, leaving the global random state as it was."""
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def _reinit(model: nn.Module) -> None:
+    """Redraw every weight: timm's own init when the architecture can be rebuilt, else each layer's reset."""
+    try:
+        cfg = model.pretrained_cfg
+        in_chans = model.get_submodule(cfg["first_conv"]).in_channels
+        fresh = timm.create_model(cfg["architecture"], in_chans=in_chans, num_classes=model.num_classes)
+        model.load_state_dict(fresh.state_dict())
+    except (AttributeError, KeyError, TypeError, RuntimeError):
+        for m in model.modules():
+            if hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters(), torch.empty(0)).device
+
+
+def prepare(
+    model: nn.Module,
+    strategy: str,
+    *,
+    num_classes: int | None = None,
+    bn: str = "eval",
+    lr: float = 1e-3,
+    head_lr: float | None = None,
+    layer_decay: float | None = None,
+    seed: int | None = None,
+) -> tuple[nn.Module, list[dict]]:
+    """Set a model up for a transfer strategy; returns it with its parameter groups for fit (notebooks 04-05).
+
+    scratch: every weight redrawn; linear_probe: trunk frozen, head trained; finetune: all trained;
+    discriminative: all trained with layer_decay (required) per stage. lp_ft and gradual start as a linear
+    probe; `lp_ft`, `gradual` or `adapt` run their later phases. num_classes gives a fresh head (else the head is
+    kept); bn is what the BatchNorm layers of frozen parts do; seed fixes the new weights.
+    """
+    _check_choice("strategy", strategy, STRATEGIES)
+    _check_choice("bn", bn, BN_POLICIES)
+    _check_decay(layer_decay)
+    if strategy == "discriminative" and layer_decay is None:
+        raise ValueError("layer_decay must be a number in (0, 1] for strategy='discriminative', got None")
+    head = _classifier(model)
+    with _seeded(seed):
+        if strategy == "scratch":
+            _reinit(model)
+        if num_classes is not None:
+            new_head(model, num_classes)
+            head = _classifier(model).to(_device(model))
+    if strategy in ("linear_probe", "lp_ft", "gradual"):
+        _freeze(model, {n for n, _ in model.named_modules()} - _names(model, [head]), bn)
+    else:
+        _freeze(model, set(), bn)
+    return model, layer_groups(model, lr, head_lr=head_lr, layer_decay=layer_decay)
+
+
+class _Shifted:
+    """Batches whose set_epoch(e) picks epoch e + offset, so that successive fit calls keep reshuffling."""
+
+    def __init__(self, batches, offset: int):
+        self.batches, self.offset = batches, offset
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.batches.set_epoch(epoch + self.offset)
+
+
+def _shift(batches, offset: int):
+    return (
+        _Shifted(batches, offset)
+        if hasattr(batches, "set_epoch") and hasattr(batches, "__len__")
+        else batches
+    )
+
+
+def _rows(history: History, epoch0: int, step0: int, **extra) -> list[dict]:
+    return [{**r, "epoch": epoch0 + r["epoch"], "step": step0 + r["step"], **extra} for r in history]
+
+
+def lp_ft(
+    model: nn.Module,
+    train: Iterable,
+    val: Iterable | None = None,
+    *,
+    probe_epochs: int,
+    ft_epochs: int,
+    num_classes: int | None = None,
+    lr: float = 1e-4,
+    probe_lr: float = 1e-3,
+    head_lr: float | None = None,
+    layer_decay: float | None = None,
+    bn: str = "eval",
+    seed: int = 0,
+    **fit_kw,
+) -> History:
+    """LP-FT (Kumar et al. 2022): train a new head on the frozen trunk, then fine-tune all from it (notebook 05).
+
+    Fine-tuning from a probed head instead of a random one distorts the pretrained features less. Rows of the
+    returned History carry phase 1 (probe, at probe_lr) or 2 (fine-tune, at lr), with epochs counted on.
+    """
+    _check_int("probe_epochs", probe_epochs, 1)
+    _check_int("ft_epochs", ft_epochs, 1)
+    _check_positive("probe_lr", probe_lr)
+    model, groups = prepare(model, "linear_probe", num_classes=num_classes, bn=bn, lr=probe_lr, seed=seed)
+    probe = fit(
+        model, train, epochs=probe_epochs, val=val, lr=probe_lr, param_groups=groups, seed=seed, **fit_kw
+    )
+    model, groups = prepare(model, "finetune", bn=bn, lr=lr, head_lr=head_lr, layer_decay=layer_decay)
+    shifted = _shift(train, probe_epochs)
+    tune = fit(model, shifted, epochs=ft_epochs, val=val, lr=lr, param_groups=groups, seed=seed + 1, **fit_kw)
+    step = probe.last.get("step", 0)
+    return History(_rows(probe, 0, 0, phase=1) + _rows(tune, len(probe), step, phase=2))
+
+
+def _optimizer(name: str, groups: list[dict], lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    _check_choice("optimizer", name, ("adamw", "adam", "sgd"))
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=0.9, weight_decay=weight_decay)
+    return (torch.optim.AdamW if name == "adamw" else torch.optim.Adam)(
+        groups, lr=lr, weight_decay=weight_decay
+    )
+
+
+def gradual(
+    model: nn.Module,
+    train: Iterable,
+    val: Iterable | None = None,
+    *,
+    epochs: int,
+    per_epoch: int = 1,
+    num_classes: int | None = None,
+    lr: float = 1e-3,
+    head_lr: float | None = None,
+    layer_decay: float | None = None,
+    bn: str = "eval",
+    optimizer: str = "adamw",
+    weight_decay: float = 0.0,
+    device: str | torch.device = "auto",
+    seed: int = 0,
+    **fit_kw,
+) -> History:
+    """Gradual unfreezing (ULMFiT): epoch e trains the head and the top e * per_epoch stages (notebooks 04, 09).
+
+    One fit call per epoch shares one optimiser, so its state survives; the parameters a stage brings when it
+    unfreezes join as new groups (with their layer_decay lr). Rows carry "unfrozen", the number of trained stages.
+    A fit scheduler or checkpoint would restart every epoch, so both are refused.
+    """
+    _check_int("epochs", epochs, 1)
+    _check_int("per_epoch", per_epoch, 1)
+    for key in ("scheduler", "checkpoint", "param_groups"):
+        if key in fit_kw:
+            raise ValueError(f"{key} is not supported by gradual (one fit call per epoch); leave it out")
+    dev = pick_device(device)
+    model, _ = prepare(model, "gradual", num_classes=num_classes, bn=bn, lr=lr, seed=seed)
+    model.to(dev)
+    n, opt, rows, step = len(stages(model)), None, [], 0
+    for epoch in range(epochs):
+        k = min(n, epoch * per_epoch)
+        unfreeze_top(model, k, bn=bn)
+        groups = layer_groups(model, lr, head_lr=head_lr, layer_decay=layer_decay)
+        if opt is None:
+            opt = _optimizer(optimizer, groups, lr, weight_decay)
+        else:
+            known = {id(p) for g in opt.param_groups for p in g["params"]}
+            for g in groups:
+                fresh = [p for p in g["params"] if id(p) not in known]
+                if fresh:
+                    opt.add_param_group({**g, "params": fresh})
+        hist = fit(
+            model,
+            _shift(train, epoch),
+            epochs=1,
+            val=val,
+            optimizer=opt,
+            lr=lr,
+            device=dev,
+            seed=seed + epoch,
+            **fit_kw,
+        )
+        rows += _rows(hist, epoch, step, unfrozen=k)
+        step = rows[-1]["step"]
+    return History(rows)
+
+
+def adapt(
+    model: nn.Module,
+    strategy: str,
+    train: Iterable,
+    val: Iterable | None = None,
+    *,
+    epochs: int,
+    num_classes: int | None = None,
+    bn: str = "eval",
+    lr: float = 1e-3,
+    head_lr: float | None = None,
+    layer_decay: float | None = None,
+    probe_epochs: int | None = None,
+    seed: int = 0,
+    **fit_kw,
+) -> History:
+    """Train a model to a target task with one of STRATEGIES, end to end; returns fit's History (notebook 05).
+
+    lp_ft probes for probe_epochs (default epochs // 2), then fine-tunes for the rest, both at lr; gradual
+    unfreezes one stage per epoch. All others are `prepare` followed by one `fit`.
+    """
+    _check_choice("strategy", strategy, STRATEGIES)
+    _check_int("epochs", epochs, 1)
+    common = dict(num_classes=num_classes, bn=bn, lr=lr, head_lr=head_lr, layer_decay=layer_decay, seed=seed)
+    if strategy == "gradual":
+        return gradual(model, train, val, epochs=epochs, **common, **fit_kw)
+    if strategy == "lp_ft":
+        probe = max(1, epochs // 2) if probe_epochs is None else _check_int("probe_epochs", probe_epochs, 1)
+        if epochs - probe < 1:
+            raise ValueError(f"epochs must exceed probe_epochs ({probe}) for strategy='lp_ft', got {epochs}")
+        return lp_ft(
+            model, train, val, probe_epochs=probe, ft_epochs=epochs - probe, probe_lr=lr, **common, **fit_kw
+        )
+    model, groups = prepare(model, strategy, **common)
+    return fit(model, train, epochs=epochs, val=val, lr=lr, param_groups=groups, seed=seed, **fit_kw)
+
+
+# ------------------------------------------------------------------------------- regularised transfer
+
+
+def l2sp(
+    model: nn.Module, start: Mapping[str, Tensor] | nn.Module, *, alpha: float = 0.01, beta: float = 0.01
+) -> Callable[[nn.Module], Tensor]:
+    """L2-SP (Li et al. 2018): a fit regularizer, alpha/2 ||w - w0||^2 + beta/2 ||w_new||^2 (notebooks 05, 09).
+
+    w0 are the `start` weights (a state dict or a model) of the transferred parameters: those of `model` found in
+    `start` with the same shape, the classifier excepted. All other parameters are new layers, pulled towards 0.
+    Sums run over trainable parameters only (frozen ones add constants).
+    """
+    for name, value in (("alpha", alpha), ("beta", beta)):
+        if not (isinstance(value, (int, float)) and value >= 0 and math.isfinite(value)):
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    state = start.state_dict() if isinstance(start, nn.Module) else start
+    if not isinstance(state, Mapping):
+        raise ValueError(f"start must be a state dict or a model, got {type(start).__name__}")
+    head = {id(p) for p in _classifier(model).parameters()}
+    anchors = {
+        name: state[name].detach().clone()
+        for name, p in model.named_parameters()
+        if id(p) not in head and isinstance(state.get(name), Tensor) and state[name].shape == p.shape
+    }
+
+    def regularize(net: nn.Module) -> Tensor:
+        near, new = [], []
+        for name, p in net.named_parameters():
+            if not p.requires_grad:
+                continue
+            w0 = anchors.get(name)
+            if w0 is None:
+                new.append(p.pow(2).sum())
+                continue
+            if w0.device != p.device or w0.dtype != p.dtype:
+                w0 = anchors[name] = w0.to(p.device, p.dtype)
+            near.append((p - w0).pow(2).sum())
+        zero = torch.zeros((), device=_device(net))
+        return alpha / 2 * sum(near, zero) + beta / 2 * sum(new, zero)
+
+    return regularize
+
+
+def transfer_blocks(
+    source: nn.Module, target: nn.Module, n: int, *, freeze: bool = True, bn: str = "eval"
+) -> nn.Module:
+    """Copy the first n stages of a trained source into a target of the same architecture (notebooks 02, 09).
+
+    Yosinski et al. (2014)'s experiment: the copied stages are frozen (freeze=True, BatchNorm under `bn`) or
+    trained further; the other stages and the head keep the target's own weights. Returns the target.
+    """
+    src, dst = stages(source), stages(target)
+    if len(src) != len(dst):
+        raise ValueError(f"target must have the {len(src)} stages of source, got {len(dst)}")
+    _check_int("n", n, 0, len(src))
+    _check_choice("bn", bn, BN_POLICIES)
+    for i, (a, b) in enumerate(zip(src[:n], dst[:n])):
+        sa, sb = a.state_dict(), b.state_dict()
+        if [(k, v.shape) for k, v in sa.items()] != [(k, v.shape) for k, v in sb.items()]:
+            raise ValueError(f"target must have the architecture of source; stage {i} differs")
+        with torch.no_grad():
+            for key, value in sb.items():
+                value.copy_(sa[key])
+    _freeze(target, _names(target, dst[:n]) if freeze else set(), bn)
+    return target
+
+
+def forgetting(
+    before: nn.Module, after: nn.Module, source_batches: Iterable, *, source_head: nn.Module | None = None
+) -> dict[str, float]:
+    """Source-task accuracy before and after fine-tuning, and the drop: catastrophic forgetting (notebook 04).
+
+    `after`'s trunk is evaluated with the source head (default: `before`'s classifier) put back on a copy of it;
+    both run on `before`'s device. Returns {"before", "after", "drop" = before - after}.
+    """
+    head = source_head if source_head is not None else _classifier(before)
+    probe = copy.deepcopy(after)
+    old = _classifier(probe)
+    name = next((n for n, m in probe.named_modules() if m is old and n), None)
+    if name is None:
+        raise ValueError(
+            f"after must be a timm model whose classifier is a submodule, got {type(after).__name__}"
+        )
+    parent, _, attr = name.rpartition(".")
+    dev = _device(before)
+    setattr(probe.get_submodule(parent), attr, copy.deepcopy(head))
+    probe.to(dev)
+    accs = [evaluate(m, source_batches, device=dev).get("acc") for m in (before, probe)]
+    if accs[0] is None:
+        raise ValueError("source_batches must hold class labels, to measure an accuracy")
+    return {"before": accs[0], "after": accs[1], "drop": accs[0] - accs[1]}
+
+
+# ------------------------------------------------------------------------------------------ source models
+
+
+def _source_key(config: dict) -> str:
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
+    return f"{config['model']}-{config['dataset']}-{digest}"
+
+
+def source_model(
+    name: str,
+    dataset: str,
+    *,
+    epochs: int = 3,
+    n: int | None = None,
+    seed: int = 0,
+    lr: float = 1e-3,
+    batch_size: int = 128,
+    size: int | None = None,
+    root: str | Path | None = None,
+    device: str | torch.device = "auto",
+) -> tuple[nn.Module, dict]:
+    """A course source model trained on a dataset once, then loaded from its cached checkpoint (notebooks 05, 07).
+
+    n: training images per class (None: all). The checkpoint is `<root or data_root()>/cache/sources/<key>.pt`,
+    keyed by the whole configuration, written atomically and read with weights_only; a missing or corrupt one
+    is retrained. Returns the model (CPU, eval mode) and {"test_acc", "key", "path", "cached"}.
+    """
+    _check_int("epochs", epochs, 1)
+    _check_int("batch_size", batch_size, 1)
+    _check_positive("lr", lr)
+    if n is not None:
+        _check_int("n", n, 1)
+    config = dict(
+        model=name, dataset=dataset, epochs=epochs, n=n, seed=seed, lr=float(lr), batch_size=batch_size
+    )
+    config.update(size=size, version=_SOURCE_VERSION)
+    key = _source_key(config)
+    path = Path(root if root is not None else data_root()).expanduser() / "cache" / "sources" / f"{key}.pt"
+    if path.is_file():
+        try:
+            state = load_checkpoint(path)
+            if state.get("config") == config:
+                model = backbone(name, in_chans=state["in_chans"], num_classes=state["num_classes"])
+                model.load_state_dict(state["model"])
+                return model.eval(), dict(test_acc=state["test_acc"], key=key, path=str(path), cached=True)
+        except (CheckpointError, KeyError, RuntimeError, TypeError):
+            pass  # unreadable or stale: train again and overwrite it
+    x, y = load_dataset(dataset, "train", root, size=size)
+    if n is not None:
+        x, y = subsample_per_class(x, y, n, seed=seed)
+    in_chans, num_classes = x.shape[1], int(y.max()) + 1
+    with _seeded(seed):
+        model = backbone(name, in_chans=in_chans, num_classes=num_classes)
+    dev = pick_device(device)
+    fit(
+        model,
+        TensorBatches(x, y, batch_size, seed=seed),
+        epochs=epochs,
+        lr=lr,
+        device=dev,
+        seed=seed,
+        progress=False,
+    )
+    x_test, y_test = load_dataset(dataset, "test", root, size=size)
+    acc = evaluate(model, TensorBatches(x_test, y_test, 512, shuffle=False), device=dev)["acc"]
+    model.cpu().eval()
+    state = dict(
+        model=model.state_dict(), config=config, in_chans=in_chans, num_classes=num_classes, test_acc=acc
+    )
+    save_checkpoint(path, state)
+    return model, dict(test_acc=acc, key=key, path=str(path), cached=False)

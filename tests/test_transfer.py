@@ -1,0 +1,381 @@
+"""Tests for companion.transfer: strategies, BatchNorm policies, layer-wise lrs, L2-SP, block transfer, sources."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import timm
+import timm.optim
+import torch
+from timm.layers import BatchNormAct2d, FrozenBatchNormAct2d
+from timm.scheduler import CosineLRScheduler
+from torch import nn
+
+import companion.transfer as T
+from companion.data import TensorBatches
+from companion.models import new_head, stages
+from companion.train import evaluate
+
+LR, DECAY = 0.1, 0.5
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one CPU thread is faster, and much faster on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _model(seed: int = 0, name: str = "course_cnn_s") -> nn.Module:
+    torch.manual_seed(seed)
+    return timm.create_model(name, in_chans=1, num_classes=10)
+
+
+def _data(n: int = 32, seed: int = 0, shift: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 1, 8, 8, generator=g) * (1 + shift) + shift, torch.randint(0, 3, (n,), generator=g)
+
+
+def _batches(n: int = 32, batch_size: int = 16, **kw) -> TensorBatches:
+    x, y = _data(n, **kw)
+    return TensorBatches(x, y, batch_size, seed=0)
+
+
+def _clone(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _spy(monkeypatch, record):
+    """Replace transfer's fit by a wrapper that calls record(model, kwargs, "start"/"end") around the real one."""
+    real = T.fit
+
+    def spy(model, train, **kw):
+        record(model, kw, "start")
+        out = real(model, train, **kw)
+        record(model, kw, "end")
+        return out
+
+    monkeypatch.setattr(T, "fit", spy)
+
+
+FIT = dict(device="cpu", progress=False)
+
+
+# ------------------------------------------------------------------------------------------- strategies
+
+
+def test_linear_probe_freezes_the_trunk_and_trains_a_fresh_head():
+    model = _model()
+    old_head = model.head.fc.weight.detach().clone()
+    model, groups = T.prepare(model, "linear_probe", num_classes=3, seed=1)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable == ["head.fc.weight", "head.fc.bias"]
+    assert model.head.fc.weight.shape == (3, 128) and old_head.shape == (10, 128)
+    torch.manual_seed(1)
+    assert torch.equal(model.head.fc.weight, nn.Linear(128, 3).weight)  # the seeded fresh head
+    assert [g["name"] for g in groups] == ["head"] and groups[0]["lr"] == 1e-3
+    trunk, head = _clone(nn.ModuleList(stages(model))), model.head.fc.weight.detach().clone()
+    T.fit(model, _batches(), epochs=1, param_groups=groups, **FIT)
+    assert _same(trunk, _clone(nn.ModuleList(stages(model))))  # weights and (bn="eval") running stats
+    assert not torch.equal(head, model.head.fc.weight)
+
+
+def test_finetune_trains_everything_and_scratch_redraws_timm_init():
+    model, groups = T.prepare(_model(), "finetune", lr=LR, head_lr=1.0)
+    assert all(p.requires_grad for p in model.parameters())
+    assert [(g["name"], g["lr"]) for g in groups] == [("head", 1.0), ("trunk", LR)]
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+
+    pretrained = _model(seed=7)
+    before = _clone(pretrained)
+    model, _ = T.prepare(pretrained, "scratch", seed=5)
+    reference = _model(seed=5)  # timm's own init for the same architecture and seed
+    assert _same(_clone(model), _clone(reference))
+    assert not torch.equal(before["stem.conv.weight"], model.state_dict()["stem.conv.weight"])
+
+
+def test_discriminative_lrs_are_lr_times_decay_power_and_match_timm_scales():
+    model, groups = T.prepare(_model(), "discriminative", lr=LR, layer_decay=DECAY)
+    lrs = {g["name"]: g["lr"] for g in groups}
+    # stages: stem, stages.0, stages.1, stages.2 (n = 4); the head sits at depth 4
+    assert lrs == {
+        "head": LR,
+        "stage0": LR * DECAY**4,
+        "stage1": LR * DECAY**3,
+        "stage2": LR * DECAY**2,
+        "stage3": LR * DECAY,
+    }
+    assert all("lr_scale" not in g for g in groups)
+    ours = {id(p): g["lr"] for g in groups for p in g["params"]}
+    timm_groups = timm.optim.param_groups_layer_decay(model, weight_decay=0.0, layer_decay=DECAY)
+    theirs = {id(p): LR * g["lr_scale"] for g in timm_groups for p in g["params"]}
+    assert ours == theirs
+
+
+def _step(opt, sched, n: int, timm_sched: bool = False) -> None:
+    for i in range(n):
+        opt.step()
+        sched.step_update(i + 1) if timm_sched else sched.step()
+
+
+def test_decayed_lrs_survive_plain_torch_optimisers_and_schedulers():
+    model = _model()
+    _, groups = T.prepare(model, "discriminative", lr=LR, layer_decay=DECAY)
+    depth = {"head": 0, "stage0": 4, "stage1": 3, "stage2": 2, "stage3": 1}
+    for make, is_timm in (
+        (lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=10), False),
+        (lambda o: CosineLRScheduler(o, t_initial=10, t_in_epochs=False), True),
+    ):
+        opt = torch.optim.AdamW([dict(g) for g in groups], lr=123.0)
+        _step(opt, make(opt), 3, is_timm)
+        head = opt.param_groups[0]["lr"]
+        assert 0 < head < LR
+        for g in opt.param_groups:
+            assert g["lr"] == pytest.approx(head * DECAY ** depth[g["name"]], rel=1e-12)
+    # the trap: timm's own groups keep the decay in lr_scale, which a torch optimiser ignores
+    opt = torch.optim.AdamW(timm.optim.param_groups_layer_decay(model, layer_decay=DECAY), lr=LR)
+    assert {g["lr"] for g in opt.param_groups} == {LR}
+
+
+def test_unfreeze_top_opens_stages_from_the_top():
+    model = _model()
+    for k in range(5):
+        T.unfreeze_top(model, k)
+        assert T._trainable_stages(model) == list(range(4 - k, 4))
+        assert model.head.fc.weight.requires_grad
+
+
+def test_gradual_unfreezes_one_stage_per_epoch_with_one_optimiser(monkeypatch):
+    seen = []
+
+    def record(model, kw, when):
+        if when == "start":
+            seen.append(
+                (
+                    T._trainable_stages(model),
+                    id(kw["optimizer"]),
+                    [g["name"] for g in kw["optimizer"].param_groups],
+                )
+            )
+
+    _spy(monkeypatch, record)
+    model = _model()
+    frozen = _clone(nn.ModuleList(stages(model)[:2]))
+    top = model.stages[2][0].conv.weight.detach().clone()
+    history = T.gradual(model, _batches(), epochs=3, num_classes=3, lr=LR, layer_decay=DECAY, **FIT)
+    assert [s for s, _, _ in seen] == [[], [3], [2, 3]]
+    assert len({o for _, o, _ in seen}) == 1
+    assert [n for _, _, n in seen] == [["head"], ["head", "stage3"], ["head", "stage3", "stage2"]]
+    assert history.series("unfrozen") == [0, 1, 2] and history.series("epoch") == [1, 2, 3]
+    assert history.series("step") == [2, 4, 6]
+    assert _same(frozen, _clone(nn.ModuleList(stages(model)[:2])))  # never unfrozen: weights and stats kept
+    assert not torch.equal(top, model.stages[2][0].conv.weight)
+
+
+def test_lp_ft_fine_tunes_from_the_probed_head(monkeypatch):
+    heads, trunks, open_stages = [], [], []
+
+    def record(model, kw, when):
+        heads.append(model.head.fc.weight.detach().clone())
+        trunks.append(_clone(model.stem))
+        if when == "start":
+            open_stages.append(T._trainable_stages(model))
+
+    _spy(monkeypatch, record)
+    model = _model()
+    history = T.lp_ft(
+        model, _batches(), probe_epochs=2, ft_epochs=1, num_classes=3, lr=1e-3, probe_lr=LR, **FIT
+    )
+    probe_start, probe_end, ft_start, ft_end = heads
+    assert torch.equal(ft_start, probe_end) and not torch.equal(probe_end, probe_start)
+    assert not torch.equal(ft_end, ft_start)
+    assert _same(trunks[0], trunks[1]) and not _same(trunks[2], trunks[3])  # probe: trunk fixed, then tuned
+    assert open_stages == [[], [0, 1, 2, 3]]
+    assert history.series("phase") == [1, 1, 2] and history.series("epoch") == [1, 2, 3]
+    assert history.series("step") == [2, 4, 6]
+
+
+def test_adapt_equals_prepare_then_fit():
+    a, b = _model(), _model()
+    T.adapt(a, "discriminative", _batches(), epochs=2, num_classes=3, lr=LR, layer_decay=DECAY, seed=3, **FIT)
+    b, groups = T.prepare(b, "discriminative", num_classes=3, lr=LR, layer_decay=DECAY, seed=3)
+    T.fit(b, _batches(), epochs=2, lr=LR, param_groups=groups, seed=3, **FIT)
+    assert _same(_clone(a), _clone(b))
+    history = T.adapt(_model(), "lp_ft", _batches(), epochs=3, num_classes=3, **FIT)
+    assert history.series("phase") == [1, 2, 2]
+
+
+# ------------------------------------------------------------------------------------- BatchNorm policies
+
+
+@pytest.mark.parametrize("bn", T.BN_POLICIES)
+def test_bn_policy_of_frozen_parts_on_shifted_data(bn):
+    model, groups = T.prepare(_model(), "linear_probe", num_classes=3, bn=bn)
+    stem = model.stem
+    assert isinstance(stem.bn, FrozenBatchNormAct2d if bn == "freeze" else BatchNormAct2d)
+    mean0, weight0 = stem.bn.running_mean.clone(), stem.bn.weight.detach().clone()
+    conv0 = stem.conv.weight.detach().clone()
+    x, y = _data(16, shift=3.0)  # the target data sit far from the source statistics
+    model.train()
+    T.fit(model, TensorBatches(x, y, 16), epochs=1, param_groups=groups, **FIT)
+    assert torch.equal(stem.conv.weight, conv0) and torch.equal(stem.bn.weight, weight0)
+    if bn == "train":  # PyTorch's default: the frozen layer's statistics drift to the target batch
+        batch_mean = stem.conv(x).mean(dim=(0, 2, 3))
+        assert torch.allclose(stem.bn.running_mean, 0.9 * mean0 + 0.1 * batch_mean, atol=1e-6)
+    else:
+        assert torch.equal(stem.bn.running_mean, mean0)
+    # fine-tuning afterwards gives back plain, trainable BatchNorm layers with the same statistics
+    mean1 = model.stem.bn.running_mean.clone()
+    model, _ = T.prepare(model, "finetune")
+    assert type(model.stem.bn) is BatchNormAct2d and not model.stem.bn._forward_pre_hooks
+    assert torch.equal(model.stem.bn.running_mean, mean1)
+    assert all(p.requires_grad for p in model.parameters())
+    model.train()
+    model(x)
+    assert not torch.equal(model.stem.bn.running_mean, mean1)
+
+
+def test_eval_policy_survives_model_train():
+    model, _ = T.prepare(_model(), "linear_probe", bn="eval")
+    model.train()
+    assert model.stem.bn.training  # train() flips the flag...
+    mean = model.stem.bn.running_mean.clone()
+    model(_data(8, shift=3.0)[0])
+    assert torch.equal(model.stem.bn.running_mean, mean)  # ...but the hook runs the layer in eval mode
+    assert model.head.training
+
+
+# ----------------------------------------------------------------------------------------- L2-SP
+
+
+def test_l2sp_is_zero_at_start_and_exact_after_a_perturbation():
+    model, _ = T.prepare(_model(), "finetune", num_classes=3, seed=0)
+    start = _clone(model)
+    reg = T.l2sp(model, start, alpha=0.2, beta=0.0)
+    assert reg(model).item() == 0.0
+    head_sq = model.head.fc.weight.pow(2).sum() + model.head.fc.bias.pow(2).sum()
+    assert T.l2sp(model, start, alpha=0.2, beta=0.5)(model).item() == pytest.approx(
+        0.25 * head_sq.item(), rel=1e-6
+    )
+    with torch.no_grad():
+        model.stem.conv.weight[0, 0, 0, 0] += 0.3
+        model.stages[1][0].bn.bias += 0.5  # 64 channels
+    value = reg(model)
+    assert value.item() == pytest.approx(0.1 * (0.3**2 + 64 * 0.25), rel=1e-5)
+    value.backward()
+    grad = model.stem.conv.weight.grad
+    assert grad[0, 0, 0, 0].item() == pytest.approx(
+        0.2 * 0.3, rel=1e-5
+    )  # alpha * (w - w0): descent goes back
+    assert grad.abs().sum().item() == pytest.approx(0.06, rel=1e-5)
+    assert torch.allclose(model.stages[1][0].bn.bias.grad, torch.full((64,), 0.1))
+
+
+def test_l2sp_in_fit_keeps_weights_nearer_the_start():
+    drift = []
+    for alpha in (0.0, 100.0):
+        model, groups = T.prepare(_model(), "finetune", num_classes=3, seed=0)
+        start = _clone(model)
+        T.fit(
+            model,
+            _batches(),
+            epochs=2,
+            lr=0.05,
+            param_groups=groups,
+            regularizer=T.l2sp(model, start, alpha=alpha),
+            **FIT,
+        )
+        drift.append((model.stem.conv.weight - start["stem.conv.weight"]).norm().item())
+    assert drift[1] < 0.5 * drift[0]
+
+
+# ---------------------------------------------------------------------------- block transfer, forgetting
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_transfer_blocks_copies_the_first_n_stages(freeze):
+    source, target = _model(seed=1), _model(seed=2)
+    src, before = _clone(source), _clone(target)
+    T.transfer_blocks(source, target, 2, freeze=freeze)
+    after = target.state_dict()
+    for key, value in after.items():
+        copied = key.startswith(("stem.", "stages.0."))
+        assert torch.equal(value, src[key] if copied else before[key]), key
+    x, y = _data(8)
+    nn.functional.cross_entropy(target(x), y).backward()
+    for name, p in target.named_parameters():
+        frozen = freeze and name.startswith(("stem.", "stages.0."))
+        assert p.requires_grad is not frozen and (p.grad is None) is frozen, name
+    with pytest.raises(ValueError, match=r"stage \d differs"):
+        T.transfer_blocks(_model(name="course_cnn_m"), _model(), 4)
+
+
+def test_forgetting_reattaches_the_source_head():
+    x, y = _data(64)
+    source = _model()
+    source.eval()
+    batches = TensorBatches(x, y, 32, shuffle=False)
+    acc = evaluate(source, batches, device="cpu")["acc"]
+    tuned = new_head(copy.deepcopy(source), 3)  # same trunk, a target head: nothing forgotten
+    assert T.forgetting(source, tuned, batches) == {"before": acc, "after": acc, "drop": 0.0}
+    with torch.no_grad():  # a wiped trunk: features are 0, the source head predicts argmax(bias) everywhere
+        for name, p in tuned.named_parameters():
+            if not name.startswith("head."):
+                p.zero_()
+    chance = (y == source.head.fc.bias.argmax()).float().mean().item()
+    result = T.forgetting(source, tuned, batches)
+    assert result["after"] == pytest.approx(chance) and result["drop"] == pytest.approx(acc - chance)
+
+
+# ------------------------------------------------------------------------------------------ source models
+
+
+def test_source_model_trains_once_then_loads(tmp_path, monkeypatch):
+    kw = dict(epochs=1, n=3, seed=0, batch_size=16, root=tmp_path, device="cpu")
+    model, info = T.source_model("course_cnn_s", "digits", **kw)
+    path = tmp_path / "cache" / "sources" / f"{info['key']}.pt"
+    assert not info["cached"] and info["path"] == str(path) and path.is_file() and 0 <= info["test_acc"] <= 1
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("fit must not run when the source is cached")
+
+    monkeypatch.setattr(T, "fit", refuse)
+    again, info2 = T.source_model("course_cnn_s", "digits", **kw)
+    assert info2["cached"] and info2["test_acc"] == info["test_acc"] and _same(_clone(model), _clone(again))
+    monkeypatch.undo()
+    _, info3 = T.source_model("course_cnn_s", "digits", **{**kw, "seed": 1})
+    assert info3["key"] != info["key"] and not info3["cached"]
+    path.write_bytes(b"not a checkpoint")  # corrupt: trained again and rewritten
+    _, info4 = T.source_model("course_cnn_s", "digits", **kw)
+    assert not info4["cached"] and info4["key"] == info["key"] and info4["test_acc"] == info["test_acc"]
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda m: T.prepare(m, "probe"), "strategy"),
+        (lambda m: T.prepare(m, "linear_probe", bn="frozen"), "bn"),
+        (lambda m: T.prepare(m, "discriminative"), "layer_decay"),
+        (lambda m: T.prepare(m, "finetune", layer_decay=1.5), "layer_decay"),
+        (lambda m: T.layer_groups(m, -1.0), "lr"),
+        (lambda m: T.unfreeze_top(m, 5), "k"),
+        (lambda m: T.transfer_blocks(m, _model(), 9), "n"),
+        (lambda m: T.l2sp(m, {}, alpha=-1.0), "alpha"),
+        (lambda m: T.gradual(m, [], epochs=1, scheduler="cosine"), "scheduler"),
+        (lambda m: T.prepare(nn.Linear(2, 2), "finetune"), "model"),
+    ],
+)
+def test_bad_input_raises_one_line_value_error(call, match):
+    with pytest.raises(ValueError, match=match) as err:
+        call(_model())
+    assert "\n" not in str(err.value)
