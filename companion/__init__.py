@@ -1,40 +1,65 @@
-"""companion: the tested training utilities behind the course "Transfer Learning vs Multi-task Learning"."""
+"""companion: the tested training utilities behind the course "Transfer Learning vs Multi-task Learning".
 
+Modules by concern: device, data, synthetic, models, train, transfer, transferability, mtl, aggregators,
+params, claims, course (the notebook runner) and plots. The most used names are re-exported here.
+"""
+
+from .aggregators import METHODS as AGGREGATION_METHODS
+from .aggregators import aggregate, conflict, cosine_matrix, task_gradients
 from .claims import Claims
 from .course import COURSE
+from .data import (
+    TensorBatches,
+    available_datasets,
+    data_root,
+    fashion_groups,
+    fetch,
+    load_dataset,
+    loader,
+    multi_digits,
+    subsample_per_class,
+)
 from .device import env_report, pick_device, seed_everything
+from .models import backbone, count_params, efficientnet_lite0, extract_features, features, new_head, stages
+from .mtl import (
+    DWA,
+    FAMO,
+    CrossStitch,
+    GradAggregation,
+    GradNorm,
+    HardSharing,
+    L2Tied,
+    MMoE,
+    Uncertainty,
+    Weighted,
+    param_count,
+    task_affinity,
+)
 from .params import ParameterError, setup
+from .synthetic import make_multilabel, make_scenes, make_shapes, make_tasks, shift
 from .train import (
     Balancer,
     CheckpointError,
     History,
     StepContext,
     WeightedSum,
-    accuracy,
-    default_loss,
     evaluate,
     fit,
     load_checkpoint,
     save_checkpoint,
 )
+from .transfer import adapt, forgetting, l2sp, lp_ft, prepare, source_model, transfer_blocks
+from .transferability import h_score, leep, logme, nce, rank_sources, score_sources, transrate
 
 __all__ = [
-    "COURSE",
-    "Balancer",
-    "CheckpointError",
-    "Claims",
-    "History",
-    "ParameterError",
-    "StepContext",
-    "WeightedSum",
-    "accuracy",
-    "default_loss",
-    "env_report",
-    "evaluate",
-    "fit",
-    "load_checkpoint",
-    "pick_device",
-    "save_checkpoint",
-    "seed_everything",
-    "setup",
+    "AGGREGATION_METHODS", "COURSE", "DWA", "FAMO", "Balancer", "CheckpointError", "Claims", "CrossStitch",
+    "GradAggregation", "GradNorm", "HardSharing", "History", "L2Tied", "MMoE", "ParameterError", "StepContext",
+    "TensorBatches", "Uncertainty", "Weighted", "WeightedSum", "aggregate", "available_datasets", "backbone",
+    "conflict", "cosine_matrix", "count_params", "data_root", "efficientnet_lite0", "env_report", "evaluate",
+    "extract_features", "fashion_groups", "features", "fetch", "fit", "h_score", "leep", "load_checkpoint",
+    "load_dataset", "loader", "logme", "make_multilabel", "make_scenes", "make_shapes", "make_tasks",
+    "multi_digits", "nce", "new_head", "param_count", "pick_device", "rank_sources", "save_checkpoint",
+    "score_sources", "seed_everything", "setup", "shift", "stages", "subsample_per_class", "task_affinity",
+    "task_gradients",
+    "transrate", "adapt", "forgetting", "l2sp", "lp_ft", "prepare", "source_model", "transfer_blocks",
 ]

@@ -48,6 +48,18 @@ def test_committed_notebook_is_fresh_and_well_formed(file):
     assert any("Exercises" in "".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
 
 
+@pytest.mark.parametrize("file", [nb.file for nb in COURSE])
+def test_papermill_sees_every_parameter(file):
+    import papermill as pm
+
+    nb = _nb(file)
+    cell = next(c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
+    names = re.findall(r"^([A-Z][A-Z0-9_]*):", _code(cell), re.M)
+    found = pm.inspect_notebook(str(NOTEBOOK_DIR / file))
+    assert sorted(found) == sorted(names)
+    assert all(p["help"] for p in found.values()), "every parameter has a comment"
+
+
 def test_parse_value():
     assert parse_value("3") == 3 and parse_value("0.5") == 0.5 and parse_value("[1, 2]") == [1, 2]
     assert parse_value("course_cnn_s") == "course_cnn_s" and parse_value("'quick'") == "quick"
