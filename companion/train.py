@@ -36,7 +36,9 @@ class Balancer(Protocol):
     """Turns a dict of task losses into `.grad` on the model's parameters (notebooks 06 and 10).
 
     `backward` must leave in `.grad` the gradient of the *scaled* objective (as `ctx.scaled(loss).backward()`
-    would), so that fit's GradScaler can unscale it; it returns scalars to log (averaged per epoch).
+    would), so that fit's GradScaler can unscale it; it returns scalars to log (averaged per epoch). Optional:
+    `on_epoch_end(epoch)`; `state_dict()`/`load_state_dict()` (saved in checkpoints); an `nn.Module` balancer's
+    parameters are trained by fit's optimiser.
     """
 
     def backward(self, losses: dict[str, Tensor], ctx: StepContext) -> dict[str, float]: ...
