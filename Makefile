@@ -25,7 +25,7 @@ course: data
 # executes once there; strict mode turns a course claim that did not hold into a failing cell).
 test: data
 	$(PY) -m pytest tests
-	COMPANION_STRICT_CLAIMS=1 $(PY) -m pytest --nbval-lax -p no:cacheprovider notebooks
+	COMPANION_STRICT_CLAIMS=1 $(PY) -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider notebooks
 
 lint: install
 	$(VENV)/bin/ruff check companion tests notebooks

@@ -25,8 +25,8 @@ class Notebook:
 
 
 COURSE = [
-    Notebook("00_start_here.ipynb", "Start here: environment, course map, a first training run", 0.5, 0.5),
-    Notebook("01_definitions.ipynb", "Definitions: transfer vs multi-task learning side by side", 0.5, 0.5),
+    Notebook("00_start_here.ipynb", "Start here: environment, course map, a first training run", 1.0, 0.5),
+    Notebook("01_definitions.ipynb", "Definitions: transfer vs multi-task learning side by side", 1.5, 0.5),
 ]
 
 
@@ -104,7 +104,7 @@ def run(
         if inplace:
             if given:
                 raise ValueError("--inplace runs notebooks with their own parameters only; drop -p and --scale")
-            results = out / "results" / path.stem
+            results = REPO / "results"  # the notebook's own RESULTS_DIR default
             seconds = execute(path, path)
         else:
             results = out / "results" / path.stem / _tag(given)
@@ -125,7 +125,7 @@ def sweep(name: str, param: str, values: list, *, scale: str = "auto", out: str 
 
 def summary(notebook: str, results_dir: Path, seconds: float) -> dict:
     """Read a run's results file into a row: notebook, parameters, minutes, claims held / total."""
-    files = sorted(Path(results_dir).glob("*.json"))
+    files = sorted(Path(results_dir).glob(f"{notebook}.json"))
     row = {"notebook": notebook, "minutes": round(seconds / 60, 2), "held": 0, "total": 0, "failures": 0, "parameters": {}}
     for f in files:
         data = json.loads(f.read_text())
