@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +68,7 @@ def execute(path: Path, out: Path, parameters: dict | None = None, *, progress: 
     import papermill as pm
 
     out.parent.mkdir(parents=True, exist_ok=True)
+    os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"  # figures inline even if Agg is set
     t0 = time.perf_counter()
     pm.execute_notebook(
         str(path), str(out), parameters=parameters or {}, cwd=str(NOTEBOOK_DIR), progress_bar=progress,

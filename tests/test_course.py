@@ -76,7 +76,10 @@ def test_summary_and_table(tmp_path):
 
 
 def _run(*args, check=True):
-    return subprocess.run([sys.executable, "-m", "companion", *args], cwd=REPO, capture_output=True, text=True, check=check, timeout=600)
+    proc = subprocess.run([sys.executable, "-m", "companion", *args], cwd=REPO, capture_output=True, text=True, timeout=900)
+    if check:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
 
 
 @pytest.mark.slow
