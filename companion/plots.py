@@ -59,9 +59,9 @@ def images(x, labels: Sequence | None = None, *, n: int = 16, cols: int = 8, tit
     return fig
 
 
-def _box(ax, xy, text, color):
-    ax.add_patch(FancyBboxPatch(xy, 2.2, 0.8, boxstyle="round,pad=0.05", fc=color, ec="black", lw=1))
-    ax.text(xy[0] + 1.1, xy[1] + 0.4, text, ha="center", va="center", fontsize=9)
+def _box(ax, xy, text, color, w: float = 2.5, h: float = 1.0):
+    ax.add_patch(FancyBboxPatch(xy, w, h, boxstyle="round,pad=0.05", fc=color, ec="black", lw=1))
+    ax.text(xy[0] + w / 2, xy[1] + h / 2, text, ha="center", va="center", fontsize=8)
 
 
 def _arrow(ax, a, b):
@@ -70,31 +70,81 @@ def _arrow(ax, a, b):
 
 def pipelines():
     """Diagram: transfer learning as two phases in sequence vs multi-task learning as one parallel phase (notebook 01)."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.4))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.6))
     for ax in (left, right):
         ax.set_xlim(0, 10)
-        ax.set_ylim(0, 4)
+        ax.set_ylim(0, 4.2)
         ax.axis("off")
     left.set_title("Transfer learning: sequential")
-    _box(left, (0.2, 2.6), "source data\n(large)", "#cfe2ff")
-    _box(left, (3.8, 2.6), "phase 1: train\non source task", "#ffe5b4")
-    _box(left, (0.2, 0.6), "target data\n(small)", "#d4edda")
-    _box(left, (3.8, 0.6), "phase 2: fine-tune\non target task", "#ffe5b4")
-    _box(left, (7.4, 0.6), "target model", "#f8d7da")
-    _arrow(left, (2.5, 3.0), (3.8, 3.0))
-    _arrow(left, (2.5, 1.0), (3.8, 1.0))
-    _arrow(left, (4.9, 2.6), (4.9, 1.4))
-    left.text(5.05, 2.0, "copy weights", fontsize=8)
-    _arrow(left, (6.1, 1.0), (7.4, 1.0))
+    _box(left, (0.1, 2.8), "source data\n(large)", "#cfe2ff")
+    _box(left, (3.7, 2.8), "phase 1: train\non the source task", "#ffe5b4")
+    _box(left, (0.1, 0.5), "target data\n(small)", "#d4edda")
+    _box(left, (3.7, 0.5), "phase 2: fine-tune\non the target task", "#ffe5b4")
+    _box(left, (7.3, 0.5), "target model", "#f8d7da")
+    _arrow(left, (2.6, 3.3), (3.7, 3.3))
+    _arrow(left, (2.6, 1.0), (3.7, 1.0))
+    _arrow(left, (4.95, 2.8), (4.95, 1.5))
+    left.text(5.1, 2.1, "copy weights", fontsize=8)
+    _arrow(left, (6.2, 1.0), (7.3, 1.0))
     right.set_title("Multi-task learning: parallel")
-    _box(right, (0.2, 2.6), "task A labels", "#cfe2ff")
-    _box(right, (0.2, 0.6), "task B labels", "#d4edda")
-    _box(right, (3.8, 1.6), "one phase: shared\ntrunk, loss A + loss B", "#ffe5b4")
-    _box(right, (7.4, 2.6), "head A", "#f8d7da")
-    _box(right, (7.4, 0.6), "head B", "#f8d7da")
-    _arrow(right, (2.5, 3.0), (3.8, 2.2))
-    _arrow(right, (2.5, 1.0), (3.8, 1.8))
-    _arrow(right, (6.1, 2.2), (7.4, 3.0))
-    _arrow(right, (6.1, 1.8), (7.4, 1.0))
+    _box(right, (0.1, 2.8), "task A labels", "#cfe2ff")
+    _box(right, (0.1, 0.5), "task B labels", "#d4edda")
+    _box(right, (3.7, 1.5), "one phase:\nshared trunk,\nloss A + loss B", "#ffe5b4", h=1.2)
+    _box(right, (7.3, 2.8), "head A", "#f8d7da")
+    _box(right, (7.3, 0.5), "head B", "#f8d7da")
+    _arrow(right, (2.6, 3.3), (3.7, 2.4))
+    _arrow(right, (2.6, 1.0), (3.7, 1.8))
+    _arrow(right, (6.2, 2.4), (7.3, 3.3))
+    _arrow(right, (6.2, 1.8), (7.3, 1.0))
     fig.tight_layout()
     return fig
+
+
+def spread(
+    data: dict[str, dict],
+    *,
+    ax=None,
+    xlabel: str = "",
+    ylabel: str = "",
+    logx: bool = False,
+    chance: float | None = None,
+    xticklabels: dict | None = None,
+):
+    """One line per series with a min-max band over seeds: data = {label: {x: [values]}} (notebooks 02, 05, 07)."""
+    ax = ax or plt.subplots(figsize=(5.5, 3.4))[1]
+    for label, points in data.items():
+        xs = sorted(points)
+        vals = [np.asarray(points[x], dtype=float) for x in xs]
+        means = np.array([v.mean() for v in vals])
+        line = ax.plot(xs, means, marker="o", ms=4, label=label)[0]
+        if any(len(v) > 1 for v in vals):
+            lo, hi = [v.min() for v in vals], [v.max() for v in vals]
+            ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.2, lw=0)
+    if logx:
+        ax.set_xscale("log")
+    if xticklabels:
+        ax.set_xticks(list(xticklabels), [str(v) for v in xticklabels.values()])
+        ax.minorticks_off()
+    if chance is not None:
+        ax.axhline(chance, ls="--", c="grey", lw=1, label="chance")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(frameon=False, fontsize=8)
+    return ax
+
+
+def embedding(points, labels, *, ax=None, title: str | None = None, names: Sequence[str] | None = None):
+    """A 2-D map of samples (t-SNE or PCA of features), one colour per class (notebook 02)."""
+    ax = ax or plt.subplots(figsize=(4, 4))[1]
+    points = np.asarray(points.detach().cpu() if hasattr(points, "detach") else points, dtype=float)
+    labels = np.asarray(labels.detach().cpu() if hasattr(labels, "detach") else labels)
+    for i, c in enumerate(np.unique(labels)):
+        keep = labels == c
+        name = names[int(c)] if names is not None else str(c)
+        ax.scatter(points[keep, 0], points[keep, 1], s=6, color=plt.cm.tab10(i % 10), label=name)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=10)
+    return ax

@@ -1,0 +1,44 @@
+"""Plot helpers draw exactly the numbers they are given."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.patches import FancyBboxPatch, Rectangle  # noqa: E402
+
+from companion.plots import bars, curves, images, pipelines  # noqa: E402
+
+
+def test_curves_plot_each_history_against_epochs():
+    hist = {"a": [{"epoch": 1, "loss": 2.0}, {"epoch": 2, "loss": 1.5}], "b": [{"epoch": 1, "loss": 3.0}, {"epoch": 2}]}
+    ax = curves(hist, "loss")
+    lines = {ln.get_label(): (list(ln.get_xdata()), list(ln.get_ydata())) for ln in ax.get_lines()}
+    assert lines == {"a": ([1, 2], [2.0, 1.5]), "b": ([1], [3.0])}
+
+
+def test_bars_show_means_and_min_max_whiskers():
+    ax = bars({"x": [1.0, 2.0, 6.0], "y": 4.0}, chance=0.5)
+    heights = [p.get_height() for p in ax.patches if isinstance(p, Rectangle)]
+    assert heights[:2] == [3.0, 4.0]
+    whisker = [c for c in ax.containers if hasattr(c, "lines")][0].lines[2][0].get_segments()[0]
+    assert np.allclose(whisker[:, 1], [1.0, 6.0])
+    assert any(np.allclose(ln.get_ydata(), 0.5) for ln in ax.get_lines())
+
+
+def test_image_grid_shows_the_first_n_images_with_labels():
+    x = torch.rand(20, 1, 8, 8)
+    fig = images(x, list(range(20)), n=10, cols=5)
+    shown = [ax for ax in fig.axes if ax.images]
+    assert len(shown) == 10 and shown[3].get_title() == "3"
+    assert np.allclose(shown[3].images[0].get_array(), x[3, 0].numpy())
+
+
+def test_pipelines_diagram_has_both_panels():
+    fig = pipelines()
+    boxes = [sum(isinstance(p, FancyBboxPatch) for p in ax.patches) for ax in fig.axes]
+    assert boxes == [5, 5]
+    assert [ax.get_title() for ax in fig.axes] == ["Transfer learning: sequential", "Multi-task learning: parallel"]
