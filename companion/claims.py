@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+from .data import atomic_write
+
 KINDS = ("course", "source")
 STRICT_ENV = "COMPANION_STRICT_CLAIMS"
 
@@ -32,12 +34,8 @@ def _plain(value):
 
 def write_json(path: Path, data: dict) -> Path:
     """Write JSON atomically: a reader sees the old file or the new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
+    text = (json.dumps(data, indent=2) + "\n").encode()
+    return atomic_write(path, lambda f: f.write(text))
 
 
 class Claims:

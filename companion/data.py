@@ -19,6 +19,7 @@ import tempfile
 import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -180,21 +181,36 @@ def available_datasets(
 # --------------------------------------------------------------------------------------------------- fetch
 
 
-def _copy_atomic(src: Path, dst: Path) -> None:
-    """Copy via a temp file in the target folder and os.replace, so no half file is ever visible."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".part", dir=dst.parent)
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object], *, keep_previous: bool = False) -> Path:
+    """Write a file via a temp file in its folder and os.replace, so no half file is ever visible (notebook 00).
+
+    With `keep_previous`, an existing file is kept as `<name>.prev` (checkpoints use it).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
-            shutil.copyfileobj(inp, out, 1 << 20)
+        with os.fdopen(fd, "wb") as out:
+            write(out)
             out.flush()
             os.fsync(out.fileno())
         os.chmod(tmp, 0o644)
-        os.replace(tmp, dst)
+        if keep_previous and path.exists():  # hard-link, so `path` itself never goes missing
+            prev = path.with_name(path.name + ".prev")
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(prev)
+            os.link(path, prev)
+        os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    return path
+
+
+def _copy_atomic(src: Path, dst: Path) -> None:
+    with open(src, "rb") as inp:
+        atomic_write(dst, lambda out: shutil.copyfileobj(inp, out, 1 << 20))
 
 
 def _sync(src: Path, dst: Path) -> int:
@@ -419,17 +435,7 @@ def _read_omniglot(files: dict[str, Path], size: int) -> dict[str, Tensor | list
 
 
 def _save_atomic(obj: object, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def _cached(path: Path, files: dict[str, Path], build: Callable[[], dict], writable: bool) -> dict:

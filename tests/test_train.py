@@ -246,7 +246,7 @@ def test_sigkill_mid_run_then_resume_gives_identical_weights(tmp_path):
     ckpt = tmp_path / "b.pt"
     proc = subprocess.Popen([*run, str(ckpt), str(tmp_path / "resumed.pt"), "0.05"], env=env)
     deadline = time.time() + 240
-    while time.time() < deadline:
+    while time.time() < deadline and proc.poll() is None:
         if ckpt.exists() and load_checkpoint(ckpt)["step"] >= 20:
             break
         time.sleep(0.05)
