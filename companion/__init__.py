@@ -48,7 +48,17 @@ from .train import (
     load_checkpoint,
     save_checkpoint,
 )
-from .transfer import adapt, forgetting, l2sp, lp_ft, prepare, source_model, transfer_blocks
+from .transfer import (
+    adapt,
+    block_sweep,
+    forgetting,
+    l2sp,
+    label_efficiency,
+    lp_ft,
+    prepare,
+    source_model,
+    transfer_blocks,
+)
 from .transferability import h_score, leep, logme, nce, rank_sources, score_sources, transrate
 
 __all__ = [
@@ -62,4 +72,5 @@ __all__ = [
     "score_sources", "seed_everything", "setup", "shift", "stages", "subsample_per_class", "task_affinity",
     "task_gradients",
     "transrate", "adapt", "forgetting", "l2sp", "lp_ft", "prepare", "source_model", "transfer_blocks",
+    "block_sweep", "label_efficiency",
 ]

@@ -148,3 +148,35 @@ def embedding(points, labels, *, ax=None, title: str | None = None, names: Seque
     if title:
         ax.set_title(title, fontsize=10)
     return ax
+
+
+def heatmaps(
+    mats: Sequence,
+    *,
+    row_labels: Sequence[str],
+    col_labels: Sequence[str],
+    titles: Sequence[str] | None = None,
+    suptitle: str | None = None,
+    vmin: float | None = None,
+    vmax: float | None = None,
+    fmt: str = ".2f",
+    cmap: str = "viridis",
+):
+    """Small annotated matrices side by side, e.g. cross-stitch mixing weights per stage (notebooks 03 and 10)."""
+    mats = [np.asarray(m, dtype=float) for m in mats]
+    lo = min(m.min() for m in mats) if vmin is None else vmin
+    hi = max(m.max() for m in mats) if vmax is None else vmax
+    fig, axes = plt.subplots(1, len(mats), figsize=(2.3 * len(mats) + 0.6, 2.6), squeeze=False)
+    for i, (ax, m) in enumerate(zip(axes[0], mats)):
+        im = ax.imshow(m, vmin=lo, vmax=hi, cmap=cmap)
+        for (r, c), v in np.ndenumerate(m):
+            ax.text(c, r, format(v, fmt), ha="center", va="center", fontsize=8,
+                    color="white" if v < lo + 0.5 * (hi - lo) else "black")
+        ax.set_xticks(range(m.shape[1]), col_labels, fontsize=8)
+        ax.set_yticks(range(m.shape[0]), row_labels if i == 0 else [""] * m.shape[0], fontsize=8)
+        if titles is not None:
+            ax.set_title(titles[i], fontsize=9)
+    fig.colorbar(im, ax=list(axes[0]), shrink=0.8)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
+    return fig

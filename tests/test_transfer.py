@@ -66,6 +66,7 @@ def _spy(monkeypatch, record):
 
 
 FIT = dict(device="cpu", progress=False)
+RUN = dict(device="cpu")  # the sweeps never show progress bars
 
 
 # ------------------------------------------------------------------------------------------- strategies
@@ -379,3 +380,113 @@ def test_bad_input_raises_one_line_value_error(call, match):
     with pytest.raises(ValueError, match=match) as err:
         call(_model())
     assert "\n" not in str(err.value)
+
+
+# ------------------------------------------------------------------------------------------ experiment sweeps
+
+
+def _pair(n: int = 30, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = _data(n, seed=seed)
+    return x, torch.arange(n) % 3  # balanced: 10 per class
+
+
+def test_label_efficiency_runs_every_strategy_on_the_same_subset_per_seed():
+    source = _model()
+    before = _clone(source)
+    rows = T.label_efficiency(
+        source, _pair(), _pair(12, seed=1), per_class=[2, None], strategies=["scratch", "linear_probe"],
+        seeds=[0, 1], epochs=1, min_steps=5, batch_size=4, lr={"scratch": LR, "linear_probe": 0.01}, **RUN,
+    )  # fmt: skip
+    assert _same(before, _clone(source)), "the source is copied, never trained"
+    assert len(rows) == 2 * 2 * 2
+    assert [(r["seed"], r["label"], r["strategy"]) for r in rows[:4]] == [
+        (0, "2", "scratch"), (0, "2", "linear_probe"), (0, "all", "scratch"), (0, "all", "linear_probe"),
+    ]  # fmt: skip
+    small = [r for r in rows if r["label"] == "2"]
+    assert {(r["n_train"], r["per_class"]) for r in small} == {(6, 2)}
+    # 6 images in batches of 4 make 2 steps a pass: 3 passes reach min_steps
+    assert all(r["steps"] == 6 and r["epochs"] == 3 for r in small)
+    full = [r for r in rows if r["label"] == "all"]
+    # all 30 images: one pass is 8 steps, more than min_steps
+    assert {(r["n_train"], r["per_class"], r["steps"]) for r in full} == {(30, 10, 8)}
+    assert all(0 <= r["acc"] <= 1 and len(r["history"]) == r["epochs"] for r in rows)
+    again = T.label_efficiency(
+        _model(), _pair(), _pair(12, seed=1), per_class=[2], strategies=["linear_probe"], seeds=[1],
+        min_steps=5, batch_size=4, lr=0.01, **RUN,
+    )  # fmt: skip
+    same_run = next(r for r in rows if (r["seed"], r["label"], r["strategy"]) == (1, "2", "linear_probe"))
+    assert again[0]["acc"] == same_run["acc"], "a run is a pure function of its seed"
+
+
+def test_label_efficiency_checks_its_arguments():
+    call = dict(per_class=[2], min_steps=2, **RUN)
+    for kw, match in (
+        (dict(strategies=["probe"]), "strategy"),
+        (dict(lr={"scratch": 0.1}, strategies=["finetune"]), "lr must give a rate"),
+        (dict(per_class=[0]), "per_class"),
+        (dict(seeds=[]), "seeds"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            T.label_efficiency(_model(), _pair(), _pair(), **{**call, **kw})
+    with pytest.raises(ValueError, match="train"):
+        T.label_efficiency(_model(), (torch.zeros(3, 1, 8, 8), torch.zeros(2)), _pair(), **call)
+
+
+def test_block_sweep_copies_n_stages_frozen_or_fine_tuned():
+    source = _model(seed=1)
+    before = _clone(source)
+    rows = T.block_sweep(
+        source, _pair(), _pair(12, seed=1), ns=[0, 2, 4], min_steps=2, batch_size=10, lr=LR, **RUN
+    )
+    assert _same(before, _clone(source))
+    assert [(r["n"], r["frozen"]) for r in rows] == [(n, f) for n in (0, 2, 4) for f in (True, False)]
+    assert rows[0]["acc"] == rows[1]["acc"], "n = 0 copies nothing: one scratch run serves both modes"
+    total = sum(p.numel() for p in source.parameters()) - source.head.fc.weight.numel() - 10 + 3 * 128 + 3
+    trainable = {(r["n"], r["frozen"]): r["trainable"] for r in rows}
+    assert trainable[(4, True)] == 3 * 128 + 3, "the whole trunk frozen: only the new head trains"
+    assert trainable[(0, True)] == trainable[(4, False)] == total
+    assert trainable[(4, True)] < trainable[(2, True)] < total
+    with pytest.raises(ValueError, match="n must be"):
+        T.block_sweep(source, _pair(), _pair(), ns=[5], **RUN)
+
+
+def test_steps_to_group_rows_and_probe_accuracy():
+    history = [{"step": 10, "val_acc": 0.5}, {"step": 20, "val_acc": 0.8}, {"step": 30, "val_acc": 0.9}]
+    assert T.steps_to(history, 0.8) == 20 and T.steps_to(history, 0.95) is None
+    assert T.steps_to(history, 0.4, key="missing") is None
+    rows = [dict(strategy=s, per_class=k, acc=a) for s, k, a in (("a", 5, 0.1), ("a", 1, 0.2), ("a", 5, 0.3))]
+    assert T.group_rows(rows) == {"a": {1: [0.2], 5: [0.1, 0.3]}}
+    assert list(T.group_rows(rows)["a"]) == [1, 5]
+    with pytest.raises(ValueError, match="'acc'"):
+        T.group_rows([{"strategy": "a", "per_class": 1}])
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(40) % 2
+    f = torch.randn(40, 5, generator=g) + 4 * y[:, None]  # two well separated clusters
+    assert T.probe_accuracy(f[:20], y[:20], f[20:], y[20:]) == 1.0
+    with pytest.raises(ValueError, match="features"):
+        T.probe_accuracy(f[:20], y[:20], f[20:, :3], y[20:])
+
+
+def test_eval_every_gives_a_convergence_curve_from_one_continuing_stream():
+    rows = T.label_efficiency(
+        _model(), _pair(), _pair(12, seed=1), per_class=[None], strategies=["finetune"], epochs=2,
+        min_steps=0, batch_size=10, val=_pair(9, seed=2), eval_every=2, **RUN,
+    )  # fmt: skip
+    history = rows[0]["history"]  # 30 images in batches of 10: 2 epochs are 6 steps, evaluated every 2
+    assert history.series("step") == [2, 4, 6] and all("val_acc" in r for r in history)
+    chunks = T._Chunks(TensorBatches(*_pair(), 10, seed=0), 2)
+    seen = [y for _ in range(3) for _, y in chunks]  # three chunks of two batches: exactly two epochs
+    assert torch.equal(torch.cat(seen[:3]).sort().values, torch.cat(seen[3:]).sort().values)
+    assert not torch.equal(torch.cat(seen[:3]), torch.cat(seen[3:])), "the second epoch is reshuffled"
+    with pytest.raises(ValueError, match="eval_every needs val"):
+        T.label_efficiency(_model(), _pair(), _pair(), per_class=[2], eval_every=2, **RUN)
+
+
+def test_labels_to_reach_interpolates_in_log_labels():
+    curve = {1: 0.3, 10: 0.7, 100: 0.9}
+    assert T.labels_to_reach(curve, 0.2) == 1.0
+    assert T.labels_to_reach(curve, 0.8) == pytest.approx(10**1.5)
+    assert T.labels_to_reach(curve, 0.7) == pytest.approx(10.0)
+    assert T.labels_to_reach(curve, 0.95) is None
+    with pytest.raises(ValueError, match="points"):
+        T.labels_to_reach({0: 0.5}, 0.4)
