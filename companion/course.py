@@ -29,8 +29,11 @@ COURSE = [
     Notebook("00_start_here.ipynb", "Start here: environment, course map, a first training run", 1.0, 0.5),
     Notebook("01_definitions.ipynb", "Definitions: transfer vs multi-task learning side by side", 1.5, 0.5),
     Notebook("02_understanding_transfer.ipynb", "Understanding transfer: four strategies, which layers transfer, near vs far sources", 1.5, 3),
+    Notebook("03_multitask_approaches.ipynb", "Multi-task approaches: hard sharing, cross-stitch, L2-tied towers, MMoE vs separate models", 1.0, 3),
     Notebook("05_how_transfer_helps.ipynb", "How transfer helps: label efficiency, faster convergence, the gap at full data", 2.5, 4),
+    Notebook("06_benefits_of_mtl.ipynb", "Benefits of multi-task learning: generalisation, overfitting, data efficiency, convergence", 1.5, 6),
     Notebook("07_applications_of_transfer.ipynb", "Applications: a real ImageNet backbone on animal silhouettes; where transfer is used", 1.5, 2),
+    Notebook("08_mtl_use_cases.ipynb", "MTL use cases: a perception toy with mixed losses, multi-label scans", 1.5, 4),
 ]
 
 

@@ -30,14 +30,17 @@ __all__ = [
     "L2Tied",
     "MMoE",
     "MaskDecoder",
+    "Separate",
     "Uncertainty",
     "Weighted",
     "aggregate",
+    "compare_models",
     "conv_tower",
     "dwa_weights",
     "head",
     "param_count",
     "separate_models",
+    "size_sweep",
     "task_affinity",
 ]
 
@@ -159,13 +162,34 @@ def param_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def separate_models(make_model: Callable[[str], nn.Module], tasks: Iterable[str]) -> nn.ModuleDict:
-    """One independent single-task model per task, `make_model(task)`, for comparison with sharing (notebook 04)."""
+class Separate(nn.ModuleDict):
+    """T independent single-task models side by side, callable like a multi-task model (notebooks 03 and 06).
+
+    A ModuleDict task -> model whose forward runs every model on the input and returns {task: output}; a model
+    that returns a dict contributes its entry for its own task. No parameter is shared, so training it with the
+    summed loss (as `fit` does) gives every model exactly the gradients of its own task's loss: the same as
+    training the T models one at a time on the same batches (Adam's update is per parameter).
+    """
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        out = {}
+        for task, model in self.items():
+            y = model(x)
+            if isinstance(y, dict):
+                if task not in y:
+                    raise ValueError(f"model for task {task!r} returned a dict without that task: {sorted(y)}")
+                y = y[task]
+            out[task] = y
+        return out
+
+
+def separate_models(make_model: Callable[[str], nn.Module], tasks: Iterable[str]) -> Separate:
+    """One independent single-task model per task, `make_model(task)`, as a `Separate` (notebooks 03 and 04)."""
     if not callable(make_model):
         raise ValueError(
             f"make_model: expected a callable task -> nn.Module, got {type(make_model).__name__}"
         )
-    return _module_dict({t: make_model(t) for t in _check_tasks(tasks, "tasks")}, "make_model")
+    return Separate(_module_dict({t: make_model(t) for t in _check_tasks(tasks, "tasks")}, "make_model"))
 
 
 # ----------------------------------------------------------------------------------------- architectures
@@ -719,3 +743,157 @@ def task_affinity(model: nn.Module, loss_fns: dict, batch: tuple, lr: float) -> 
     finally:
         model.load_state_dict(saved)
     return affinity
+
+
+# ------------------------------------------------------------------------------------------- experiments
+
+
+def _model_tasks(model: nn.Module, x: Tensor) -> list[str]:
+    """The tasks a model outputs, read from one forward pass on two inputs in eval mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(x[:2])
+    finally:
+        model.train(was_training)
+    if not isinstance(out, dict):
+        raise ValueError(f"builders: each model must return a dict task -> output, got {type(out).__name__}")
+    return list(out)
+
+
+def _check_xy(data, name: str) -> tuple[Tensor, dict[str, Tensor]]:
+    if not (isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[1], dict)):
+        raise ValueError(f"{name}: expected (x, y) with y a dict task -> targets")
+    x, y = data
+    if not isinstance(x, Tensor) or len(x) < 2:
+        raise ValueError(f"{name}: x must be a tensor of at least 2 inputs")
+    for t, v in y.items():
+        if len(v) != len(x):
+            raise ValueError(f"{name}: targets of task {t!r} have {len(v)} rows, x has {len(x)}")
+    return x, y
+
+
+def compare_models(
+    builders: dict[str, Callable[[], nn.Module]],
+    train: tuple[Tensor, dict[str, Tensor]],
+    test: tuple[Tensor, dict[str, Tensor]],
+    *,
+    epochs: int,
+    lr: float = 1e-3,
+    batch_size: int = 64,
+    seed: int = 0,
+    device: str | torch.device = "auto",
+    loss_fns: dict | None = None,
+    fit_kwargs: dict[str, dict | Callable[[nn.Module], dict]] | None = None,
+    fit_options: dict | None = None,
+    curves: bool = False,
+) -> dict[str, dict]:
+    """Train several models on the same data, batches and seed, and measure each (notebooks 03, 06 and 08).
+
+    Each builder is called right after `torch.manual_seed(seed)` and must return a model whose forward gives a
+    dict task -> output; the model trains with `fit` on the tasks it outputs (a single-task model ignores the
+    other targets), with the same shuffling for every model. `fit_kwargs[name]` adds fit arguments for one
+    model (a regulariser, a balancer, ...): a dict, or a callable model -> dict for stateful objects that
+    must be fresh per model; `fit_options` adds fit arguments for every model (e.g. a scheduler). With `curves=True` the test set is evaluated after every epoch (history keys
+    "val_*"). Returns {name: {"model", "history", "tasks", "params", "seconds", "train", "test"}}, where
+    "train" and "test" are `evaluate` results (mean loss and accuracy per task, in eval mode) on the whole
+    training and test sets.
+    """
+    import time
+
+    from .data import TensorBatches
+    from .device import pick_device
+    from .train import evaluate, fit
+
+    if not isinstance(builders, dict) or not builders:
+        raise ValueError("builders: expected a non-empty dict name -> callable returning a model")
+    x, y = _check_xy(train, "train")
+    xt, yt = _check_xy(test, "test")
+    fit_kwargs = fit_kwargs or {}
+    unknown = sorted(set(fit_kwargs) - set(builders))
+    if unknown:
+        raise ValueError(f"fit_kwargs: names {unknown} are not among the builders {sorted(builders)}")
+    dev = pick_device(device)
+    results = {}
+    for name, build in builders.items():
+        if not callable(build):
+            raise ValueError(f"builders: entry {name!r} must be a callable returning a model")
+        torch.manual_seed(seed)
+        model = build()
+        tasks = _model_tasks(model, x)
+        missing = [t for t in tasks if t not in y or t not in yt]
+        if missing:
+            raise ValueError(f"model {name!r} outputs tasks {missing} that train or test lacks targets for")
+        extra = fit_kwargs.get(name, {})
+        extra = {**(fit_options or {}), **(extra(model) if callable(extra) else dict(extra))}
+        batches = TensorBatches(x, {t: y[t] for t in tasks}, batch_size, seed=seed, device=dev)
+        test_batches = TensorBatches(xt, {t: yt[t] for t in tasks}, 1000, shuffle=False, device=dev)
+        start = time.perf_counter()
+        history = fit(
+            model, batches, epochs=epochs, lr=lr, seed=seed, device=dev, loss_fns=loss_fns,
+            val=test_batches if curves else None, progress=False, **extra,
+        )
+        seconds = time.perf_counter() - start
+        train_eval = TensorBatches(x, {t: y[t] for t in tasks}, 1000, shuffle=False, device=dev)
+        results[name] = {
+            "model": model,
+            "history": history,
+            "tasks": tasks,
+            "params": param_count(model),
+            "seconds": seconds,
+            "train": evaluate(model, train_eval, loss_fns, device=dev),
+            "test": evaluate(model, test_batches, loss_fns, device=dev),
+        }
+    return results
+
+
+def size_sweep(
+    builders: dict[str, Callable[[], nn.Module]],
+    data: Callable[[int], tuple[tuple[Tensor, dict], tuple[Tensor, dict]]],
+    sizes: Sequence[int],
+    seeds: Sequence[int],
+    *,
+    steps: int,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    device: str | torch.device = "auto",
+    loss_fns: dict | None = None,
+    fit_options: dict | None = None,
+    curve_size: int | None = None,
+) -> list[dict]:
+    """Data-efficiency sweep: models trained on nested subsets of several sizes, for several seeds (notebook 06).
+
+    For every seed, `data(seed)` returns a training pool and a test set ((x, y) pairs, y a dict task -> targets);
+    for every n in `sizes` the models train (with `compare_models`) on the pool's first n items for about
+    `steps` optimiser steps, i.e. epochs = max(1, round(steps * batch_size / n)), so small sets are not
+    under-trained; `fit_options` adds fit arguments for every run. At n == `curve_size` the test metrics are recorded after every epoch. Returns one row per
+    (seed, n, model): {"model", "n", "seed", "epochs", "params", "seconds", "train", "test", "history"}.
+    """
+    sizes = [_check_positive_int(n, "sizes") for n in sizes]
+    seeds = list(seeds)
+    if not sizes or not seeds:
+        raise ValueError("sizes and seeds: expected non-empty lists")
+    _check_positive_int(steps, "steps")
+    _check_positive_int(batch_size, "batch_size")
+    if not callable(data):
+        raise ValueError("data: expected a callable seed -> ((x, y) pool, (x, y) test)")
+    rows = []
+    for seed in seeds:
+        pool, test = data(seed)
+        x, y = _check_xy(pool, "data(seed) pool")
+        if max(sizes) > len(x):
+            raise ValueError(f"sizes: the largest size {max(sizes)} exceeds the pool of {len(x)} items")
+        for n in sizes:
+            epochs = max(1, round(steps * batch_size / n))
+            results = compare_models(
+                builders, (x[:n], {t: v[:n] for t, v in y.items()}), test, epochs=epochs, lr=lr,
+                batch_size=batch_size, seed=seed, device=device, loss_fns=loss_fns, fit_options=fit_options,
+                curves=n == curve_size,
+            )
+            for name, r in results.items():
+                rows.append({
+                    "model": name, "n": n, "seed": seed, "epochs": epochs, "params": r["params"],
+                    "seconds": r["seconds"], "train": r["train"], "test": r["test"], "history": r["history"],
+                })
+    return rows

@@ -180,3 +180,46 @@ def heatmaps(
     if suptitle:
         fig.suptitle(suptitle, fontsize=10)
     return fig
+
+
+def overlays(
+    x,
+    *,
+    masks=None,
+    points=None,
+    labels: Sequence | None = None,
+    n: int = 8,
+    cols: int = 8,
+    title: str | None = None,
+    mask_color: str = "red",
+):
+    """Images with mask outlines and marked points: targets or predictions of dense tasks (notebook 08).
+
+    x: N×C×H×W in [0, 1]; masks: N×1×H×W (0/1 or probabilities, outlined at 0.5); points: N×2 (x, y) as
+    fractions of the image side, drawn as crosses; labels: one title per image.
+    """
+    def arr(t):
+        return np.asarray(t.detach().cpu() if hasattr(t, "detach") else t, dtype=float)
+
+    x = arr(x[:n])
+    rows = int(np.ceil(len(x) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.3, rows * 1.45), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i >= len(x):
+            continue
+        img = x[i].transpose(1, 2, 0)
+        ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
+        h, w = img.shape[:2]
+        if masks is not None:
+            ax.contour(arr(masks[i]).reshape(h, w), levels=[0.5], colors=mask_color, linewidths=1)
+        if points is not None:
+            px, py = arr(points[i])[:2]
+            ax.plot(px * w - 0.5, py * h - 0.5, "+", color="white", ms=8, mew=2)
+            ax.plot(px * w - 0.5, py * h - 0.5, "+", color="black", ms=6, mew=1)
+        if labels is not None:
+            ax.set_title(str(labels[i]), fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig

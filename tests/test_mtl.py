@@ -21,13 +21,16 @@ from companion.mtl import (
     L2Tied,
     MaskDecoder,
     MMoE,
+    Separate,
     Uncertainty,
     Weighted,
+    compare_models,
     conv_tower,
     dwa_weights,
     head,
     param_count,
     separate_models,
+    size_sweep,
     task_affinity,
 )
 from companion.train import StepContext
@@ -477,3 +480,85 @@ def test_bad_inputs_raise_one_line_value_errors():
         with pytest.raises(ValueError) as err:
             make()
         assert "\n" not in str(err.value)
+
+
+# ------------------------------------------------------------------------------------------- experiments
+
+
+def test_separate_models_forward_and_summed_training_equals_one_at_a_time():
+    from companion.data import TensorBatches
+    from companion.train import fit
+
+    x, y = two_task_data(n=48)
+
+    def single(t: str, seed: int = 0) -> HardSharing:
+        torch.manual_seed(seed + (t == "b"))
+        return HardSharing(nn.Sequential(nn.Linear(8, 8), nn.ReLU()), {t: head("regression", 8, 1)})
+
+    sep = separate_models(single, ["a", "b"])
+    assert isinstance(sep, Separate) and isinstance(sep, nn.ModuleDict)
+    out = sep(x)
+    assert set(out) == {"a", "b"}
+    torch.testing.assert_close(out["b"], sep["b"](x)["b"])
+    plain = Separate({"a": nn.Linear(8, 1), "b": nn.Linear(8, 1)})  # models returning tensors work too
+    assert plain(x)["a"].shape == (48, 1)
+    kw = {"epochs": 2, "loss_fns": MSE, "lr": 1e-2, "device": "cpu", "progress": False, "seed": 0}
+    fit(sep, TensorBatches(x, y, batch_size=16, seed=0), **kw)
+    alone = single("b")
+    fit(alone, TensorBatches(x, {"b": y["b"]}, batch_size=16, seed=0), **kw)
+    for p, q in zip(sep["b"].parameters(), alone.parameters(), strict=True):
+        torch.testing.assert_close(p, q)  # the other task's loss never reaches model b
+    with pytest.raises(ValueError, match="without that task"):
+        Separate({"a": single("b")})(x)
+
+
+def test_compare_models_trains_each_on_its_tasks_with_same_seed():
+    x, y = two_task_data(n=96)
+    train, test = (x[:64], {t: v[:64] for t, v in y.items()}), (x[64:], {t: v[64:] for t, v in y.items()})
+
+    def only_a() -> HardSharing:
+        return HardSharing(nn.Sequential(nn.Linear(8, 16), nn.ReLU()), {"a": head("regression", 16, 1)})
+
+    builders = {"hard": lambda: hard_model(0), "single_a": only_a, "again": lambda: hard_model(0)}
+    made = []
+    kw = {"epochs": 3, "lr": 1e-2, "batch_size": 16, "seed": 5, "device": "cpu", "loss_fns": MSE}
+    res = compare_models(builders, train, test, **kw, fit_kwargs={"again": lambda m: made.append(m) or {}})
+    assert res["single_a"]["tasks"] == ["a"] and res["hard"]["tasks"] == ["a", "b"]
+    assert "loss/b" not in res["single_a"]["test"] and "loss/b" in res["hard"]["test"]
+    assert res["hard"]["params"] == param_count(res["hard"]["model"])
+    assert made == [res["again"]["model"]]  # the callable form gets the fresh model
+    # same seed, same builder: identical training, so identical results
+    assert res["hard"]["test"]["loss/a"] == pytest.approx(res["again"]["test"]["loss/a"], rel=1e-6)
+    assert res["hard"]["history"][-1]["train_loss"] < res["hard"]["history"][0]["train_loss"]
+    assert res["hard"]["train"]["loss/a"] < res["hard"]["history"][0]["train_loss/a"]
+    curved = compare_models({"hard": lambda: hard_model(0)}, train, test, **kw, curves=True,
+                            fit_options={"scheduler": "cosine"})
+    assert len(curved["hard"]["history"].series("val_loss/a")) == 3
+    assert curved["hard"]["history"][-1]["lr"] < 1e-3  # the cosine schedule reached every model
+    assert curved["hard"]["test"]["loss/a"] == pytest.approx(curved["hard"]["history"][-1]["val_loss/a"])
+    with pytest.raises(ValueError, match="fit_kwargs"):
+        compare_models(builders, train, test, **kw, fit_kwargs={"nope": {}})
+    with pytest.raises(ValueError, match="lacks targets"):
+        compare_models({"h": lambda: hard_model(0)}, (train[0], {"a": train[1]["a"]}), test, **kw)
+
+
+def test_size_sweep_rows_epochs_and_nested_subsets():
+    x, y = two_task_data(n=120)
+    seen = []
+
+    def data(seed: int):
+        seen.append(seed)
+        return (x[:80], {t: v[:80] for t, v in y.items()}), (x[80:], {t: v[80:] for t, v in y.items()})
+
+    rows = size_sweep(
+        {"hard": lambda: hard_model(0)}, data, [20, 80], [0, 1], steps=8, batch_size=10, lr=1e-2,
+        device="cpu", loss_fns=MSE, curve_size=80,
+    )
+    assert seen == [0, 1]
+    assert [(r["seed"], r["n"], r["epochs"]) for r in rows] == [(0, 20, 4), (0, 80, 1), (1, 20, 4), (1, 80, 1)]
+    assert all(r["model"] == "hard" and "loss/a" in r["test"] for r in rows)
+    assert "val_loss/a" in rows[1]["history"][-1] and "val_loss/a" not in rows[0]["history"][-1]
+    with pytest.raises(ValueError, match="exceeds the pool"):
+        size_sweep({"hard": lambda: hard_model(0)}, data, [100], [0], steps=2, device="cpu", loss_fns=MSE)
+    with pytest.raises(ValueError, match="steps"):
+        size_sweep({"hard": lambda: hard_model(0)}, data, [10], [0], steps=0, device="cpu")
