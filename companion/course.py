@@ -132,22 +132,28 @@ def sweep(name: str, param: str, values: list, *, scale: str = "auto", out: str 
 
 
 def summary(notebook: str, results_dir: Path, seconds: float) -> dict:
-    """Read a run's results file into a row: notebook, parameters, minutes, claims held / total."""
+    """Read a run's results file into a row: notebook, parameters, minutes, claims held / total, demonstrations."""
     files = sorted(Path(results_dir).glob(f"{notebook}.json"))
-    row = {"notebook": notebook, "minutes": round(seconds / 60, 2), "held": 0, "total": 0, "failures": 0, "parameters": {}}
+    row = {"notebook": notebook, "minutes": round(seconds / 60, 2), "held": 0, "total": 0, "failures": 0,
+           "demos": 0, "parameters": {}}
     for f in files:
         data = json.loads(f.read_text())
         row["parameters"] = {**data.get("parameters", {}), "SCALE": data.get("scale")}
         row["held"] += sum(bool(c["held"]) for c in data.get("claims", []))
         row["total"] += len(data.get("claims", []))
         row["failures"] += sum(not c["held"] and (c["kind"] == "course" or not c["note"]) for c in data.get("claims", []))
+        row["demos"] += len(data.get("demonstrations", []))
+        row["failures"] += sum(not d["holds"] for d in data.get("demonstrations", []))
     return row
 
 
 def table(rows: list[dict]) -> str:
-    """Format summary rows as a plain-text table."""
-    lines = [f"{'notebook':32} {'parameters':28} {'minutes':>8} {'claims held':>12}"]
+    """Format summary rows as a plain-text table (demonstrations are counted apart from claims)."""
+    lines = [f"{'notebook':32} {'parameters':28} {'minutes':>8} {'claims held':>12} {'demonstrations':>15}"]
     for r in rows:
         extra = {k: v for k, v in r["parameters"].items() if k in ("SEED", "SCALE")}
-        lines.append(f"{r['notebook']:32} {json.dumps(extra):28} {r['minutes']:8.2f} {r['held']:>6}/{r['total']:<5}")
+        lines.append(
+            f"{r['notebook']:32} {json.dumps(extra):28} {r['minutes']:8.2f} {r['held']:>6}/{r['total']:<5} "
+            f"{r.get('demos', 0):>15}"
+        )
     return "\n".join(lines)

@@ -69,9 +69,10 @@ def test_summary_and_table(tmp_path):
     (tmp_path / "01_definitions.json").write_text(json.dumps({
         "parameters": {"SEED": 3}, "scale": "quick",
         "claims": [{"held": True, "kind": "course", "note": ""}, {"held": False, "kind": "source", "note": "why"}],
+        "demonstrations": [{"demonstration": "an identity", "measured": {}, "holds": True}],
     }))
     row = summary("01_definitions", tmp_path, 90.0)
-    assert (row["held"], row["total"], row["failures"], row["minutes"]) == (1, 2, 0, 1.5)
+    assert (row["held"], row["total"], row["failures"], row["minutes"], row["demos"]) == (1, 2, 0, 1.5, 1)
     assert "01_definitions" in table([row]) and "1/2" in table([row])
 
 

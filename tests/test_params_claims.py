@@ -117,3 +117,54 @@ def test_write_json_is_atomic(tmp_path):
     write_json(path, {"a": 2})
     assert json.loads(path.read_text()) == {"a": 2}
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
+def test_demonstrations_are_kept_apart_from_claims(tmp_path, capsys):
+    cfg = setup(SEED=0, RESULTS_DIR=str(tmp_path))
+    c = Claims("99_demo", cfg)
+    c.demonstrate("two models have twice the parameters of one", {"one": 10, "two": 20}, True)
+    c.check("A beats B", {"a": [0.9, 0.8, 0.85]}, True)
+    c.check("seedless optimum", {"x": 1.0}, True, deterministic="fixed function, no randomness")
+    path = c.report(strict=True)
+    data = json.loads(path.read_text())
+    assert len(data["claims"]) == 2 and len(data["demonstrations"]) == 1
+    assert data["demonstrations"][0]["holds"] is True
+    assert data["claims"][1]["deterministic"].startswith("fixed")
+    out = capsys.readouterr().out
+    assert "2/2 claims held" in out and "1 demonstrations" in out
+    c.demonstrate("broken identity", {}, False)
+    with pytest.raises(AssertionError, match="broken identity"):
+        c.report(strict=True)
+
+
+def test_results_path_is_printed_relative_to_the_repository(capsys):
+    from companion.params import REPO
+
+    cfg = setup(SEED=0, RESULTS_DIR="build/test-relative")
+    Claims("99_demo", cfg).report(strict=False)
+    out = capsys.readouterr().out
+    assert "results written to build/test-relative/99_demo.json" in out and str(REPO) not in out
+
+
+def test_separated_needs_every_seed_and_a_margin_above_the_spread():
+    from companion.claims import separated
+
+    clear = separated([0.90, 0.91, 0.92], [0.80, 0.82, 0.81])
+    assert clear["held"] and abs(clear["margin"] - 0.10) < 1e-9 and abs(clear["spread"] - 0.02) < 1e-9
+    assert not separated([0.90, 0.79, 0.92], [0.80, 0.82, 0.81])["held"]      # one seed goes the other way
+    assert not separated([0.90, 0.84, 0.97], [0.80, 0.82, 0.81])["held"]      # margin 0.06 < spread 0.13
+    with pytest.raises(ValueError, match="equally long"):
+        separated([1.0], [0.5, 0.4])
+
+
+def test_tune_picks_the_best_validation_score_and_over_seeds_stacks():
+    from companion.protocol import over_seeds, tune
+
+    best, scores = tune(lambda lr: {1e-3: 0.7, 3e-3: 0.9, 1e-2: 0.9}[lr], [1e-3, 3e-3, 1e-2], name="lr")
+    assert best == 3e-3 and scores[1e-2] == 0.9                              # ties keep the earlier value
+    with pytest.raises(ValueError, match="lr grid"):
+        tune(lambda v: 0.0, [], name="lr")
+    runs = over_seeds(lambda s: {"acc": 0.5 + s / 10, "loss": float(s)}, [0, 1, 2])
+    assert runs == {"acc": [0.5, 0.6, 0.7], "loss": [0.0, 1.0, 2.0]}
+    with pytest.raises(ValueError, match="seed 1 reported"):
+        over_seeds(lambda s: {"a": 1.0} if s == 0 else {"b": 1.0}, [0, 1])

@@ -1,0 +1,46 @@
+"""The fair-comparison protocol: every method gets the same seeds and the same tuning budget (all notebooks).
+
+A comparison of methods in this course credits only the variable it varies. `tune` gives each method the same
+small grid for its own hyperparameter, chosen on a validation split (never on the test set); `over_seeds` runs a
+whole measurement once per seed and stacks the numbers so `claims.separated` can compare methods seed by seed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+from tqdm.auto import tqdm
+
+
+def tune(run: Callable[[object], float], grid: Sequence, *, name: str = "value") -> tuple[object, dict]:
+    """Try every value of `grid`, return (best value, {value: validation score}); higher scores are better.
+
+    `run(value)` trains with that value and returns a score on a validation split. Ties keep the earlier value,
+    so list the grid in the order you would prefer it (e.g. the smaller learning rate first).
+    """
+    grid = list(grid)
+    if not grid:
+        raise ValueError(f"{name} grid must name at least one value, got an empty grid")
+    scores = {value: float(run(value)) for value in grid}
+    best = max(grid, key=lambda v: (scores[v], -grid.index(v)))
+    return best, scores
+
+
+def over_seeds(
+    run: Callable[[int], Mapping[str, float]], seeds: Iterable[int], *, progress: bool = False
+) -> dict[str, list[float]]:
+    """Run `run(seed)` for every seed; returns {metric: [value at each seed]} in the seeds' order.
+
+    Every run must report the same metric names (a method that silently skips a seed would bias the mean).
+    """
+    seeds = list(seeds)
+    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
+        raise ValueError(f"seeds must be a non-empty list of non-negative integers, got {seeds!r}")
+    out: dict[str, list[float]] = {}
+    for i, seed in enumerate(tqdm(seeds, desc="seeds", disable=not progress)):
+        row = run(seed)
+        if i and set(row) != set(out):
+            raise ValueError(f"seed {seed} reported metrics {sorted(row)}, earlier seeds {sorted(out)}")
+        for key, value in row.items():
+            out.setdefault(key, []).append(float(value))
+    return out
