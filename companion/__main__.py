@@ -1,4 +1,4 @@
-"""Command line: `python -m companion run|sweep|data|env` (see the README)."""
+"""Command line: `python -m companion run|sweep|data|env|runtimes` (see the README)."""
 
 from __future__ import annotations
 
@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     data.add_argument("--mirror", default=None, help="local mirror folder (default: $COMPANION_DATA_MIRROR)")
 
     sub.add_parser("env", help="print the environment report")
+    sub.add_parser("runtimes", help="write measured runtimes (notebooks/runtimes.json) into headers and the README")
 
     args = parser.parse_args(argv)
     try:
@@ -67,6 +68,10 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         else:
             for name, info in datamod.available_datasets().items():
                 print(f"{name:14} {'present' if info['present'] else 'missing':8} {info['how'] if not info['present'] else ''}")
+        return 0
+    elif args.command == "runtimes":
+        changed = course.sync_runtimes()
+        print("updated: " + ", ".join(changed) if changed else "headers and README already match the measured runtimes")
         return 0
     else:
         from .device import env_report

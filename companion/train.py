@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -57,6 +57,48 @@ class WeightedSum:
 
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+@dataclass
+class FitState:
+    """What fit shows its callbacks and its `loss_step` at every boundary (notebook 09).
+
+    `progress` is the share of the planned optimisation steps done, in [0, 1] (the schedule variable of DANN's
+    lambda). A callback may put scalars in `logs` during a step: they are averaged over the epoch into the
+    history row, like a balancer's logs. `row` is the history row of the epoch just ended (on_epoch_end only).
+    """
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+    epochs: int
+    total_steps: int
+    history: History
+    epoch: int = 0
+    step: int = 0
+    batch: int = 0
+    logs: dict = field(default_factory=dict)
+    row: dict | None = None
+
+    @property
+    def progress(self) -> float:
+        """Training progress p = step / total_steps, clipped to [0, 1]."""
+        return min(1.0, max(0.0, self.step / max(1, self.total_steps)))
+
+
+@runtime_checkable
+class Callback(Protocol):
+    """Hooks fit calls at its boundaries, in the order the callbacks are given (notebook 09).
+
+    Every method is optional: `on_fit_start(state)`, `on_epoch_start(state)`, `on_step_start(state)` (before the
+    forward pass), `on_step_end(state)` (after the optimiser step), `on_epoch_end(state)` (after the epoch's
+    history row, `state.row`, is made: it may add entries) and `on_fit_end(state)`. `state_dict()` /
+    `load_state_dict()` are saved in and restored from fit's checkpoints; an `nn.Module` callback's parameters are
+    trained by fit's optimiser (e.g. DANN's domain discriminator).
+    """
+
+
+LossStep = Callable[[nn.Module, Tensor, dict, "FitState"], tuple[dict, dict]]
 
 
 class CheckpointError(RuntimeError):
@@ -275,6 +317,8 @@ def fit(
     checkpoint_every: int | None = None,
     max_steps: int | None = None,
     progress: bool = True,
+    callbacks: Iterable[Callback] | None = None,
+    loss_step: LossStep | None = None,
 ) -> History:
     """Train a single- or multi-task model; returns per-epoch metrics per task (notebooks 00 and 01).
 
@@ -283,6 +327,20 @@ def fit(
     `regularizer(model)` -> clipping -> optimiser and scheduler step. With `checkpoint`, the full training state
     is written atomically at each epoch end (and every `checkpoint_every` steps) and an existing checkpoint is
     resumed from, mid-epoch included, so a killed run continues to the same weights.
+
+    Extension point (notebook 09), small and in the spirit of fastai's Learner events or Lightning callbacks:
+
+    - `callbacks`: objects with any of `on_fit_start`, `on_epoch_start`, `on_step_start`, `on_step_end`,
+      `on_epoch_end`, `on_fit_end`, each called with the `FitState` (model, optimizer, epoch, step, progress,
+      logs, history; `row` at epoch end). Scalars put in `state.logs` during a step are averaged into the epoch's
+      history row. An `nn.Module` callback's parameters join the optimiser (a discriminator, say), and a
+      callback's `state_dict()` is saved in the checkpoint and restored on resume.
+    - `loss_step(model, x, y, state) -> (outputs, losses)` replaces the per-batch loss computation (the default
+      is `outputs = model(x)`, one loss per task of y): `outputs` are {task: tensor} for the train metrics,
+      `losses` the {name: scalar} handed to the balancer (every name is logged as train_loss/<name>). DANN
+      (`transfer.DANN`) uses both: its loss_step adds a domain loss through a gradient reversal layer.
+
+    Without callbacks and loss_step, fit runs exactly as before (same random draws, same weights).
     """
     _check_fit_args(epochs, lr, precision, clip_grad, early_stop, checkpoint_every, max_steps, weight_decay)
     dev = pick_device(device)
@@ -294,6 +352,15 @@ def fit(
     params = param_groups if param_groups is not None else [{"params": [p for p in model.parameters() if p.requires_grad]}]
     if isinstance(balancer, nn.Module):
         params = [*params, {"params": list(balancer.parameters()), "weight_decay": 0.0}]
+    callbacks = list(callbacks or [])
+    if loss_step is not None and not callable(loss_step):
+        raise ValueError(f"loss_step must be a callable (model, x, y, state) -> (outputs, losses), got {loss_step!r}")
+    for cb in callbacks:
+        if isinstance(cb, nn.Module):
+            cb.to(dev)
+            extra = [p for p in cb.parameters() if p.requires_grad]
+            if extra:
+                params = [*params, {"params": extra}]
     opt = _make_optimizer(optimizer, params, lr, weight_decay)
     steps_per_epoch = len(train) if hasattr(train, "__len__") else None
     total_steps = max_steps or (epochs * steps_per_epoch if steps_per_epoch else 1000)
@@ -321,6 +388,9 @@ def fit(
             scaler.load_state_dict(state["scaler"])
         if hasattr(balancer, "load_state_dict") and state.get("balancer") is not None:
             balancer.load_state_dict(state["balancer"])
+        for cb, cb_state in zip(callbacks, state.get("callbacks") or []):
+            if cb_state is not None and hasattr(cb, "load_state_dict"):
+                cb.load_state_dict(cb_state)
         history = History(state["history"])
         start_epoch, step, skip = state["epoch"], state["step"], state["batch_in_epoch"]
         best, bad_epochs, running = state.get("best"), state.get("bad_epochs", 0), state.get("running", {})
@@ -335,6 +405,7 @@ def fit(
                 "scheduler": sched.state_dict() if sched is not None else None,
                 "scaler": scaler.state_dict() if scaler is not None else None,
                 "balancer": balancer.state_dict() if hasattr(balancer, "state_dict") else None,
+                "callbacks": [cb.state_dict() if hasattr(cb, "state_dict") else None for cb in callbacks],
                 "rng": _rng_state(),
                 "epoch": epoch,
                 "step": step,
@@ -347,6 +418,16 @@ def fit(
             },
         )
 
+    fs = FitState(model=model, optimizer=opt, device=dev, epochs=epochs, total_steps=total_steps, history=history)
+
+    def emit(event: str) -> None:
+        for cb in callbacks:
+            hook = getattr(cb, event, None)
+            if hook is not None:
+                hook(fs)
+
+    fs.epoch, fs.step = start_epoch, step
+    emit("on_fit_start")
     bar = tqdm(range(start_epoch, epochs), desc="epochs", disable=not progress, leave=False)
     stop = False
     for epoch in bar:
@@ -355,17 +436,29 @@ def fit(
         if hasattr(train, "set_epoch"):
             train.set_epoch(epoch)
         sums, counts = dict(running.get("sums", {})), dict(running.get("counts", {}))
+        fs.epoch, fs.step, fs.row = epoch, step, None
+        emit("on_epoch_start")
         for i, (x, y) in enumerate(train):
             if i < skip:
                 continue
             x, y = _move(x, dev), _as_dict(_move(y, dev))
-            with _autocast(dev, precision):
-                out = _as_dict(model(x))
-            fns = loss_fns if isinstance(loss_fns, dict) else dict.fromkeys(y, loss_fns or default_loss)
-            missing = set(y) - set(out)
-            if missing:
-                raise ValueError(f"the model returned no output for task(s) {sorted(missing)}; outputs: {sorted(out)}")
-            losses = {t: (fns.get(t) or default_loss)(out[t].float(), y[t]) for t in y}
+            fs.batch, fs.step, fs.logs = i, step, {}
+            emit("on_step_start")
+            if loss_step is not None:
+                with _autocast(dev, precision):
+                    out, losses = loss_step(model, x, y, fs)
+                out = _as_dict(out)
+                losses = {k: v.float() for k, v in losses.items()}
+            else:
+                with _autocast(dev, precision):
+                    out = _as_dict(model(x))
+                fns = loss_fns if isinstance(loss_fns, dict) else dict.fromkeys(y, loss_fns or default_loss)
+                missing = set(y) - set(out)
+                if missing:
+                    raise ValueError(
+                        f"the model returned no output for task(s) {sorted(missing)}; outputs: {sorted(out)}"
+                    )
+                losses = {t: (fns.get(t) or default_loss)(out[t].float(), y[t]) for t in y}
             for task, loss in losses.items():
                 if not torch.isfinite(loss):
                     raise FloatingPointError(
@@ -392,12 +485,16 @@ def fit(
             step += 1
             if sched is not None:
                 sched.step_update(step) if sched_is_timm else sched.step()
+            fs.step = step
+            emit("on_step_end")
+            logs = {**logs, **fs.logs}
             n = x.shape[0]
             for task, loss in losses.items():
                 _add(sums, counts, f"train_loss/{task}", loss.item(), n)
-                acc = accuracy(out[task].detach().float(), y[task])
-                if acc is not None:
-                    _add(sums, counts, f"train_acc/{task}", acc, n)
+                if task in out and task in y:
+                    acc = accuracy(out[task].detach().float(), y[task])
+                    if acc is not None:
+                        _add(sums, counts, f"train_acc/{task}", acc, n)
             for key, value in logs.items():
                 _add(sums, counts, key, float(value), 1)
             if checkpoint is not None and checkpoint_every and step % checkpoint_every == 0:
@@ -411,6 +508,8 @@ def fit(
         row["train_loss"] = sum(v for k, v in row.items() if k.startswith("train_loss/"))
         if val is not None:
             row.update({f"val_{k}": v for k, v in evaluate(model, val, loss_fns, device=dev, precision=precision).items()})
+        fs.row = row
+        emit("on_epoch_end")
         row["time_s"] = time.perf_counter() - t0
         history.append(row)
         if hasattr(balancer, "on_epoch_end"):
@@ -435,6 +534,8 @@ def fit(
             break
     if restore_best and best_state is not None:
         model.load_state_dict(best_state)
+    fs.epoch, fs.step, fs.row = fs.epoch, step, None
+    emit("on_fit_end")
     return history
 
 

@@ -130,3 +130,29 @@ def test_ci_calls_the_readme_test_command():
     assert "make test" in (REPO / "README.md").read_text()
     ci = (REPO / ".ci" / "run").read_text()
     assert "make test" in ci and "COMPANION_DATA_MIRROR" in ci
+
+
+def test_runtimes_are_measured_and_shown_identically_in_headers_and_readme():
+    from companion.course import RUNTIMES, expected_time, runtimes
+
+    measured = runtimes()
+    readme = (REPO / "README.md").read_text()
+    for nb in COURSE:
+        assert "cpu" in measured.get(nb.stem, {}), f"{nb.file}: no measured CPU runtime in {RUNTIMES.name}; run `make notebooks NB={nb.file[:2]}`"
+        header = "".join(_nb(nb.file)["cells"][0]["source"])
+        assert expected_time(nb) in header, f"{nb.file}: header runtime differs from {RUNTIMES.name}; run `python -m companion runtimes`"
+        assert f"| {nb.stem} | {nb.title} | {nb.cpu_minutes:g} |" in readme, f"README row of {nb.stem} is stale"
+
+
+def test_expected_time_uses_cpu_time_on_a_busy_machine(tmp_path, monkeypatch):
+    import companion.course as course
+
+    monkeypatch.setattr(course, "RUNTIMES", tmp_path / "runtimes.json")
+    nb = course.Notebook("99_x.ipynb", "x")
+    assert nb.cpu_minutes is None and "not yet measured on a CPU" in course.expected_time(nb)
+    (tmp_path / "runtimes.json").write_text(json.dumps({"99_x": {
+        "cpu": {"wall_s": 300.0, "cpu_s": 120.0, "load": 6.0, "cores": 2, "scale": "quick"},
+        "gpu": {"wall_s": 30.0, "cpu_s": 40.0, "load": 0.5, "cores": 16, "scale": "full"},
+    }}))
+    assert (nb.cpu_minutes, nb.gpu_minutes) == (2.0, 0.5)
+    assert "about 2 minutes on a 2-core CPU" in course.expected_time(nb)

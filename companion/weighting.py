@@ -1,0 +1,175 @@
+"""Loss weighting under a fair protocol: tunable balancers, one tuning budget for all, learned weights over time.
+
+Notebook 08 compares ways to weight the losses of one multi-task network. Each method has its own
+hyperparameters (FAMO's weight learning rate, the log-variance learning rate of uncertainty weighting, GradNorm's
+learning rate and weight floor); `tune_each` gives every method the same number of tries for them, chosen on a
+validation split. `UncertaintyLR` and `GradNormFloor` expose the hyperparameters that `companion.mtl`'s versions
+tie to the network's optimiser or fix in code; `Traced` records the learned weights at every step, the
+diagnostic that explains a method that still fails.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from .mtl import GradNorm, Uncertainty, _pick_layer, _stack_losses, _weights_log
+from .protocol import tune
+from .train import StepContext
+
+
+def _positive(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or not math.isfinite(value):
+        raise ValueError(f"{name}: expected a finite number > 0, got {value!r}")
+    return float(value)
+
+
+class UncertaintyLR:
+    """Uncertainty weighting (Kendall et al. 2018) whose log-variances have their own Adam learning rate (notebook 08).
+
+    Objective sum_t exp(-s_t) L_t + s_t (see `mtl.Uncertainty`). `mtl.Uncertainty` is an nn.Module, so `fit`
+    trains its s_t at the network's learning rate; here they get `lr` (a hyperparameter of the method, to be
+    tuned like any other), stepped right after the backward pass. s_t starts at `init` (0: every weight 1).
+    """
+
+    def __init__(self, tasks: Iterable[str], lr: float = 3e-3, init: float = 0.0):
+        self.lr = _positive(lr, "lr")
+        if isinstance(init, bool) or not isinstance(init, (int, float)) or not math.isfinite(init):
+            raise ValueError(f"init: expected a finite number, got {init!r}")
+        self.core = Uncertainty(tasks)
+        with torch.no_grad():
+            self.core.log_vars.fill_(float(init))
+        self.tasks = self.core.tasks
+        self._opt = torch.optim.Adam(self.core.parameters(), lr=self.lr)
+
+    @property
+    def log_vars(self) -> Tensor:
+        """The current log-variances s_t, in the order of `tasks`."""
+        return self.core.log_vars.detach()
+
+    def backward(self, losses: dict[str, Tensor], ctx: StepContext) -> dict[str, float]:
+        device = next(iter(losses.values())).device
+        if self.core.log_vars.device != device:
+            self.core.to(device)
+            self._opt = torch.optim.Adam(self.core.parameters(), lr=self.lr)
+        self._opt.zero_grad()
+        logs = self.core.backward(losses, ctx)  # grads reach the network and the log-variances
+        if ctx.scale != 1.0 and self.core.log_vars.grad is not None:
+            self.core.log_vars.grad /= ctx.scale
+        self._opt.step()
+        return logs
+
+
+class GradNormFloor(GradNorm):
+    """GradNorm (Chen et al. 2018) with the lower bound on a task weight as a parameter (notebook 08).
+
+    Same update as `mtl.GradNorm` (targets mean(G) * r_t^alpha on the gradient norms G_t = ||grad_W w_t L_t||,
+    one Adam step of lr `lr` on sum_t |G_t - target_t|, weights renormalised to sum to T), but weights are
+    clipped at `floor` instead of a fixed 1e-3: a task whose gradient is 10^4 times the others' needs a weight
+    below 1e-3 to be brought into line.
+    """
+
+    def __init__(self, alpha: float = 1.5, layer=None, lr: float = 0.025, floor: float = 1e-3):
+        super().__init__(alpha=alpha, layer=layer, lr=lr)
+        self.floor = _positive(floor, "floor")
+
+    def backward(self, losses: dict[str, Tensor], ctx: StepContext) -> dict[str, float]:
+        tasks, values = _stack_losses(losses, "GradNormFloor")
+        if self.w is None or self.tasks != tasks:
+            self.tasks = tasks
+            self.w = torch.ones(len(tasks), device=values.device, requires_grad=True)
+            self._opt = torch.optim.Adam([self.w], lr=self.lr)
+            self.initial = values.detach().clamp_min(1e-12)
+        weight = _pick_layer(ctx.model, self.layer)
+        norms = []
+        for t in tasks:
+            (g,) = torch.autograd.grad(ctx.scaled(losses[t]), weight, retain_graph=True, allow_unused=True)
+            norms.append(torch.zeros((), device=values.device) if g is None else g.float().norm() / ctx.scale)
+        norms = torch.stack(norms).detach()
+        w = self.w
+        ctx.scaled((w.detach() * values).sum()).backward()
+        gn = w * norms
+        rate = values.detach() / self.initial
+        target = (gn.mean() * (rate / rate.mean()) ** self.alpha).detach()
+        gn_loss = (gn - target).abs().sum()
+        if torch.isfinite(gn_loss):
+            self._opt.zero_grad()
+            w.grad = torch.autograd.grad(gn_loss, w)[0]
+            self._opt.step()
+            with torch.no_grad():
+                w.clamp_(min=self.floor).mul_(len(tasks) / w.sum())
+        logs = _weights_log(tasks, w)
+        logs["gradnorm/loss"] = float(gn_loss.detach())
+        return logs
+
+
+class Traced:
+    """Wrap a balancer and keep its logged numbers (task weights `w/<task>`, ...) at every step (notebook 08).
+
+    `trace` is a list of {"step": int, **logs}; `series(key)` gives one number per step. The wrapped balancer
+    must not be an nn.Module (fit would not see its parameters through the wrapper).
+    """
+
+    def __init__(self, balancer):
+        if isinstance(balancer, torch.nn.Module):
+            raise ValueError("balancer: an nn.Module balancer cannot be traced (fit trains its parameters directly)")
+        if not hasattr(balancer, "backward"):
+            raise ValueError(f"balancer: expected an object with a backward method, got {type(balancer).__name__}")
+        self.inner = balancer
+        self.trace: list[dict[str, float]] = []
+
+    def backward(self, losses: dict[str, Tensor], ctx: StepContext) -> dict[str, float]:
+        logs = self.inner.backward(losses, ctx) or {}
+        self.trace.append({"step": ctx.step, **{k: float(v) for k, v in logs.items()}})
+        return logs
+
+    def on_epoch_end(self, epoch: int) -> None:
+        if hasattr(self.inner, "on_epoch_end"):
+            self.inner.on_epoch_end(epoch)
+
+    def series(self, key: str) -> list[float]:
+        """The value of `key` at every traced step (ValueError if it was never logged)."""
+        if not any(key in row for row in self.trace):
+            raise ValueError(f"key: {key!r} was never logged; logged keys: {sorted({k for r in self.trace for k in r})}")
+        return [row.get(key, float("nan")) for row in self.trace]
+
+
+def tune_each(
+    run: Callable[[str, object], float],
+    grids: Mapping[str, Sequence | None],
+) -> dict[str, dict]:
+    """Give every method the same tuning budget: `run(method, value)` -> validation score (higher is better).
+
+    `grids[method]` lists the values tried for that method's own hyperparameter(s) (a value may be a tuple);
+    every non-empty grid must have the same length, so no method gets more tries than another. A method with
+    no hyperparameter of its own passes None (or an empty list) and is run once, with value None. Returns
+    {method: {"best": value, "scores": {value: score}, "tries": int}}; ties keep the earlier value.
+    """
+    if not isinstance(grids, Mapping) or not grids:
+        raise ValueError("grids: expected a non-empty mapping method -> list of values (or None)")
+    sizes = {len(g) for g in grids.values() if g}
+    if len(sizes) > 1:
+        raise ValueError(f"grids: every tuned method must get the same number of tries, got sizes {sorted(sizes)}")
+    out = {}
+    for method, grid in grids.items():
+        values = list(grid) if grid else [None]
+        best, scores = tune(lambda v, m=method: run(m, v), values, name=f"{method} grid")
+        out[method] = {"best": best, "scores": scores, "tries": len(values)}
+    return out
+
+
+def log_loss_score(losses: Mapping[str, float]) -> float:
+    """Minus the sum of log task losses: a validation score that does not depend on the tasks' units (notebook 08).
+
+    Multiplying one task's labels by c multiplies its squared-error loss by c^2, which adds a constant to this
+    score, the same for every method, so the ranking of methods does not depend on the units.
+    """
+    if not losses:
+        raise ValueError("losses: expected at least one task loss")
+    bad = {t: v for t, v in losses.items() if not (isinstance(v, (int, float)) and v > 0 and math.isfinite(v))}
+    if bad:
+        raise ValueError(f"losses: expected finite positive numbers, got {bad}")
+    return -sum(math.log(v) for v in losses.values())
