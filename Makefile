@@ -21,11 +21,14 @@ data: install
 course: data
 	$(PY) -m companion run --scale $(SCALE) --out build
 
-# Unit tests, papermill runs of the fastest notebooks, then nbval over every committed notebook (each notebook
-# executes once there; strict mode turns a course claim that did not hold into a failing cell).
+# Unit tests and every notebook rerun at another seed through the runner (the seed guard), then nbval over every
+# committed notebook (strict mode turns a course claim that did not hold into a failing cell). Two pytest-xdist
+# workers with one thread each use a 2-core machine better than one process with two threads.
+TEST_WORKERS ?= 2
+THREADS := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 test: data
-	$(PY) -m pytest tests
-	COMPANION_STRICT_CLAIMS=1 $(PY) -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider notebooks
+	$(THREADS) $(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal tests
+	COMPANION_STRICT_CLAIMS=1 $(THREADS) $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --nbval-lax --nbval-current-env -p no:cacheprovider notebooks
 
 lint: install
 	$(VENV)/bin/ruff check companion tests notebooks

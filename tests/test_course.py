@@ -84,18 +84,6 @@ def _run(*args, check=True):
 
 
 @pytest.mark.slow
-def test_runner_runs_a_notebook_with_another_seed(tmp_path):
-    proc = _run("run", "notebooks/01_definitions.ipynb", "-p", "SEED", "3", "--scale", "quick", "--out", str(tmp_path))
-    assert "01_definitions" in proc.stdout
-    files = list((tmp_path / "results").rglob("01_definitions.json"))
-    assert len(files) == 1
-    data = json.loads(files[0].read_text())
-    assert data["parameters"]["SEED"] == 3 and data["scale"] == "quick"
-    assert data["claims"] and all(c["held"] for c in data["claims"] if c["kind"] == "course"), data["claims"]
-    assert (tmp_path / "01_definitions--SCALE=quick-SEED=3.ipynb").exists()
-
-
-@pytest.mark.slow
 def test_sweep_runs_once_per_value(tmp_path):
     proc = _run("sweep", "00", "-p", "SEED", "1", "2", "--scale", "quick", "--out", str(tmp_path))
     seeds = sorted(json.loads(f.read_text())["parameters"]["SEED"] for f in (tmp_path / "results").rglob("*.json"))
