@@ -553,7 +553,8 @@ def omniglot_alphabets(
 def multi_digits(
     images: Tensor, labels: Tensor, n: int, *, seed: int, size: int = 36
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """MultiMNIST (Sener & Koltun 2018): two 28×28 digits, top-left and bottom-right, pixel-wise max (notebook 03).
+    """MultiMNIST (Sabour et al. 2017, in the multi-task form of Sener & Koltun 2018): two 28×28 digits, top-left
+    and bottom-right, pixel-wise max (notebook 03).
 
     Any digit source works: images are resized to 28×28 first. The two digits of one image are always
     distinct source images. Returns images n×1×size×size and {"left": labels, "right": labels}.
