@@ -226,11 +226,17 @@ def _child_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+COMMITTED_RESULTS = NOTEBOOK_DIR / "results"
+
+
 def _record(stem: str, results: Path, wall_s: float, cpu_s: float) -> None:
-    """Record an in-place run's runtime when its results file says which scale and device it ran at."""
+    """After an in-place run: keep its results file beside the committed notebook (notebooks/results/, the numbers
+    the infographic draws from) and record its runtime when the file says which scale and device it ran at."""
     file = results / f"{stem}.json"
     if not file.exists():
         return
+    text = file.read_bytes()
+    atomic_write(COMMITTED_RESULTS / f"{stem}.json", lambda f: f.write(text))
     import torch
 
     data = json.loads(file.read_text())

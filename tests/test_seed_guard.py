@@ -68,3 +68,18 @@ def test_claims_hold_and_move_at_another_seed(file, tmp_path):
         f"{file}: measured numbers identical at SEED 0 and SEED {OTHER_SEED} (a demonstration, or mark it "
         f"deterministic with a reason): {frozen}"
     )
+
+
+@pytest.mark.parametrize("file", [nb.file for nb in COURSE])
+def test_committed_results_file_matches_the_committed_outputs(file):
+    """notebooks/results/ keeps the results file of each committed run (what notebook 12 draws its numbers from)."""
+    from companion.course import COMMITTED_RESULTS
+
+    path = COMMITTED_RESULTS / f"{Path(file).stem}.json"
+    assert path.exists(), f"{path.name} missing: run `make notebooks NB={file[:2]}`"
+    saved = json.loads(path.read_text())
+    printed = committed_claims(file)
+    assert saved["parameters"].get("SEED", 0) == 0 and saved["scale"] == "quick"
+    assert [(c["claim"], c["held"], c["measured"]) for c in saved["claims"]] == [
+        (c["claim"], c["held"], c["measured"]) for c in printed
+    ], f"{path.name} is not the results file of the committed run; re-execute {file}"
