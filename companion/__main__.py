@@ -10,7 +10,13 @@ from . import course
 
 
 def _params(pairs: list[list[str]] | None) -> dict:
-    return {name: course.parse_value(value) for name, value in (pairs or [])}
+    """NAME VALUE pairs from the command line, values parsed as Python literals ("[1, 3]" is a list)."""
+    out: dict = {}
+    for name, value in pairs or []:
+        if name in out:
+            raise ValueError(f"parameter {name} is given twice (-p {name} ...); give each parameter once")
+        out[name] = course.parse_value(value)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,15 +25,19 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="execute notebooks with papermill and print their claims table")
-    run.add_argument("notebooks", nargs="*", help="notebook files or number prefixes (default: all)")
+    run.add_argument("notebooks", nargs="*", help="notebook files or number prefixes (default: all; prefixes are "
+                     "looked up in $COMPANION_NOTEBOOKS, else the checkout's notebooks/)")
     run.add_argument("--scale", default="auto", choices=["quick", "full", "auto"])
     run.add_argument("--out", default="build", help="folder for executed notebooks and results files")
     run.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"))
     run.add_argument("--inplace", action="store_true", help="execute the committed notebooks in place")
 
-    sweep = sub.add_parser("sweep", help="run one notebook once per value of a parameter")
+    sweep = sub.add_parser("sweep", help="run one notebook once per value of one parameter")
     sweep.add_argument("notebook")
-    sweep.add_argument("-p", "--param", nargs="+", required=True, metavar="NAME V1", help="NAME V1 V2 ...")
+    sweep.add_argument("-p", "--param", nargs="+", required=True, action="append", metavar="NAME V1",
+                       help="NAME V1 V2 ...: the one parameter to sweep (given once)")
+    sweep.add_argument("--set", nargs=2, action="append", metavar=("NAME", "VALUE"),
+                       help="fix another parameter for every run of the sweep")
     sweep.add_argument("--scale", default="auto", choices=["quick", "full", "auto"])
     sweep.add_argument("--out", default="build")
 
@@ -56,18 +66,29 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.command == "run":
         rows = course.run(args.notebooks, scale=args.scale, out=args.out, params=_params(args.param), inplace=args.inplace)
     elif args.command == "sweep":
-        if len(args.param) < 2:
+        if len(args.param) > 1:
+            names = ", ".join(p[0] for p in args.param)
+            parser.error(f"sweep takes one -p NAME V1 V2 ..., got {len(args.param)} ({names}); sweep one parameter "
+                         "per call and fix the others with --set NAME VALUE")
+        swept = args.param[0]
+        if len(swept) < 2:
             parser.error("sweep -p needs a parameter name and at least one value")
-        name, values = args.param[0], [course.parse_value(v) for v in args.param[1:]]
-        rows = course.sweep(args.notebook, name, values, scale=args.scale, out=args.out)
+        name, values = swept[0], [course.parse_value(v) for v in swept[1:]]
+        rows = course.sweep(args.notebook, name, values, scale=args.scale, out=args.out, params=_params(args.set))
     elif args.command == "data":
         from . import data as datamod
 
         if args.action == "fetch":
             datamod.fetch(args.names or None, mirror=args.mirror)
         else:
-            for name, info in datamod.available_datasets().items():
-                print(f"{name:14} {'present' if info['present'] else 'missing':8} {info['how'] if not info['present'] else ''}")
+            for name, info in datamod.available_datasets(mirror=args.mirror).items():
+                state = info["state"]
+                if state == "corrupt":
+                    files = ", ".join(info["damaged"])
+                    note = f"damaged: {files}; repair: python -m companion data fetch {name}"
+                else:
+                    note = info["how"] if state == "missing" else ""
+                print(f"{name:14} {state:8} {note}".rstrip())
         return 0
     elif args.command == "runtimes":
         changed = course.sync_runtimes()

@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import hashlib
 import io
 import os
+import re
 import shutil
 import socket
 import struct
+import sys
 import tempfile
+import time
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO
@@ -73,7 +78,25 @@ _OMNIGLOT_ZIPS = {
     "images_background_small1.zip": "e704a628b5459e08445c13499850abc4",
     "images_background_small2.zip": "b75a71a51d3b13f821f212756fe481fd",
 }
-_CACHE_VERSION = 1
+# Every data file the course knows, as the mirror lays it out: (dataset, file) -> (bytes, sha256), copied from
+# the mirror's READMEs. fetch, `data list` and the cache check files against it; files not listed here (a
+# torchvision download's own layout) are not checked.
+CHECKSUMS: dict[tuple[str, str], tuple[int, str]] = {
+    ("mnist", "t10k-images-idx3-ubyte.gz"): (1648877, "167310007f03058885c7e95e6c0b19c20de5c7fd3031f4cbdadc9014a523d80b"),
+    ("mnist", "t10k-labels-idx1-ubyte.gz"): (4542, "fc607395669ec21321ea83e4b82c0544b7e8e63ff5b34337c06bc0a17cc0da3c"),
+    ("fashion_mnist", "t10k-images-idx3-ubyte.gz"): (4383619, "78cb45a589ec14266eab4ac0cb2e9e10a4c076ae2d337fe86383d761bff83f32"),
+    ("fashion_mnist", "t10k-labels-idx1-ubyte.gz"): (5148, "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5"),
+    ("fashion_mnist", "train-images-idx3-ubyte.gz"): (26192508, "a26751d72d89606ffbfdd4dd5d16911f01e93a7ff4783c95da7307a073d79fa7"),
+    ("fashion_mnist", "train-labels-idx1-ubyte.gz"): (29515, "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845"),
+    ("usps", "zip.train.gz"): (1829071, "66ebf231ab51f2cf6ac1a892d0f98ccffee1079d7a5db638c1f11f366046ca16"),
+    ("usps", "zip.test.gz"): (439208, "8dacc3c6e136af6c3488de9e5113a7daf140c8c2f1f0b61c54ee02f03f1a962f"),
+    ("usps", "zip.info.txt"): (1174, "927ca750c4117b61a71def180d5e4f00f1323a4b2c9cd990f576aa8def3505f1"),
+    ("animal_mnist", "animal_mnist.npz"): (2670395, "d0d955d308642ab7163af31c96fa06c8ddde700753531430ca43c4d9ab66c0d3"),
+    ("omniglot", "images_background_small1.zip"): (1319022, "f38eb80f801274ac2b4dff5b24289016bfaba4a7d5bb50deebf27104ad6cb8a4"),
+    ("omniglot", "images_background_small2.zip"): (1580917, "3ccaa407515a8778e5d0861875af38b17e418f301ad5bb3b5a6b65d901a41c7f"),
+    ("omniglot", "all_runs.zip"): (352787, "437c1eeab0af8484112e1b4cc0f3d541ec727f7c47b9b202da738af9dfd6c325"),
+}  # fmt: skip
+_CACHE_VERSION = 2  # 2: the stamp holds each source file's size, mtime and sha256
 _TEST_FRACTION = (
     0.2  # of the sets that come without an official split (digits, mnist test-only, animal_mnist)
 )
@@ -81,13 +104,86 @@ _SPLIT_SEED = 0  # fixed forever: the split must not change between runs or mach
 _OMNIGLOT_TRAIN_DRAWERS = 15  # drawers 1-15 of each character train, 16-20 test
 
 
+class DamagedFileError(ValueError):
+    """A data file that cannot be trusted or decoded; the message names it and the command that repairs it."""
+
+
 # ----------------------------------------------------------------------------------------------- locations
 
 
 def data_root() -> Path:
-    """The data folder: $COMPANION_DATA if set, else <repo>/data (notebook 00)."""
+    """The data folder: $COMPANION_DATA if set, else <repo>/data in a checkout of the course, else a per-user
+    folder such as ~/.local/share/companion/data (an installed package; see `params.user_folder`) (notebook 00).
+    """
+    from .params import REPO, in_checkout, user_folder
+
     env = os.environ.get("COMPANION_DATA")
-    return Path(env).expanduser() if env else Path(__file__).resolve().parent.parent / "data"
+    if env:
+        return Path(env).expanduser()
+    return REPO / "data" if in_checkout() else user_folder() / "data"
+
+
+# ------------------------------------------------------------------------------------------------ integrity
+
+
+def sha256(path: str | os.PathLike) -> str:
+    """The sha256 hex digest of a file, read in 1 MiB blocks (notebook 00)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _known(path: Path) -> tuple[str, tuple[int, str]] | None:
+    """(dataset, (bytes, sha256)) when `path` is a file of the mirror layout the course has a checksum for."""
+    key = (path.parent.name, path.name)
+    return (key[0], CHECKSUMS[key]) if key in CHECKSUMS else None
+
+
+def file_ok(path: str | os.PathLike) -> bool | None:
+    """True when a known data file has its recorded size and sha256, False when it differs (damaged), None when
+    the course has no checksum for it (notebook 00)."""
+    path = Path(path)
+    known = _known(path)
+    if known is None:
+        return None
+    size, digest = known[1]
+    return path.stat().st_size == size and sha256(path) == digest
+
+
+def _repair_hint(name: str, path: Path, mirror: Path | None) -> str:
+    if _inside(path, mirror):
+        return (
+            f"it is in the read-only mirror, so replace it there or unset COMPANION_DATA_MIRROR and run "
+            f"`python -m companion data fetch {name}` online"
+        )
+    return f"repair it with `python -m companion data fetch {name}`"
+
+
+def _damaged(path: Path, name: str, why: str, mirror: Path | None = None) -> DamagedFileError:
+    why = " ".join(why.split())[:160]
+    return DamagedFileError(f"data file {path} is damaged ({why}); {_repair_hint(name, path, mirror)}")
+
+
+def _dataset_of(path: Path) -> str:
+    for folder in path.parents:
+        if folder.name in DATASETS:
+            return folder.name
+    return path.parent.name
+
+
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """Turn any decoding failure of `path` into a DamagedFileError naming the file and the repair command."""
+    try:
+        yield
+    except DamagedFileError:
+        raise
+    except (EOFError, OSError, ValueError, KeyError, zipfile.BadZipFile, zlib.error, struct.error) as err:
+        if isinstance(err, (FileNotFoundError, PermissionError)):
+            raise
+        raise _damaged(path, _dataset_of(path), f"{type(err).__name__}: {err}", _mirror(None)) from err
 
 
 def _mirror(mirror: str | os.PathLike | None) -> Path | None:
@@ -157,19 +253,28 @@ def available_datasets(
 ) -> dict:
     """Which datasets can be loaded now, with source, licence and how to get them (notebook 00).
 
-    Each value is {"present", "source", "licence", "how", "where"}; "where" is the folder read from.
+    Each value is {"present", "state", "damaged", "source", "licence", "how", "where"}; "where" is the folder
+    read from, "state" is "present", "missing" or "corrupt" (some file fails its sha256 check) and "damaged"
+    lists those files.
     """
     base, mir = Path(root) if root else data_root(), _mirror(mirror)
     out = {}
     for name in DATASETS:
         source, licence, how = _INFO[name]
+        damaged: list[str] = []
         if name == "digits":
             where = "scikit-learn"
         else:
             found = _locate(name, base, mir)
             where = str(next(iter(found.values())).parent) if found else ""
+            if found:
+                folder = Path(where)
+                damaged = [str(folder / f) for d, f in CHECKSUMS if d == name and (folder / f).is_file()
+                           and file_ok(folder / f) is False]
         out[name] = {
             "present": bool(where),
+            "state": "corrupt" if damaged else "present" if where else "missing",
+            "damaged": damaged,
             "source": source,
             "licence": licence,
             "how": how.format(name=name),
@@ -181,14 +286,56 @@ def available_datasets(
 # --------------------------------------------------------------------------------------------------- fetch
 
 
+_STALE_AFTER_S = 15 * 60  # a temporary untouched this long is an orphan even if its writer's pid looks alive
+_TEMP = re.compile(r"(?:(?P<pid>\d+)-)?[a-z0-9_]{8}")  # the middle of `.<name>.<pid>-<random>.part`
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    if sys.platform == "win32":  # os.kill(pid, 0) would end the process there: trust the age alone
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return pid > 0
+    return True
+
+
+def stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Temporaries that killed `atomic_write` calls left for this target (`.<name>.<pid>-<random>.part`, or the
+    older `.<name>.<random>.part`) and that no live writer is using: their writer's process is gone, or they
+    have not changed for 15 minutes (notebook 00). Files of other targets never match."""
+    path = Path(path)
+    prefix, now, out = f".{path.name}.", time.time(), []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(path.parent):
+            if not (entry.name.startswith(prefix) and entry.name.endswith(".part") and entry.is_file(follow_symlinks=False)):
+                continue
+            match = _TEMP.fullmatch(entry.name[len(prefix) : -len(".part")])
+            if match is None:
+                continue
+            pid = match.group("pid")
+            with contextlib.suppress(OSError):
+                if (pid is not None and not _alive(int(pid))) or now - entry.stat().st_mtime > _STALE_AFTER_S:
+                    out.append(Path(entry.path))
+    return sorted(out)
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object], *, keep_previous: bool = False) -> Path:
     """Write a file via a temp file in its folder and os.replace, so no half file is ever visible (notebook 00).
 
-    With `keep_previous`, an existing file is kept as `<name>.prev` (checkpoints use it).
+    With `keep_previous`, an existing file is kept as `<name>.prev` (checkpoints use it). Temporaries that
+    killed earlier writes of the same target left behind are removed first (see `stale_temporaries`).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    for orphan in stale_temporaries(path):
+        with contextlib.suppress(OSError):
+            os.unlink(orphan)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-", suffix=".part", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as out:
             write(out)
@@ -209,19 +356,49 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object], *
 
 
 def _copy_atomic(src: Path, dst: Path) -> None:
-    with open(src, "rb") as inp:
-        atomic_write(dst, lambda out: shutil.copyfileobj(inp, out, 1 << 20))
+    """Copy src to dst atomically; when the course knows dst's checksum, the copied bytes must match it."""
+    known = _known(dst)
+    digest = hashlib.sha256()
+
+    class Hashing:  # a writer that hashes what passes through it
+        def __init__(self, out: BinaryIO):
+            self.out = out
+
+        def write(self, block: bytes) -> int:
+            digest.update(block)
+            return self.out.write(block)
+
+    def write(out: BinaryIO) -> None:
+        with open(src, "rb") as inp:
+            shutil.copyfileobj(inp, Hashing(out), 1 << 20)
+        if known is not None and digest.hexdigest() != known[1][1]:  # raising here keeps dst as it was
+            raise _damaged(src, known[0], "its sha256 differs from the one the course records", src.parent.parent)
+
+    atomic_write(dst, write)
 
 
-def _sync(src: Path, dst: Path) -> int:
-    """Copy every file of src (recursively) that dst lacks or holds with another size; return the count."""
-    copied = 0
+def _sync(src: Path, dst: Path) -> tuple[int, int]:
+    """Copy every file of src (recursively) that dst lacks, holds with another size or holds damaged (a
+    checksum mismatch); return (files copied, of which damaged copies replaced)."""
+    copied = repaired = 0
     for path in sorted(src.rglob("*")):
         target = dst / path.relative_to(src)
-        if path.is_file() and not (target.is_file() and target.stat().st_size == path.stat().st_size):
+        if not path.is_file():
+            continue
+        same_size = target.is_file() and target.stat().st_size == path.stat().st_size
+        damaged = same_size and file_ok(target) is False
+        if not same_size or damaged:
             _copy_atomic(path, target)
-            copied += 1
-    return copied
+            copied, repaired = copied + 1, repaired + damaged
+    return copied, repaired
+
+
+def damaged_files(name: str, root: str | os.PathLike | None = None) -> list[Path]:
+    """The files of one dataset folder whose sha256 differs from the course's record (notebook 00)."""
+    _check_name(name)
+    folder = (Path(root) if root else data_root()) / name
+    known = [folder / file for dataset, file in CHECKSUMS if dataset == name]
+    return [p for p in known if p.is_file() and file_ok(p) is False]
 
 
 def _download(name: str, folder: Path) -> None:
@@ -260,8 +437,11 @@ def fetch(
 ) -> dict[str, str]:
     """Fill the data root from the mirror, else torchvision downloads; print and return a status per dataset (notebook 00).
 
-    Statuses: "bundled", "present", "copied N files", "downloaded", "missing", "failed: <reason>".
-    Safe to rerun and to interrupt: files appear only once complete, and the mirror is only read.
+    Statuses: "bundled", "present", "copied N files" (with "(replaced K damaged)" when some copies here had
+    the right size but the wrong sha256), "downloaded", "missing", "corrupt: <files>" (damaged and no good
+    copy to take), "failed: <reason>". Every known file is checked against its sha256 (`CHECKSUMS`); a
+    damaged one is replaced from the mirror or by a download, never used. Safe to rerun and to interrupt:
+    files appear only once complete and verified, and the mirror is only read.
     """
     todo = list(DATASETS) if names is None else [names] if isinstance(names, str) else list(names)
     for name in todo:
@@ -274,41 +454,58 @@ def fetch(
             continue
         folder = base / name
         if mir is not None and _inside(folder, mir):
-            status[name] = "present" if _sources(name, folder) else "missing"
+            bad = damaged_files(name, base)
+            status[name] = _corrupt(bad) if bad else "present" if _sources(name, folder) else "missing"
         elif mir is not None and (mir / name).is_dir():
-            copied = _sync(mir / name, folder)
-            status[name] = f"copied {copied} files" if copied else "present"
-        elif _sources(name, folder):
+            try:
+                copied, repaired = _sync(mir / name, folder)
+            except DamagedFileError as err:  # the mirror's own copy is bad: say so, keep what is here
+                status[name] = f"failed: {err}"
+                continue
+            fixed = f" (replaced {repaired} damaged)" if repaired else ""
+            status[name] = f"copied {copied} files{fixed}" if copied else "present"
+        elif _sources(name, folder) and not (bad := damaged_files(name, base)):
             status[name] = "present"
         elif download and name != "animal_mnist":  # animal_mnist has no public download
+            bad = damaged_files(name, base)
             try:
                 _download(name, folder)
-                status[name] = "downloaded" if _sources(name, folder) else "failed: download incomplete"
+                bad = [p for p in bad if file_ok(p) is False]  # a download of the same name replaced it
+                for path in bad:  # keep the damaged bytes aside, out of the loaders' way
+                    os.replace(path, path.with_name(path.name + ".damaged"))
+                kept = f" (damaged files kept as *.damaged: {', '.join(p.name for p in bad)})" if bad else ""
+                status[name] = ("downloaded" + kept) if _sources(name, folder) else "failed: download incomplete"
             except Exception as err:  # offline, blocked or moved: report and carry on
                 reason = " ".join(f"{type(e).__name__}: {e}" for e in (err, err.__cause__) if e is not None)
-                status[name] = "failed: " + " ".join(reason.split())[:150]
+                status[name] = (_corrupt(bad) + "; " if bad else "") + "failed: " + " ".join(reason.split())[:150]
         else:
-            status[name] = "missing"
+            bad = damaged_files(name, base)
+            status[name] = _corrupt(bad) if bad else "missing"
     for name, state in status.items():
         print(f"{name:<14} {state}")
-        if state == "missing" or state.startswith("failed"):
+        if state == "missing" or "failed" in state or state.startswith("corrupt"):
             print(f"{'':<14} to get it: {_INFO[name][2].format(name=name)}")
     return status
+
+
+def _corrupt(bad: Sequence[Path]) -> str:
+    return "corrupt: " + ", ".join(p.name for p in bad)
 
 
 # ------------------------------------------------------------------------------------------------- readers
 
 
 def _read_idx(path: Path) -> np.ndarray:
-    """Read an idx file (MNIST format, optionally gzipped) into a uint8 array."""
-    with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
-        raw = f.read()
-    magic = int.from_bytes(raw[:4], "big")
-    if magic >> 8 != 0x08:
-        raise ValueError(f"path must be an idx file of unsigned bytes, got magic {magic:#x} in {path}")
-    ndim = magic & 0xFF
-    shape = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
-    return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(shape).copy()
+    """Read an idx file (MNIST format, optionally gzipped) into a uint8 array (DamagedFileError if it is not one)."""
+    with _reading(path):
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+            raw = f.read()
+        magic = int.from_bytes(raw[:4], "big")
+        if magic >> 8 != 0x08:
+            raise ValueError(f"not an idx file of unsigned bytes: magic {magic:#x}")
+        ndim = magic & 0xFF
+        shape = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
+        return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(shape).copy()
 
 
 def _fixed_split(labels: np.ndarray, n_test: int, seed: int = _SPLIT_SEED) -> tuple[np.ndarray, np.ndarray]:
@@ -357,22 +554,23 @@ def _read_idx_set(files: dict[str, Path]) -> dict[str, Tensor]:
 def _read_usps(files: dict[str, Path]) -> dict[str, Tensor]:
     out = {}
     for split, path in files.items():
-        if path.suffix == ".gz":  # ESL text: label then 256 values in [-1, 1] per line
-            with gzip.open(path, "rb") as f:
-                table = np.array(f.read().split(), dtype=np.float32).reshape(-1, 257)
-            x = ((table[:, 1:] + 1) / 2).clip(0, 1).reshape(-1, 16, 16)
-            y = table[:, 0].astype(np.int64)
-        else:  # torchvision's LIBSVM copy
-            import torchvision.datasets as tvd
+        with _reading(path):
+            if path.suffix == ".gz":  # ESL text: label then 256 values in [-1, 1] per line
+                with gzip.open(path, "rb") as f:
+                    table = np.array(f.read().split(), dtype=np.float32).reshape(-1, 257)
+                x = ((table[:, 1:] + 1) / 2).clip(0, 1).reshape(-1, 16, 16)
+                y = table[:, 0].astype(np.int64)
+            else:  # torchvision's LIBSVM copy
+                import torchvision.datasets as tvd
 
-            ds = tvd.USPS(str(path.parent), train=split == "train", download=False)
-            x, y = ds.data, np.asarray(ds.targets, dtype=np.int64)
+                ds = tvd.USPS(str(path.parent), train=split == "train", download=False)
+                x, y = ds.data, np.asarray(ds.targets, dtype=np.int64)
         out[f"{split}_x"], out[f"{split}_y"] = torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y)
     return out
 
 
 def _read_animal(files: dict[str, Path]) -> dict[str, Tensor]:
-    with np.load(files["npz"], allow_pickle=False) as d:
+    with _reading(files["npz"]), np.load(files["npz"], allow_pickle=False) as d:
         x, y = d["x"], d["y"]
     return _parts(x, y, round(_TEST_FRACTION * len(y)))
 
@@ -381,7 +579,7 @@ def _omniglot_index(files: dict[str, Path]) -> list[tuple[str, str, str, int, Pa
     """(alphabet, character, member, drawer, zip) per distinct image, sorted; Greek and Latin are in both zips."""
     seen: dict[tuple[str, str, str], tuple[str, Path]] = {}
     for zpath in files.values():
-        with zipfile.ZipFile(zpath) as z:
+        with _reading(zpath), zipfile.ZipFile(zpath) as z:
             for member in z.namelist():
                 parts = member.split("/")
                 if member.endswith(".png") and len(parts) == 4:
@@ -405,10 +603,13 @@ def _read_omniglot(files: dict[str, Path], size: int) -> dict[str, Tensor | list
 
     meta = _omniglot_meta(files)
     images = np.empty((len(meta["index"]), 105, 105), np.uint8)
-    zips = {p: zipfile.ZipFile(p) for p in files.values()}
+    zips = {}
+    for p in files.values():
+        with _reading(p):
+            zips[p] = zipfile.ZipFile(p)
     try:
         for i, (*_, member, _drawer, zpath) in enumerate(meta["index"]):
-            with Image.open(io.BytesIO(zips[zpath].read(member))) as img:
+            with _reading(zpath), Image.open(io.BytesIO(zips[zpath].read(member))) as img:
                 images[i] = ~np.asarray(img.convert("1"), dtype=bool)  # strokes 1, background 0
     finally:
         for z in zips.values():
@@ -438,17 +639,45 @@ def _save_atomic(obj: object, path: Path) -> None:
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
-def _cached(path: Path, files: dict[str, Path], build: Callable[[], dict], writable: bool) -> dict:
-    """Decoded tensors from the .pt cache when its stamp (file names and sizes) matches, else build and store."""
-    stamp = [[k, p.name, p.stat().st_size] for k, p in sorted(files.items())]
+def _verified(name: str, path: Path, mirror: Path | None) -> str:
+    """sha256 of a source file; a DamagedFileError when the course knows the file and the digest differs."""
+    digest = sha256(path)
+    known = _known(path)
+    if known is not None and (path.stat().st_size, digest) != known[1]:
+        raise _damaged(path, name, "its sha256 differs from the one the course records", mirror)
+    return digest
+
+
+def _cached(
+    path: Path, files: dict[str, Path], build: Callable[[], dict], writable: bool, name: str = "",
+    mirror: Path | None = None,
+) -> dict:
+    """Decoded tensors from the .pt cache, else build and store them (notebook 00).
+
+    The stamp records each source file's name, size, mtime and sha256. While size and mtime are unchanged
+    the cache is used as is (no hashing on every load); when they change the files are hashed again: a known
+    file with the wrong sha256 raises DamagedFileError, and a cache built from other bytes is rebuilt.
+    """
+    stat = {k: p.stat() for k, p in files.items()}
+    quick = [[k, p.name, stat[k].st_size, stat[k].st_mtime_ns] for k, p in sorted(files.items())]
+    blob = None
     if path.is_file():
         try:
             blob = torch.load(path, weights_only=True)
-            if blob.get("version") == _CACHE_VERSION and blob.get("stamp") == stamp:
-                return blob
+            if not isinstance(blob, dict) or blob.get("version") != _CACHE_VERSION:
+                blob = None
         except Exception:  # a stale or foreign cache file is rebuilt, never trusted
-            pass
-    blob = {**build(), "version": _CACHE_VERSION, "stamp": stamp}
+            blob = None
+    if blob is not None and [row[:4] for row in blob.get("stamp", [])] == quick:
+        return blob
+    digests = {k: _verified(name or _dataset_of(p), p, mirror) for k, p in files.items()}
+    stamp = [[*row, digests[row[0]]] for row in quick]
+    if blob is not None and [row[:3] + row[4:] for row in blob.get("stamp", [])] == [
+        row[:3] + row[4:] for row in stamp
+    ]:  # same bytes, touched (e.g. copied again): keep the tensors, renew the stamp
+        blob["stamp"] = stamp
+    else:
+        blob = {**build(), "version": _CACHE_VERSION, "stamp": stamp}
     if writable:
         with contextlib.suppress(OSError):  # a read-only data root only costs the cache
             _save_atomic(blob, path)
@@ -478,7 +707,7 @@ def _load_blob(
     else:
         variant = name if "train_x" in files else f"{name}-test10k"
         build = lambda: _read_idx_set(files)  # noqa: E731
-    return _cached(base / "cache" / f"{variant}.pt", files, build, writable=not _inside(base, mir))
+    return _cached(base / "cache" / f"{variant}.pt", files, build, not _inside(base, mir), name, mir)
 
 
 def _take(blob: dict, key: str, split: str) -> Tensor:

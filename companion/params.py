@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import ast
+import contextlib
 import os
+import sys
+import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -13,6 +17,44 @@ from .device import DEVICE_CHOICES, pick_device, seed_everything
 
 REPO = Path(__file__).resolve().parents[1]
 SCALES = ("quick", "full", "auto")
+_COUNTS = ("EPOCHS", "STEPS", "_SIZE", "PER_CLASS")  # name endings of sizes and epochs (0: the scale's default)
+# Upper bounds by name, so a typo such as EPOCHS=10**9 stops in the validation cell even where a notebook
+# declares no range of its own (setup's `bounds` narrows them per notebook). First match wins.
+UPPER_BOUNDS: tuple[tuple[str, int], ...] = (
+    ("N_SEEDS", 100),
+    ("EPOCHS", 1_000),
+    ("STEPS", 1_000_000),
+    ("_SIZE", 4_096),
+    ("PER_CLASS", 100_000),
+    ("N_", 10_000_000),
+    ("NUM_", 10_000_000),
+)
+
+
+def in_checkout() -> bool:
+    """True when the package runs from a checkout of the course (pyproject.toml and notebooks/ beside it), False
+    for an installed copy (site-packages)."""
+    return (REPO / "pyproject.toml").is_file() and (REPO / "notebooks").is_dir()
+
+
+def user_folder() -> Path:
+    """The per-user folder of an installed course (data/, results/): $XDG_DATA_HOME/companion or
+    ~/.local/share/companion on Linux, ~/Library/Application Support/companion on macOS, %LOCALAPPDATA%\\companion
+    on Windows. A checkout keeps both inside the repository instead."""
+    if sys.platform == "win32":
+        base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
+    elif sys.platform == "darwin":
+        base = Path.home() / "Library" / "Application Support"
+    else:
+        base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return base.expanduser() / "companion"
+
+
+def _upper_bound(name: str) -> int | None:
+    for key, bound in UPPER_BOUNDS:
+        if name == key or (name.endswith(key) if not key.endswith("_") else name.startswith(key)):
+            return bound
+    return None
 
 
 class ParameterError(ValueError):
@@ -50,9 +92,16 @@ def check(name: str, value: object) -> None:
     elif name.startswith("LR") or name.endswith("_LR"):
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
             _fail(name, "a positive number", value)
-    elif name.endswith(("EPOCHS", "STEPS", "_SIZE", "PER_CLASS")) or name.startswith(("N_", "NUM_")):
+    elif name.endswith(_COUNTS) or name.startswith(("N_", "NUM_")):
         if value is not None and (not _is_int(value) or value < 0):
             _fail(name, "a non-negative integer (0 or None: the scale's default)", value)
+        bound = _upper_bound(name)
+        if bound is not None and value is not None and value > bound:
+            _fail(name, f"at most {bound:,} (0: the scale's default)", value)
+    elif name.endswith("SIZES"):
+        if not isinstance(value, (list, tuple)) or not value or not all(_is_int(k) and k >= 1 for k in value):
+            hint = f" (on the command line: -p {name} '[1, 3]')" if isinstance(value, str) else ""
+            _fail(name, f"a non-empty list of positive integers such as [1, 3]{hint}", value)
     elif name == "MODEL" or name.endswith("_MODEL"):
         if value is not None:
             _check_model(name, value)
@@ -81,19 +130,76 @@ def scale_of(scale: str, device: torch.device) -> str:
     return "full" if device.type == "cuda" else "quick"
 
 
-def setup(defaults: dict[str, tuple] | None = None, **params: object) -> SimpleNamespace:
+def _is_count(name: str) -> bool:
+    return name.endswith(_COUNTS) or name.startswith(("N_", "NUM_"))
+
+
+def _literal(name: str, value: object) -> object:
+    """A list or tuple typed as text (`-p SIZES "[1, 3]"` through papermill) becomes the literal it spells."""
+    if isinstance(value, str) and value.strip()[:1] in "[(" and value.strip() and not name.endswith(("_DIR", "_PATH")):
+        with contextlib.suppress(ValueError, SyntaxError, MemoryError, RecursionError):
+            parsed = ast.literal_eval(value.strip())
+            if isinstance(parsed, (list, tuple)):
+                return list(parsed)
+    return value
+
+
+def _check_bounds(name: str, value: object, bounds: tuple, defaults: dict) -> None:
+    lo, hi = bounds
+    if value in (0, None) and name in defaults:
+        return  # the scale's default, chosen by the notebook's author
+    values = value if isinstance(value, (list, tuple)) else [value]
+    if not all(_is_int(v) and lo <= v <= hi for v in values):
+        zero = f"; 0: the scale's default (quick {defaults[name][0]}, full {defaults[name][1]})" if name in defaults else ""
+        what = "every value" if isinstance(value, (list, tuple)) else "an integer"
+        raise ParameterError(f"{name} must be {what} in {lo}..{hi} for this notebook{zero}, got {value!r}")
+
+
+def _writable(results_dir: Path) -> None:
+    """Create RESULTS_DIR and write a temporary file there, so an unwritable folder stops before any training."""
+    try:
+        results_dir.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=results_dir)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise ParameterError(
+            f"RESULTS_DIR must be a folder this process can create and write to; {results_dir}: {reason}"
+        ) from None
+
+
+def setup(
+    defaults: dict[str, tuple] | None = None, bounds: dict[str, tuple[int, int]] | None = None, **params: object
+) -> SimpleNamespace:
     """Validate a notebook's parameters, fill scale defaults, seed, pick the device (every notebook).
 
     `defaults` maps a parameter to its (quick, full) values, used where the notebook leaves it at 0 or None.
+    A size or epoch parameter (names ending EPOCHS, STEPS, _SIZE, PER_CLASS, or starting N_, NUM_) left at 0
+    without a default is refused, since 0 is documented as "the scale's default"; give it `bounds` starting
+    at 0 where 0 is a real value. `bounds` maps a parameter to its allowed (low, high), inclusive (a list
+    parameter: every element); values outside stop here with the name and the range. Every size and epoch
+    parameter also has a generous upper bound by name (`UPPER_BOUNDS`). RESULTS_DIR is created and
+    test-written here, so an unwritable folder stops before any training.
     Returns a namespace with the parameters (UPPER_CASE, resolved), `device`, `scale`, `data_dir`,
     `results_dir`, `params` (as given, for the results file) and `start` (for the runtime).
     """
-    defaults = defaults or {}
+    defaults, bounds = defaults or {}, bounds or {}
+    params = {name: _literal(name, value) for name, value in params.items()}
     for name, value in params.items():
         check(name, value)
     for name in defaults:
         if name not in params:
             raise ParameterError(f"defaults names {name}, which is not a parameter of this notebook")
+    for name, pair in bounds.items():
+        if name not in params:
+            raise ParameterError(f"bounds names {name}, which is not a parameter of this notebook")
+        if not (isinstance(pair, tuple) and len(pair) == 2 and all(_is_int(b) for b in pair) and pair[0] <= pair[1]):
+            raise ParameterError(f"bounds of {name} must be a (low, high) pair of integers, got {pair!r}")
+        _check_bounds(name, params[name], pair, defaults)
+    for name, value in params.items():
+        if _is_count(name) and value in (0, None) and name not in defaults and bounds.get(name, (1,))[0] > 0:
+            raise ParameterError(f"{name} must be a positive integer (this notebook has no scale default for 0), got {value!r}")
     device = pick_device(params.get("DEVICE", "auto"))
     scale = scale_of(params.get("SCALE", "auto"), device)
     cfg = SimpleNamespace(params=dict(params), device=device, scale=scale, start=time.perf_counter())
@@ -106,11 +212,13 @@ def setup(defaults: dict[str, tuple] | None = None, **params: object) -> SimpleN
         os.environ["COMPANION_DATA"] = str(_resolve(data_dir))
     cfg.data_dir = _resolve(data_dir) if data_dir else None
     cfg.results_dir = _resolve(params.get("RESULTS_DIR") or "results")
+    _writable(cfg.results_dir)
     if "SEED" in params:
         seed_everything(params["SEED"])
     return cfg
 
 
 def _resolve(path: str) -> Path:
+    """A relative path is inside the repository in a checkout, else inside the per-user folder."""
     p = Path(path).expanduser()
-    return p if p.is_absolute() else REPO / p
+    return p if p.is_absolute() else (REPO if in_checkout() else user_folder()) / p

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import math
+import os
+import pickle
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -231,6 +234,33 @@ def save_checkpoint(path: str | Path, state: dict) -> Path:
     return atomic_write(path, lambda f: torch.save(state, f), keep_previous=True)
 
 
+def _previous(path: Path) -> Path:
+    return path.with_name(path.name + ".prev")
+
+
+def _corrupt(path: Path, err: Exception) -> CheckpointError:
+    prev = _previous(path)
+    hint = (f"; the previous good checkpoint is kept at {prev}: fit(..., resume=\"latest-good\") continues from it"
+            if prev.exists() else "")
+    return CheckpointError(f"checkpoint {path} is corrupt or unreadable ({type(err).__name__}){hint}")
+
+
+def _resume_state(path: Path, how: str, map_location) -> dict:
+    """The state fit resumes from: the checkpoint itself, or with how="latest-good" and a corrupt checkpoint,
+    its `.prev` (the corrupt file is kept aside as `<name>.corrupt`, never deleted)."""
+    try:
+        return load_checkpoint(path, map_location=map_location)
+    except CheckpointError as err:
+        prev = _previous(path)
+        if how != "latest-good" or "corrupt" not in str(err) or not prev.exists():
+            raise
+        state = load_checkpoint(prev, map_location=map_location)
+        aside = path.with_name(path.name + ".corrupt")
+        os.replace(path, aside)
+        warnings.warn(f"checkpoint {path} is corrupt (kept as {aside}); resuming from {prev}", stacklevel=3)
+        return state
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     """Read a checkpoint with `weights_only=True`; a corrupt file raises CheckpointError naming it."""
     path = Path(path)
@@ -238,10 +268,15 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "weights only" in str(err).lower():
+            raise CheckpointError(
+                f"checkpoint {path} refused: not a weights-only checkpoint (it pickles Python objects, which can run "
+                "code when loaded); companion only loads tensors and plain containers"
+            ) from None
+        raise _corrupt(path, err) from None
     except Exception as err:
-        prev = path.with_name(path.name + ".prev")
-        hint = f"; the previous good checkpoint is kept at {prev}" if prev.exists() else ""
-        raise CheckpointError(f"checkpoint {path} is corrupt or unreadable ({type(err).__name__}){hint}") from None
+        raise _corrupt(path, err) from None
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"checkpoint {path} is not a companion checkpoint (no 'model' entry)")
     return state
@@ -315,6 +350,7 @@ def fit(
     restore_best: bool = False,
     checkpoint: str | Path | None = None,
     checkpoint_every: int | None = None,
+    resume: str = "latest",
     max_steps: int | None = None,
     progress: bool = True,
     callbacks: Iterable[Callback] | None = None,
@@ -326,7 +362,8 @@ def fit(
     keyed by task. Each step: per-task losses -> `balancer.backward` (default: their sum) -> optional
     `regularizer(model)` -> clipping -> optimiser and scheduler step. With `checkpoint`, the full training state
     is written atomically at each epoch end (and every `checkpoint_every` steps) and an existing checkpoint is
-    resumed from, mid-epoch included, so a killed run continues to the same weights.
+    resumed from, mid-epoch included, so a killed run continues to the same weights. A corrupt checkpoint stops
+    with its path and that of the previous good one (`<name>.prev`); `resume="latest-good"` continues from that one.
 
     Extension point (notebook 09), small and in the spirit of fastai's Learner events or Lightning callbacks:
 
@@ -372,8 +409,10 @@ def fit(
     start_epoch, step, skip, best, bad_epochs, best_state, running = 0, 0, 0, None, 0, None, {}
     fingerprint = {"seed": seed, "lr": lr, "epochs": epochs, "precision": precision, "steps_per_epoch": steps_per_epoch}
 
+    if resume not in ("latest", "latest-good"):
+        raise ValueError(f"resume must be 'latest' or 'latest-good', got {resume!r}")
     if checkpoint is not None and Path(checkpoint).exists():
-        state = load_checkpoint(checkpoint, map_location=dev)
+        state = _resume_state(Path(checkpoint), resume, dev)
         for key, value in fingerprint.items():
             if state.get("fingerprint", {}).get(key) != value:
                 raise ValueError(

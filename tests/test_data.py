@@ -105,7 +105,7 @@ def test_fetch_again_changes_nothing(fetched):
 def test_fetch_interrupted_copy_leaves_no_file(tmp_path, monkeypatch):
     mirror = tmp_path / "mirror"
     (mirror / "usps").mkdir(parents=True)
-    (mirror / "usps" / "zip.train.gz").write_bytes(b"x" * 5000)
+    (mirror / "usps" / "notes.bin").write_bytes(b"x" * 5000)  # a file without a recorded checksum
 
     def broken(src, dst, length=0):
         dst.write(src.read(100))
@@ -119,7 +119,7 @@ def test_fetch_interrupted_copy_leaves_no_file(tmp_path, monkeypatch):
     assert D.fetch(["usps"], root=tmp_path / "root", mirror=mirror, download=False) == {
         "usps": "copied 1 files"
     }
-    assert (tmp_path / "root/usps/zip.train.gz").read_bytes() == b"x" * 5000
+    assert (tmp_path / "root/usps/notes.bin").read_bytes() == b"x" * 5000
 
 
 def test_fetch_reports_missing_and_failed_download(tmp_path, monkeypatch, capsys):

@@ -205,6 +205,38 @@ def test_checkpoint_round_trip_and_corrupt_file(tmp_path):
     assert (tmp_path / "ck.pt.prev").exists()
 
 
+def test_unsafe_pickle_is_refused_not_called_corrupt(tmp_path):
+    path = tmp_path / "ck.pt"
+    torch.save({"model": {}, "note": Path("a path object is not a tensor")}, path)
+    with pytest.raises(CheckpointError, match="refused: not a weights-only checkpoint"):
+        load_checkpoint(path)
+
+
+def test_corrupt_checkpoint_resumes_from_the_previous_good_one_when_asked(tmp_path):
+    x, y = blobs(64)
+
+    def run(**kw):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 2))
+        fit(model, TensorBatches(x, y, 8, seed=1), epochs=3, lr=0.01, seed=2, device="cpu", progress=False, **kw)
+        return model
+
+    reference = run()
+    path = tmp_path / "ck.pt"
+    run(checkpoint=path)  # ck.pt holds epoch 3, ck.pt.prev epoch 2
+    path.write_bytes(b"\x00" * path.stat().st_size)  # same size, damaged
+    with pytest.raises(CheckpointError, match=r'previous good checkpoint is kept at .*ck.pt.prev: fit\(..., resume="latest-good"\)'):
+        run(checkpoint=path)
+    with pytest.raises(ValueError, match="resume must be 'latest' or 'latest-good', got 'best'"):
+        run(checkpoint=path, resume="best")
+    with pytest.warns(UserWarning, match="resuming from .*ck.pt.prev"):
+        resumed = run(checkpoint=path, resume="latest-good")
+    for a, b in zip(reference.parameters(), resumed.parameters()):
+        assert torch.equal(a, b), "epoch 3 replayed from the epoch-2 checkpoint gives the uninterrupted weights"
+    assert (tmp_path / "ck.pt.corrupt").read_bytes() == b"\x00" * (tmp_path / "ck.pt.corrupt").stat().st_size
+    assert load_checkpoint(path)["epoch"] == 3
+
+
 def test_resume_refuses_a_checkpoint_of_another_run(tmp_path):
     x, y = blobs(32)
     path = tmp_path / "ck.pt"
