@@ -1,9 +1,10 @@
 """companion: the tested training utilities behind the course "Transfer Learning vs Multi-task Learning".
 
-Modules by concern: device, data, synthetic, models, train, transfer, transferability, mtl, aggregators,
-params, claims, course (the notebook runner) and plots. The most used names are re-exported here.
+Modules by concern: device, data, synthetic, models, train, transfer, strategies, transferability, mtl,
+aggregators, auxiliary, advice, params, claims, protocol, course (the notebook runner) and plots. The most used names are re-exported here.
 """
 
+from .advice import Recommendation, advise
 from .aggregators import METHODS as AGGREGATION_METHODS
 from .aggregators import aggregate, conflict, cosine_matrix, task_gradients
 from .claims import Claims
@@ -36,6 +37,8 @@ from .mtl import (
     task_affinity,
 )
 from .params import ParameterError, setup
+from .protocol import over_seeds, tune
+from .strategies import base_network, copy_stages, random_network, summarize, tuned_strategies
 from .synthetic import make_multilabel, make_scenes, make_shapes, make_tasks, shift
 from .train import (
     Balancer,
@@ -72,5 +75,6 @@ __all__ = [
     "score_sources", "seed_everything", "setup", "shift", "stages", "subsample_per_class", "task_affinity",
     "task_gradients",
     "transrate", "adapt", "forgetting", "l2sp", "lp_ft", "prepare", "source_model", "transfer_blocks",
-    "block_sweep", "label_efficiency",
+    "block_sweep", "label_efficiency", "Recommendation", "advise", "over_seeds", "tune", "base_network",
+    "copy_stages", "random_network", "summarize", "tuned_strategies",
 ]

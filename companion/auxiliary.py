@@ -100,6 +100,16 @@ def images_needed(target: float, sizes: Sequence[int], means: Sequence[float]) -
     return math.inf
 
 
+def _with_probe(probes: dict, name: str, x: Tensor, y: Tensor, task: str, every: int) -> Callable[[nn.Module], dict]:
+    """fit arguments adding a fresh AccuracyEvery callback for one model, kept in `probes[name]`."""
+
+    def extra(model: nn.Module) -> dict:
+        probes[name] = AccuracyEvery(x, y, task, every)
+        return {"callbacks": [probes[name]]}
+
+    return extra
+
+
 def auxiliary_sweep(
     builders: dict[str, Callable[[], nn.Module]],
     data: Callable[[int], tuple[tuple[Tensor, dict], tuple[Tensor, dict]]],
@@ -145,18 +155,11 @@ def auxiliary_sweep(
         for n in sizes:
             epochs = max(1, round(steps * batch_size / n))
             probes: dict[str, AccuracyEvery] = {}
-
-            def with_probe(name: str):
-                def extra(model: nn.Module) -> dict:
-                    probes[name] = AccuracyEvery(xt, yt[main], main, eval_every)
-                    return {"callbacks": [probes[name]]}
-
-                return extra
-
             results = compare_models(
                 builders, (x[:n], {t: v[:n] for t, v in y.items()}), (xt, yt), epochs=epochs, lr=lr,
                 batch_size=batch_size, seed=seed, device=device, fit_options=fit_options,
-                fit_kwargs={name: with_probe(name) for name in builders} if n == curve_size else None,
+                fit_kwargs={name: _with_probe(probes, name, xt, yt[main], main, eval_every) for name in builders}
+                if n == curve_size else None,
             )
             for name, r in results.items():
                 probe = probes.get(name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import difflib
 import hashlib
 import json
 import os
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .data import atomic_write
-from .params import REPO
+from .params import REPO, check
 
 NOTEBOOK_DIR = REPO / "notebooks"
 
@@ -66,6 +67,7 @@ COURSE = [
     Notebook("06_benefits_of_mtl.ipynb", "Benefits of multi-task learning: generalisation, overfitting, data efficiency, convergence"),
     Notebook("07_applications_of_transfer.ipynb", "Applications: a real ImageNet backbone on animal silhouettes; where transfer is used"),
     Notebook("08_mtl_use_cases.ipynb", "MTL use cases: a perception toy with mixed losses, multi-label scans"),
+    Notebook("11_choosing.ipynb", "Choosing between transfer and multi-task learning: a decision map and an advisor"),
 ]
 
 
@@ -130,22 +132,76 @@ def record_runtime(stem: str, wall_s: float, cpu_s: float, scale: str, device: s
     atomic_write(RUNTIMES, lambda f: f.write(text.encode()))
 
 
+def notebook_folder() -> Path:
+    """Where notebook prefixes ("01") are looked up: $COMPANION_NOTEBOOKS if set, else the checkout's notebooks/."""
+    env = os.environ.get("COMPANION_NOTEBOOKS")
+    return Path(env).expanduser() if env else NOTEBOOK_DIR
+
+
+def _not_found(name: str, folder: Path, count: int) -> ValueError:
+    from .params import in_checkout  # looked up at call time
+
+    if not folder.is_dir():
+        why = "it does not exist" + ("" if in_checkout() else ": this companion is installed, not a checkout of the course")
+        return ValueError(
+            f"cannot find notebook {name!r}: looked in {folder} ({why}); pass the notebook's path "
+            f"(python -m companion run path/to/00_start_here.ipynb) or set COMPANION_NOTEBOOKS to the folder "
+            f"holding the course notebooks"
+        )
+    known = ", ".join(nb.file for nb in COURSE)
+    return ValueError(f"notebook {name!r} matches {count} files in {folder}; use one of: {known}, or a notebook's path")
+
+
 def notebooks(names: list[str] | None = None) -> list[Path]:
-    """Resolve notebook names, prefixes ("01") or paths to files; all course notebooks when empty."""
+    """Resolve notebook names, prefixes ("01") or paths to files; all course notebooks when empty. Prefixes are
+    looked up in `notebook_folder()`; an error says where it looked and how to point the runner at them."""
+    folder = notebook_folder()
     if not names:
-        return [NOTEBOOK_DIR / nb.file for nb in COURSE]
+        if not folder.is_dir():
+            raise _not_found("(all)", folder, 0)
+        return [folder / nb.file for nb in COURSE]
     found = []
     for name in names:
-        path = Path(name)
+        path = Path(name).expanduser()
         if path.is_file():
             found.append(path.resolve())
             continue
-        matches = sorted(NOTEBOOK_DIR.glob(f"{name}*.ipynb"))
+        if name.endswith(".ipynb") and len(path.parts) > 1:
+            raise ValueError(f"notebook file {name} does not exist")
+        matches = sorted(folder.glob(f"{name}*.ipynb")) if folder.is_dir() else []
         if len(matches) != 1:
-            known = ", ".join(nb.file for nb in COURSE)
-            raise ValueError(f"notebook {name!r} matches {len(matches)} files; use one of: {known}")
+            raise _not_found(name, folder, len(matches))
         found.append(matches[0])
     return found
+
+
+_TYPES: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,),
+                                       "list": (list, tuple)}
+
+
+def parameters_of(path: Path) -> dict:
+    """The parameters a notebook declares in its `parameters` cell (papermill's inspect_notebook), by name."""
+    import papermill as pm
+
+    return pm.inspect_notebook(str(path))
+
+
+def validate(path: Path, params: dict) -> None:
+    """Refuse, before anything runs, a parameter the notebook does not declare (with the valid names) and a
+    value its name's convention (`params.check`) or its declared type rejects (one line naming it)."""
+    declared = parameters_of(path)
+    for name, value in params.items():
+        if name not in declared:
+            close = difflib.get_close_matches(name, list(declared), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ValueError(
+                f"{Path(path).stem} has no parameter {name}{hint}; its parameters are: {', '.join(declared)}"
+            )
+        check(name, value)
+        kind = (declared[name].get("inferred_type_name") or "").split("[")[0]
+        ok = _TYPES.get(kind)
+        if ok and value is not None and (not isinstance(value, ok) or (bool not in ok and isinstance(value, bool))):
+            raise ValueError(f"{name} must be of type {declared[name]['inferred_type_name']} (as the notebook declares it), got {value!r}")
 
 
 def parse_value(text: str):
@@ -163,20 +219,22 @@ def source_hash(nb: dict) -> str:
 
 
 def execute(path: Path, out: Path, parameters: dict | None = None, *, progress: bool = False) -> float:
-    """Run one notebook with papermill (kernel cwd = notebooks/); returns the wall time in seconds."""
+    """Run one notebook with papermill (kernel cwd = the notebook's folder); returns the wall time in seconds."""
     import papermill as pm
 
     out.parent.mkdir(parents=True, exist_ok=True)
     os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"  # figures inline even if Agg is set
     t0 = time.perf_counter()
     pm.execute_notebook(
-        str(path), str(out), parameters=parameters or {}, cwd=str(NOTEBOOK_DIR), progress_bar=progress,
+        str(path), str(out), parameters=parameters or {}, cwd=str(Path(path).parent), progress_bar=progress,
         kernel_name="python3",
     )
     seconds = time.perf_counter() - t0
     if not parameters:  # an unparameterised run may stand as the committed copy: stamp what produced it
         nb = json.loads(out.read_text())
         nb["metadata"].setdefault("companion", {})["source_hash"] = source_hash(nb)
+        for key in ("input_path", "output_path"):  # this machine's absolute paths stay out of committed files
+            nb["metadata"].get("papermill", {}).pop(key, None)
         out.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
     return seconds
 
@@ -193,18 +251,24 @@ def run(
     params: dict | None = None,
     inplace: bool = False,
 ) -> list[dict]:
-    """Execute notebooks (optionally with parameters) and return one summary row each (make course)."""
+    """Execute notebooks (optionally with parameters) and return one summary row each (make course).
+
+    Every notebook's parameters are checked before the first one runs: an undeclared name (a typo) or a bad
+    value stops with one line naming it.
+    """
     if scale not in ("quick", "full", "auto"):
         raise ValueError(f"--scale must be one of ['quick', 'full', 'auto'], got {scale!r}")
     out = Path(out).resolve()
+    paths = notebooks(names)
+    asked = {**(params or {}), **({"SCALE": scale} if scale != "auto" else {})}
+    if inplace and asked:
+        raise ValueError("--inplace runs notebooks with their own parameters only; drop -p and --scale")
+    for path in paths:
+        validate(path, asked)
     rows = []
-    for path in notebooks(names):
-        given = dict(params or {})
-        if scale != "auto":
-            given["SCALE"] = scale
+    for path in paths:
+        given = dict(asked)
         if inplace:
-            if given:
-                raise ValueError("--inplace runs notebooks with their own parameters only; drop -p and --scale")
             results = REPO / "results"  # the notebook's own RESULTS_DIR default
             cpu0 = _child_cpu()
             seconds = execute(path, path)
@@ -216,7 +280,7 @@ def run(
             seconds = execute(path, target, given)
         rows.append(summary(path.stem, results, seconds))
     if inplace:
-        sync_runtimes([p.name for p in notebooks(names)])
+        sync_runtimes([p.name for p in paths])
     return rows
 
 
@@ -246,10 +310,34 @@ def _record(stem: str, results: Path, wall_s: float, cpu_s: float) -> None:
 
 
 def sweep(name: str, param: str, values: list, *, scale: str = "auto", out: str | Path = "build", params: dict | None = None) -> list[dict]:
-    """Run one notebook once per value of one parameter; one summary row per run."""
+    """Run one notebook once per value of one parameter (others fixed by `params`); one summary row per run.
+
+    Every value is validated before the first run. A run that stops with an error is reported on stderr and
+    kept as a row with one failure, and the sweep goes on, so the table always shows what ran.
+    """
+    import sys
+
+    if param in (params or {}):
+        raise ValueError(f"{param} is both swept and fixed; give it once")
+    if not values:
+        raise ValueError(f"sweep needs at least one value of {param}")
+    [path] = notebooks([name])
+    fixed = {**(params or {}), **({"SCALE": scale} if scale != "auto" else {})}
+    for value in values:
+        validate(path, {**fixed, param: value})
     rows = []
     for value in values:
-        rows += run([name], scale=scale, out=out, params={**(params or {}), param: value})
+        t0 = time.perf_counter()
+        try:
+            rows += run([str(path)], scale=scale, out=out, params={**(params or {}), param: value})
+        except Exception as err:
+            if type(err).__name__ != "PapermillExecutionError":
+                raise
+            print(f"error: {path.stem} with {param}={value!r} stopped in cell {err.exec_count}: {err.ename}: "
+                  f"{err.evalue}", file=sys.stderr)
+            rows.append({"notebook": path.stem, "minutes": round((time.perf_counter() - t0) / 60, 2), "held": 0,
+                         "total": 0, "failures": 1, "demos": 0, "parameters": {**fixed, param: value},
+                         "error": f"{err.ename}: {err.evalue}"})
     return rows
 
 

@@ -100,7 +100,7 @@ def tuned_strategies(
         for strategy in names:
             test_acc: dict[float, float] = {}
 
-            def run(lr: float, strategy: str = strategy) -> float:
+            def run(lr: float, strategy=strategy, batches=batches, n_epochs=n_epochs, seed=seed, test_acc=test_acc):
                 model = copy.deepcopy(source)
                 adapt(
                     model, strategy, batches, epochs=max(n_epochs, 2) if strategy == "lp_ft" else n_epochs,
