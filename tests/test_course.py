@@ -45,7 +45,12 @@ def test_committed_notebook_is_fresh_and_well_formed(file):
     header = "".join(nb["cells"][0]["source"])
     assert "**Goal.**" in header and "**Prerequisites.**" in header and "**Expected time.**" in header
     assert "claims.report()" in _code(code[-1]), "the last code cell reports the claims"
-    assert any("Exercises" in "".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
+    markdown = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
+    for part in ("Exercises", "What we learned", "References", "http"):
+        assert part in markdown, f"{file}: no {part!r} in the markdown (every notebook has exercises, a summary and linked references)"
+    assert any("solution" in c.get("metadata", {}).get("tags", []) for c in nb["cells"]), "exercise solutions are tagged 'solution'"
+    assert str(REPO) not in (NOTEBOOK_DIR / file).read_text(), "no absolute path of the machine that ran it"
+    assert not {"input_path", "output_path"} & set(nb["metadata"].get("papermill", {})), "papermill's paths are stripped"
 
 
 @pytest.mark.parametrize("file", [nb.file for nb in COURSE])
