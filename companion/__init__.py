@@ -1,7 +1,7 @@
 """companion: the tested training utilities behind the course "Transfer Learning vs Multi-task Learning".
 
 Modules by concern: device, data, synthetic, models, train, transfer, strategies, transferability, mtl,
-aggregators, auxiliary, advice, params, claims, protocol, course (the notebook runner) and plots. The most used names are re-exported here.
+aggregators, auxiliary, regimes, advice, infographic, params, claims, protocol, course (the notebook runner) and plots. The most used names are re-exported here.
 """
 
 from .advice import Recommendation, advise
@@ -38,6 +38,16 @@ from .mtl import (
 )
 from .params import ParameterError, setup
 from .protocol import over_seeds, tune
+from .regimes import (
+    Monitor,
+    StepStream,
+    adapt_task,
+    from_multitask,
+    head_accuracy,
+    to_multitask,
+    train_multitask,
+    train_task,
+)
 from .strategies import base_network, copy_stages, random_network, summarize, tuned_strategies
 from .synthetic import make_multilabel, make_scenes, make_shapes, make_tasks, shift
 from .train import (
@@ -76,5 +86,6 @@ __all__ = [
     "task_gradients",
     "transrate", "adapt", "forgetting", "l2sp", "lp_ft", "prepare", "source_model", "transfer_blocks",
     "block_sweep", "label_efficiency", "Recommendation", "advise", "over_seeds", "tune", "base_network",
-    "copy_stages", "random_network", "summarize", "tuned_strategies",
+    "copy_stages", "random_network", "summarize", "tuned_strategies", "Monitor", "StepStream", "adapt_task",
+    "from_multitask", "head_accuracy", "to_multitask", "train_multitask", "train_task",
 ]

@@ -63,11 +63,13 @@ COURSE = [
     Notebook("01_definitions.ipynb", "Definitions: transfer vs multi-task learning side by side"),
     Notebook("02_understanding_transfer.ipynb", "Understanding transfer: four strategies, which layers transfer, near vs far sources"),
     Notebook("03_multitask_approaches.ipynb", "Multi-task approaches: hard sharing, cross-stitch, L2-tied towers, MMoE vs separate models"),
+    Notebook("04_core_difference.ipynb", "The core difference: sequential vs parallel, forgetting, and the two combinations"),
     Notebook("05_how_transfer_helps.ipynb", "How transfer helps: label efficiency, faster convergence, the gap at full data"),
     Notebook("06_benefits_of_mtl.ipynb", "Benefits of multi-task learning: generalisation, overfitting, data efficiency, convergence"),
     Notebook("07_applications_of_transfer.ipynb", "Applications: a real ImageNet backbone on animal silhouettes; where transfer is used"),
     Notebook("08_mtl_use_cases.ipynb", "MTL use cases: a perception toy with mixed losses, multi-label scans"),
     Notebook("11_choosing.ipynb", "Choosing between transfer and multi-task learning: a decision map and an advisor"),
+    Notebook("12_infographic.ipynb", "The infographic: the course on one page, every number read from a results file"),
 ]
 
 
