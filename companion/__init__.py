@@ -1,7 +1,7 @@
 """companion: the tested training utilities behind the course "Transfer Learning vs Multi-task Learning".
 
 Modules by concern: device, data, synthetic, models, train, transfer, strategies, transferability, mtl,
-aggregators, auxiliary, regimes, advice, infographic, params, claims, protocol, course (the notebook runner) and plots. The most used names are re-exported here.
+aggregators, weighting, auxiliary, regimes, advice, infographic, params, claims, protocol, course (the notebook runner) and plots. The most used names are re-exported here.
 """
 
 from .advice import Recommendation, advise
@@ -73,6 +73,7 @@ from .transfer import (
     transfer_blocks,
 )
 from .transferability import h_score, leep, logme, nce, rank_sources, score_sources, transrate
+from .weighting import GradNormFloor, Traced, UncertaintyLR, log_loss_score, scene_scores, tune_each
 
 __all__ = [
     "AGGREGATION_METHODS", "COURSE", "DWA", "FAMO", "Balancer", "CheckpointError", "Claims", "CrossStitch",
@@ -87,5 +88,6 @@ __all__ = [
     "transrate", "adapt", "forgetting", "l2sp", "lp_ft", "prepare", "source_model", "transfer_blocks",
     "block_sweep", "label_efficiency", "Recommendation", "advise", "over_seeds", "tune", "base_network",
     "copy_stages", "random_network", "summarize", "tuned_strategies", "Monitor", "StepStream", "adapt_task",
-    "from_multitask", "head_accuracy", "to_multitask", "train_multitask", "train_task",
+    "from_multitask", "head_accuracy", "to_multitask", "train_multitask", "train_task", "GradNormFloor", "Traced",
+    "UncertaintyLR", "log_loss_score", "scene_scores", "tune_each",
 ]

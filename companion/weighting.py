@@ -173,3 +173,27 @@ def log_loss_score(losses: Mapping[str, float]) -> float:
     if bad:
         raise ValueError(f"losses: expected finite positive numbers, got {bad}")
     return -sum(math.log(v) for v in losses.values())
+
+
+def scene_scores(out: Mapping[str, Tensor], target: Mapping[str, Tensor], box_unit: float = 1.0) -> dict[str, float]:
+    """Test scores of a road-scene perception model (notebook 08): class accuracy, box error, mask IoU.
+
+    `out` holds the model's outputs (`cls` logits, `box` in units of `box_unit` per image side, `mask` logits);
+    `target` the labels of `synthetic.make_scenes` (`box` in fractions of the image side, `mask` in {0, 1}).
+    The box error is the mean absolute error of (centre x, centre y, height) in pixels of the 32-pixel image;
+    the mask IoU is intersection over union of (logit > 0) with the true mask, averaged over images (an image
+    whose prediction and truth are both empty scores 0).
+    """
+    unit = _positive(box_unit, "box_unit")
+    for key in ("cls", "box", "mask"):
+        if key not in out or key not in target:
+            raise ValueError(f"out and target: expected the keys cls, box and mask, {key!r} is missing")
+    side = target["mask"].shape[-1]
+    pred, true = out["mask"] > 0, target["mask"] > 0.5
+    inter = (pred & true).flatten(1).sum(1).float()
+    union = (pred | true).flatten(1).sum(1).float().clamp_min(1)
+    return {
+        "class acc": float((out["cls"].argmax(1) == target["cls"]).float().mean()),
+        "box error (px)": float(side * (out["box"].float() / unit - target["box"].float()).abs().mean()),
+        "mask IoU": float((inter / union).mean()),
+    }
