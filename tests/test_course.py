@@ -147,3 +147,16 @@ def test_expected_time_uses_cpu_time_on_a_busy_machine(tmp_path, monkeypatch):
     }}))
     assert (nb.cpu_minutes, nb.gpu_minutes) == (2.0, 0.5)
     assert "about 2 minutes on a 2-core CPU" in course.expected_time(nb)
+
+
+@pytest.mark.parametrize("file", [nb.file for nb in COURSE])
+def test_every_size_and_epoch_parameter_has_a_declared_range(file):
+    from companion.params import _is_count
+
+    nb = _nb(file)
+    i = next(i for i, c in enumerate(nb["cells"]) if "parameters" in c.get("metadata", {}).get("tags", []))
+    names = re.findall(r"^([A-Z_][A-Z0-9_]*): (?:int|list)", _code(nb["cells"][i]), re.M)
+    setup_cell = _code(nb["cells"][i + 1])
+    bounds = re.search(r"bounds=\{(.*?)\}", setup_cell, re.S)
+    missing = [n for n in names if _is_count(n) and n != "SEED" and not (bounds and f'"{n}"' in bounds.group(1))]
+    assert not missing, f"{file}: no range declared in setup(bounds=...) for {missing}"
