@@ -1,7 +1,7 @@
 """companion: the tested training utilities behind the course "Transfer Learning vs Multi-task Learning".
 
 Modules by concern: device, data, synthetic, models, train, transfer, strategies, transferability, mtl,
-aggregators, weighting, auxiliary, regimes, advice, infographic, params, claims, protocol, course (the notebook runner) and plots. The most used names are re-exported here.
+aggregators, objectives, weighting, auxiliary, regimes, advice, infographic, params, claims, protocol, course (the notebook runner) and plots. The most used names are re-exported here.
 """
 
 from .advice import Recommendation, advise
@@ -36,6 +36,7 @@ from .mtl import (
     param_count,
     task_affinity,
 )
+from .objectives import aggregate2, distance_to_set, pareto_set, path_summary, toy_losses, toy_paths
 from .params import ParameterError, setup
 from .protocol import over_seeds, tune
 from .regimes import (
@@ -89,5 +90,6 @@ __all__ = [
     "block_sweep", "label_efficiency", "Recommendation", "advise", "over_seeds", "tune", "base_network",
     "copy_stages", "random_network", "summarize", "tuned_strategies", "Monitor", "StepStream", "adapt_task",
     "from_multitask", "head_accuracy", "to_multitask", "train_multitask", "train_task", "GradNormFloor", "Traced",
-    "UncertaintyLR", "log_loss_score", "scene_scores", "tune_each",
+    "UncertaintyLR", "log_loss_score", "scene_scores", "tune_each", "aggregate2", "distance_to_set", "pareto_set",
+    "path_summary", "toy_losses", "toy_paths",
 ]

@@ -68,6 +68,7 @@ COURSE = [
     Notebook("06_benefits_of_mtl.ipynb", "Benefits of multi-task learning: generalisation, overfitting, data efficiency, convergence"),
     Notebook("07_applications_of_transfer.ipynb", "Applications: a real ImageNet backbone on animal silhouettes; where transfer is used"),
     Notebook("08_mtl_use_cases.ipynb", "MTL use cases: a perception toy with mixed losses, multi-label scans"),
+    Notebook("10_obstacles_in_mtl.ipynb", "Obstacles in multi-task learning: imbalance, interference, gradient surgery"),
     Notebook("11_choosing.ipynb", "Choosing between transfer and multi-task learning: a decision map and an advisor"),
     Notebook("12_infographic.ipynb", "The infographic: the course on one page, every number read from a results file"),
 ]
@@ -276,7 +277,7 @@ def run(
             seconds = execute(path, path)
             _record(path.stem, results, seconds, _child_cpu() - cpu0)
         else:
-            results = out / "results" / path.stem / _tag(given)
+            results = Path(given["RESULTS_DIR"]) if "RESULTS_DIR" in given else out / "results" / path.stem / _tag(given)
             given["RESULTS_DIR"] = str(results)
             target = out / (path.stem + ("" if len(given) == 1 else "--" + _tag({k: v for k, v in given.items() if k != "RESULTS_DIR"})) + ".ipynb")
             seconds = execute(path, target, given)
