@@ -68,6 +68,7 @@ COURSE = [
     Notebook("06_benefits_of_mtl.ipynb", "Benefits of multi-task learning: generalisation, overfitting, data efficiency, convergence"),
     Notebook("07_applications_of_transfer.ipynb", "Applications: a real ImageNet backbone on animal silhouettes; where transfer is used"),
     Notebook("08_mtl_use_cases.ipynb", "MTL use cases: a perception toy with mixed losses, multi-label scans"),
+    Notebook("09_challenges_of_transfer.ipynb", "Challenges of transfer: domain mismatch, reliance on the source, negative transfer, choosing a source"),
     Notebook("10_obstacles_in_mtl.ipynb", "Obstacles in multi-task learning: imbalance, interference, gradient surgery"),
     Notebook("11_choosing.ipynb", "Choosing between transfer and multi-task learning: a decision map and an advisor"),
     Notebook("12_infographic.ipynb", "The infographic: the course on one page, every number read from a results file"),

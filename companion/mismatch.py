@@ -1,0 +1,188 @@
+"""When transfer goes wrong: corrupted and small sources, shifted targets, the negative transfer gap (notebook 09).
+
+- `corrupt_labels` replaces an exact fraction of labels by a *different* class drawn uniformly: with k classes,
+  a fraction (k - 1) / k leaves the labels independent of the images (pure noise).
+- `noisy_source` trains a course source network on a dataset with corrupted labels and/or fewer images, once,
+  then loads it from a cached checkpoint (like `transfer.source_model`, which has no label noise).
+- `target_sweep` runs `strategies.tuned_strategies` for several sources and target sizes (the same labelled
+  images, learning-rate grid and steps for every source and strategy of a seed), optionally on a shifted target.
+- `negative_transfer_gap` is Wang et al. (2019)'s gap, acc(scratch) - acc(transfer), seed by seed: positive
+  means the source made the target worse than training from scratch.
+- `by_cell` regroups sweep rows into per-seed lists for `claims.separated` and the figures.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from .claims import separated
+from .data import TensorBatches, data_root, load_dataset, subsample_per_class
+from .device import pick_device
+from .models import backbone
+from .strategies import tuned_strategies
+from .train import CheckpointError, evaluate, fit, load_checkpoint, save_checkpoint
+
+__all__ = ["by_cell", "corrupt_labels", "negative_transfer_gap", "noisy_source", "target_sweep"]
+
+_VERSION = 1  # bump to invalidate every cached noisy source
+
+
+def corrupt_labels(y: Tensor, fraction: float, *, num_classes: int | None = None, seed: int = 0) -> Tensor:
+    """A copy of integer labels `y` with round(fraction * n) of them, chosen at random, replaced by a different
+    class drawn uniformly among the other num_classes - 1 (notebook 09).
+
+    The changed positions and new labels depend only on `seed`. With 10 classes, fraction 0.9 makes every class
+    equally likely whatever the true one (labels carry no information); fraction 0 returns an unchanged copy.
+    """
+    if not isinstance(y, Tensor) or y.ndim != 1 or y.dtype not in (torch.int64, torch.int32):
+        raise ValueError("y must be a 1-D tensor of integer class labels")
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction <= 1:
+        raise ValueError(f"fraction must be a number in [0, 1], got {fraction!r}")
+    k = int(y.max()) + 1 if num_classes is None else num_classes
+    if not isinstance(k, int) or k < 2 or (len(y) and int(y.max()) >= k):
+        raise ValueError(f"num_classes must be an integer >= 2 above every label, got {num_classes!r}")
+    g = torch.Generator().manual_seed(seed)
+    n_bad = round(fraction * len(y))
+    idx = torch.randperm(len(y), generator=g)[:n_bad]
+    offset = torch.randint(1, k, (n_bad,), generator=g)  # 1..k-1: never the same class
+    out = y.clone()
+    out[idx] = (y[idx] + offset.to(y.dtype)) % k
+    return out
+
+
+def noisy_source(
+    name: str,
+    dataset: str,
+    *,
+    noise: float = 0.0,
+    n: int | None = None,
+    epochs: int = 3,
+    min_steps: int = 0,
+    seed: int = 0,
+    lr: float = 1e-3,
+    batch_size: int = 128,
+    size: int | None = None,
+    root: str | Path | None = None,
+    device: str | torch.device = "auto",
+) -> tuple[nn.Module, dict]:
+    """A source network trained on `dataset` with a fraction `noise` of corrupted labels, cached (notebook 09).
+
+    n: training images per class (None: all), drawn before the labels are corrupted. Training runs `epochs`
+    passes, or more where a small source needs them to make at least `min_steps` optimiser steps (so that a
+    small source is not also an under-trained one). The checkpoint
+    `<root or data_root()>/cache/noisy_sources/<key>.pt` is keyed by the whole configuration and read with
+    weights_only. Returns the model (CPU, eval mode) and {"test_acc" (clean test labels), "steps", "key", "cached"}.
+    """
+    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not 0 <= noise <= 1:
+        raise ValueError(f"noise must be a number in [0, 1], got {noise!r}")
+    for label, value in (("epochs", epochs), ("batch_size", batch_size)) + ((("n", n),) if n is not None else ()):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{label} must be a positive integer, got {value!r}")
+    if not isinstance(min_steps, int) or isinstance(min_steps, bool) or min_steps < 0:
+        raise ValueError(f"min_steps must be a non-negative integer, got {min_steps!r}")
+    config = dict(model=name, dataset=dataset, noise=float(noise), n=n, epochs=epochs, min_steps=min_steps,
+                  seed=seed, lr=float(lr),
+                  batch_size=batch_size, size=size, version=_VERSION)
+    key = f"{name}-{dataset}-" + hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
+    path = Path(root if root is not None else data_root()).expanduser() / "cache" / "noisy_sources" / f"{key}.pt"
+    if path.is_file():
+        try:
+            state = load_checkpoint(path)
+            if state.get("config") == config:
+                model = backbone(name, in_chans=state["in_chans"], num_classes=state["num_classes"])
+                model.load_state_dict(state["model"])
+                return model.eval(), dict(test_acc=state["test_acc"], steps=state["steps"], key=key, cached=True)
+        except (CheckpointError, KeyError, RuntimeError, TypeError):
+            pass  # unreadable or stale: train again and overwrite it
+    x, y = load_dataset(dataset, "train", root, size=size)
+    if n is not None:
+        x, y = subsample_per_class(x, y, n, seed=seed)
+    num_classes = int(y.max()) + 1
+    y = corrupt_labels(y, float(noise), num_classes=num_classes, seed=seed)
+    torch.manual_seed(seed)
+    model = backbone(name, in_chans=x.shape[1], num_classes=num_classes)
+    dev = pick_device(device)
+    batches = TensorBatches(x, y, batch_size, seed=seed)
+    fit(model, batches, epochs=max(epochs, -(-min_steps // len(batches))), lr=lr, device=dev, seed=seed,
+        progress=False)
+    steps = len(batches) * max(epochs, -(-min_steps // len(batches)))
+    x_test, y_test = load_dataset(dataset, "test", root, size=size)
+    acc = evaluate(model, TensorBatches(x_test, y_test, 512, shuffle=False), device=dev)["acc"]
+    model.cpu().eval()
+    save_checkpoint(path, dict(model=model.state_dict(), config=config, in_chans=x.shape[1],
+                               num_classes=num_classes, test_acc=acc, steps=steps))
+    return model, dict(test_acc=acc, steps=steps, key=key, cached=False)
+
+
+def target_sweep(
+    sources: Mapping[str, nn.Module],
+    train: tuple[Tensor, Tensor],
+    val: tuple[Tensor, Tensor],
+    test: tuple[Tensor, Tensor],
+    *,
+    per_class: Sequence[int],
+    strategies: Iterable[str],
+    seeds: Iterable[int],
+    lr_grid: Sequence[float],
+    scratch: bool = True,
+    transform: Callable[[Tensor], Tensor] | None = None,
+    **kw,
+) -> list[dict]:
+    """`tuned_strategies` for every source and target size; rows gain "source" and "per_class" (notebook 09).
+
+    Every source, strategy and size of a seed sees the same labelled target images, the same learning-rate
+    grid (rate chosen on `val`) and the same number of steps. With `scratch`, one extra row per size and seed
+    has source "none", strategy "scratch" (it uses no source weights, only the architecture of the first
+    source). `transform` (e.g. a rotation) is applied to the images of train, val and test: a shifted target.
+    Other keyword arguments (min_steps, batch_size, bn, device) go to `tuned_strategies`.
+    """
+    if not sources:
+        raise ValueError("sources must name at least one source network")
+    names = list(strategies)
+    seed_list = list(seeds)
+
+    def moved(pair):
+        return (transform(pair[0]), pair[1]) if transform is not None else pair
+
+    train, val, test = moved(train), moved(val), moved(test)
+    rows = []
+    for k in per_class:
+        common = dict(lr_grid=lr_grid, seeds=seed_list, per_class=k, **kw)
+        if scratch:
+            first = next(iter(sources.values()))
+            for row in tuned_strategies(first, train, val, test, strategies=["scratch"], **common):
+                rows.append(dict(row, source="none", per_class=k))
+        for label, net in sources.items():
+            for row in tuned_strategies(net, train, val, test, strategies=names, **common):
+                rows.append(dict(row, source=label, per_class=k))
+    return rows
+
+
+def by_cell(rows: Iterable[dict], *keys: str, value: str = "test_acc") -> dict[tuple, list[float]]:
+    """{(row[k] for k in keys): [value at each seed, in the rows' order]} from `target_sweep` rows (notebook 09)."""
+    out: dict[tuple, list[float]] = {}
+    for row in rows:
+        missing = [k for k in (*keys, value) if k not in row]
+        if missing:
+            raise ValueError(f"every row must have {missing} entries, got one with {sorted(row)}")
+        out.setdefault(tuple(row[k] for k in keys), []).append(float(row[value]))
+    return out
+
+
+def negative_transfer_gap(scratch: Sequence[float], transfer: Sequence[float]) -> dict:
+    """Wang et al. (2019)'s negative transfer gap, acc(scratch) - acc(transfer), paired by seed (notebook 09).
+
+    Returns {"gaps" (per seed), "mean", "negative": the source hurt by the course's rule (`separated(scratch,
+    transfer)` held), "positive": it helped by the same rule, "spread"}.
+    """
+    a, b = [float(v) for v in scratch], [float(v) for v in transfer]
+    hurt, helped = separated(a, b), separated(b, a)
+    gaps = [x - y for x, y in zip(a, b)]
+    return {"gaps": gaps, "mean": sum(gaps) / len(gaps), "negative": hurt["held"], "positive": helped["held"],
+            "spread": hurt["spread"]}
