@@ -542,15 +542,16 @@ class GradNorm:
     On one shared weight W (`layer`: a parameter name or tensor; default the last shared weight with 2+ dims)
     it measures G_t = ||grad_W w_t L_t||, sets targets mean(G) * r_t^alpha with r_t = (L_t / L_t(0)) divided by
     its mean over tasks, and takes one Adam step (lr `lr`) on the weights for sum_t |G_t - target_t| (targets held
-    constant); weights are then clipped at 1e-3 and renormalised to sum to T. The network gets the gradient of
+    constant); weights are then clipped at `floor` and renormalised to sum to T. The network gets the gradient of
     sum_t w_t L_t. Not an nn.Module on purpose: its weights have their own optimiser, not fit's.
     """
 
-    def __init__(self, alpha: float = 1.5, layer: str | Tensor | None = None, lr: float = 0.025):
+    def __init__(self, alpha: float = 1.5, layer: str | Tensor | None = None, lr: float = 0.025, floor: float = 1e-3):
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha >= 0:
             raise ValueError(f"alpha: expected a number >= 0, got {alpha!r}")
         self.alpha = float(alpha)
         self.lr = _check_positive(lr, "lr")
+        self.floor = _check_positive(floor, "floor")
         self.layer = layer
         self.tasks: list[str] | None = None
         self.w: Tensor | None = None
@@ -581,7 +582,7 @@ class GradNorm:
             w.grad = torch.autograd.grad(gn_loss, w)[0]
             self._opt.step()
             with torch.no_grad():
-                w.clamp_(min=1e-3).mul_(len(tasks) / w.sum())
+                w.clamp_(min=self.floor).mul_(len(tasks) / w.sum())
         logs = _weights_log(tasks, w)
         logs["gradnorm/loss"] = float(gn_loss.detach())
         return logs

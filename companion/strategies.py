@@ -22,20 +22,9 @@ from .device import pick_device
 from .protocol import tune
 from .train import evaluate, fit
 from .transfer import STRATEGIES, adapt, layer_groups, prepare, transfer_blocks
+from .transfer import _check_pair as _pair  # one check of (images, labels) pairs
 
 __all__ = ["base_network", "copy_stages", "random_network", "summarize", "tuned_strategies"]
-
-
-def _pair(name: str, pair: object) -> tuple[Tensor, Tensor]:
-    ok = (
-        isinstance(pair, (tuple, list))
-        and len(pair) == 2
-        and all(isinstance(t, Tensor) for t in pair)
-        and pair[0].shape[0] == pair[1].shape[0] > 0
-    )
-    if not ok:
-        raise ValueError(f"{name} must be a non-empty (images, labels) pair of tensors with one label per image")
-    return pair[0], pair[1]
 
 
 def _positive_int(name: str, value: object, low: int = 1) -> int:

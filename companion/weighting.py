@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from .mtl import GradNorm, Uncertainty, _pick_layer, _stack_losses, _weights_log
+from .mtl import GradNorm, Uncertainty
 from .protocol import tune
 from .train import StepContext
 
@@ -64,46 +64,15 @@ class UncertaintyLR:
 
 
 class GradNormFloor(GradNorm):
-    """GradNorm (Chen et al. 2018) with the lower bound on a task weight as a parameter (notebook 08).
+    """GradNorm (Chen et al. 2018) with the lower bound on a task weight set explicitly (notebook 08).
 
-    Same update as `mtl.GradNorm` (targets mean(G) * r_t^alpha on the gradient norms G_t = ||grad_W w_t L_t||,
-    one Adam step of lr `lr` on sum_t |G_t - target_t|, weights renormalised to sum to T), but weights are
-    clipped at `floor` instead of a fixed 1e-3: a task whose gradient is 10^4 times the others' needs a weight
-    below 1e-3 to be brought into line.
+    `mtl.GradNorm` clips task weights at `floor` (default 1e-3) before renormalising them to sum to T; a task whose
+    gradient is 10^4 times the others' needs a weight below 1e-3 to be brought into line, so notebook 08 names the
+    floor it uses. Same update otherwise.
     """
 
     def __init__(self, alpha: float = 1.5, layer=None, lr: float = 0.025, floor: float = 1e-3):
-        super().__init__(alpha=alpha, layer=layer, lr=lr)
-        self.floor = _positive(floor, "floor")
-
-    def backward(self, losses: dict[str, Tensor], ctx: StepContext) -> dict[str, float]:
-        tasks, values = _stack_losses(losses, "GradNormFloor")
-        if self.w is None or self.tasks != tasks:
-            self.tasks = tasks
-            self.w = torch.ones(len(tasks), device=values.device, requires_grad=True)
-            self._opt = torch.optim.Adam([self.w], lr=self.lr)
-            self.initial = values.detach().clamp_min(1e-12)
-        weight = _pick_layer(ctx.model, self.layer)
-        norms = []
-        for t in tasks:
-            (g,) = torch.autograd.grad(ctx.scaled(losses[t]), weight, retain_graph=True, allow_unused=True)
-            norms.append(torch.zeros((), device=values.device) if g is None else g.float().norm() / ctx.scale)
-        norms = torch.stack(norms).detach()
-        w = self.w
-        ctx.scaled((w.detach() * values).sum()).backward()
-        gn = w * norms
-        rate = values.detach() / self.initial
-        target = (gn.mean() * (rate / rate.mean()) ** self.alpha).detach()
-        gn_loss = (gn - target).abs().sum()
-        if torch.isfinite(gn_loss):
-            self._opt.zero_grad()
-            w.grad = torch.autograd.grad(gn_loss, w)[0]
-            self._opt.step()
-            with torch.no_grad():
-                w.clamp_(min=self.floor).mul_(len(tasks) / w.sum())
-        logs = _weights_log(tasks, w)
-        logs["gradnorm/loss"] = float(gn_loss.detach())
-        return logs
+        super().__init__(alpha=alpha, layer=layer, lr=lr, floor=_positive(floor, "floor"))
 
 
 class Traced:
