@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .data import atomic_write
-from .params import REPO, check
+from .params import REPO, _resolve, check
 
 NOTEBOOK_DIR = REPO / "notebooks"
 
@@ -278,7 +278,7 @@ def run(
             seconds = execute(path, path)
             _record(path.stem, results, seconds, _child_cpu() - cpu0)
         else:
-            results = Path(given["RESULTS_DIR"]) if "RESULTS_DIR" in given else out / "results" / path.stem / _tag(given)
+            results = _resolve(given["RESULTS_DIR"]) if "RESULTS_DIR" in given else out / "results" / path.stem / _tag(given)
             given["RESULTS_DIR"] = str(results)
             target = out / (path.stem + ("" if len(given) == 1 else "--" + _tag({k: v for k, v in given.items() if k != "RESULTS_DIR"})) + ".ipynb")
             seconds = execute(path, target, given)
