@@ -13,8 +13,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -22,11 +20,8 @@ import torch
 from torch import Tensor, nn
 
 from .claims import separated
-from .data import TensorBatches, data_root, load_dataset, subsample_per_class
-from .device import pick_device
-from .models import backbone
 from .strategies import tuned_strategies
-from .train import CheckpointError, evaluate, fit, load_checkpoint, save_checkpoint
+from .transfer import cached_source
 
 __all__ = ["by_cell", "corrupt_labels", "negative_transfer_gap", "noisy_source", "target_sweep"]
 
@@ -77,7 +72,8 @@ def noisy_source(
     passes, or more where a small source needs them to make at least `min_steps` optimiser steps (so that a
     small source is not also an under-trained one). The checkpoint
     `<root or data_root()>/cache/noisy_sources/<key>.pt` is keyed by the whole configuration and read with
-    weights_only. Returns the model (CPU, eval mode) and {"test_acc" (clean test labels), "steps", "key", "cached"}.
+    weights_only (`transfer.cached_source`). Returns the model (CPU, eval mode) and {"test_acc" (clean test
+    labels), "steps", "key", "path", "cached"}.
     """
     if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not 0 <= noise <= 1:
         raise ValueError(f"noise must be a number in [0, 1], got {noise!r}")
@@ -89,35 +85,11 @@ def noisy_source(
     config = dict(model=name, dataset=dataset, noise=float(noise), n=n, epochs=epochs, min_steps=min_steps,
                   seed=seed, lr=float(lr),
                   batch_size=batch_size, size=size, version=_VERSION)
-    key = f"{name}-{dataset}-" + hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
-    path = Path(root if root is not None else data_root()).expanduser() / "cache" / "noisy_sources" / f"{key}.pt"
-    if path.is_file():
-        try:
-            state = load_checkpoint(path)
-            if state.get("config") == config:
-                model = backbone(name, in_chans=state["in_chans"], num_classes=state["num_classes"])
-                model.load_state_dict(state["model"])
-                return model.eval(), dict(test_acc=state["test_acc"], steps=state["steps"], key=key, cached=True)
-        except (CheckpointError, KeyError, RuntimeError, TypeError):
-            pass  # unreadable or stale: train again and overwrite it
-    x, y = load_dataset(dataset, "train", root, size=size)
-    if n is not None:
-        x, y = subsample_per_class(x, y, n, seed=seed)
-    num_classes = int(y.max()) + 1
-    y = corrupt_labels(y, float(noise), num_classes=num_classes, seed=seed)
-    torch.manual_seed(seed)
-    model = backbone(name, in_chans=x.shape[1], num_classes=num_classes)
-    dev = pick_device(device)
-    batches = TensorBatches(x, y, batch_size, seed=seed)
-    fit(model, batches, epochs=max(epochs, -(-min_steps // len(batches))), lr=lr, device=dev, seed=seed,
-        progress=False)
-    steps = len(batches) * max(epochs, -(-min_steps // len(batches)))
-    x_test, y_test = load_dataset(dataset, "test", root, size=size)
-    acc = evaluate(model, TensorBatches(x_test, y_test, 512, shuffle=False), device=dev)["acc"]
-    model.cpu().eval()
-    save_checkpoint(path, dict(model=model.state_dict(), config=config, in_chans=x.shape[1],
-                               num_classes=num_classes, test_acc=acc, steps=steps))
-    return model, dict(test_acc=acc, steps=steps, key=key, cached=False)
+
+    def relabel(y: Tensor, num_classes: int) -> Tensor:
+        return corrupt_labels(y, float(noise), num_classes=num_classes, seed=seed)
+
+    return cached_source(config, "noisy_sources", root=root, device=device, relabel=relabel, min_steps=min_steps)
 
 
 def target_sweep(

@@ -27,13 +27,7 @@ from companion.transfer import forgetting
 MODEL = "course_cnn_s"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one CPU thread is faster, and much faster on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _data(n: int = 48, seed: int = 0, classes: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
