@@ -46,7 +46,7 @@ def test_committed_notebook_is_fresh_and_well_formed(file):
     assert "**Goal.**" in header and "**Prerequisites.**" in header and "**Expected time.**" in header
     assert "claims.report()" in _code(code[-1]), "the last code cell reports the claims"
     markdown = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
-    for part in ("Exercises", "What we learned", "References", "http"):
+    for part in ("Exercises", "Summary", "What we learned", "References", "http"):
         assert part in markdown, f"{file}: no {part!r} in the markdown (every notebook has exercises, a summary and linked references)"
     assert any("solution" in c.get("metadata", {}).get("tags", []) for c in nb["cells"]), "exercise solutions are tagged 'solution'"
     assert str(REPO) not in (NOTEBOOK_DIR / file).read_text(), "no absolute path of the machine that ran it"
