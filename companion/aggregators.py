@@ -1,14 +1,36 @@
 """Gradient-level aggregation for multi-task learning: per-task gradients, PCGrad, MGDA, CAGrad, UPGrad (notebook 10).
 
 Every method turns a matrix ``G`` of per-task gradients (T tasks x P numbers) into one update direction of
-length P. All methods but PCGrad only need the T x T Gramian ``G @ G.T``: they pick a weight per task from it
-and return ``weights @ G``. The small optimisation problems on the Gramian are solved on the CPU in float64
-(the Gramian is tiny), so the code runs the same on CUDA, MPS or CPU.
+length P. All methods only need the T x T Gramian ``G @ G.T``: they pick a weight per task from it and return
+``weights @ G``. The small optimisation problems on the Gramian are solved on the CPU in float64 (the Gramian
+is tiny), so the code runs the same on CUDA, MPS or CPU.
+
+Numerics (the same rules for every method):
+
+- Precision: the Gramian and the combination ``weights @ G`` are formed in float64 whatever the input dtype
+  (on the input's device; on the CPU for MPS, which has no float64) and the direction is cast back to the
+  input dtype. A float32 Gramian is not even positive semi-definite on linearly dependent gradients, and its
+  entries overflow beyond |g| ~ 1e19.
+- Noise floor: the gradients themselves carry the input's rounding. A relative error of 100 eps in the rows
+  (eps: machine epsilon of the input dtype, 1.2e-7 for float32) moves a zero singular value of G to about
+  100 eps |G|, so on the trace-normalised Gramian (trace 1) anything below ``delta = (100 eps)^2``, clamped
+  to [1e-13, 1e-4], is treated as zero (1.4e-10 for float32; for float64 1e-13, the float64 rounding of the
+  Gramian itself; float16/bfloat16 hit the 1e-4 cap, a singular-value ratio of 1e-2):
+  eigenvalues in IMTL-G's pseudo-inverse and the "0 is in the hull" test of CAGrad; PCGrad ignores
+  conflicts with a cosine above ``-sqrt(delta)``.
+- Near-singular systems (duplicate, opposite or linearly dependent gradients) are regularised with a
+  Levenberg-Marquardt ridge ``1e-12 * diag(K)`` on the trace-normalised Gramian K used by MGDA, UPGrad and
+  CAGrad: each small problem becomes strictly convex, so the weights (not only the direction) are unique
+  and do not depend on the task order, and the float64 solves stay accurate. Being proportional to each
+  task's squared norm, the ridge keeps UPGrad exactly linear under a positive rescaling of the tasks; its
+  price is a conflict of at most ``1e-6 |g_i| |g_j|``. Near stationary points the answer moves in proportion
+  to the ridge (by about 1e3 times it on a near-stationary 4 x 2 example), which is why the ridge is not tied
+  to the input precision and why we do not use torchjd's ``1e-4 * I`` on the normalised Gramian.
 
 Scale: every method here is positively homogeneous, ``aggregate(a * G) == a * aggregate(G)`` for ``a > 0``
 (no absolute epsilon anywhere), so they commute with a loss scale in exact arithmetic. Still, aggregate the
 *unscaled* gradients (``G / s``) and write back ``direction * s`` under fp16 loss scaling: it keeps the
-Gramian (squared scale ``s**2``) away from overflow, and other libraries (torchjd's UPGrad/CAGrad) treat a
+float16 gradients themselves away from overflow, and other libraries (torchjd's UPGrad/CAGrad) treat a
 Gramian of trace < 1e-4 as zero.
 """
 
@@ -24,26 +46,37 @@ from torch import Tensor
 
 METHODS = ("mean", "sum", "pcgrad", "cagrad", "mgda", "upgrad", "imtl_g")
 _OPTIONS = {"cagrad": ("c",)}  # the keyword options each method accepts
-_TOL = 1e-13  # optimality tolerance on the trace-normalised Gramian (float64)
+_TOL = 1e-13  # optimality tolerance of the active-set solver on the trace-normalised Gramian (float64)
+_RIDGE = 1e-12  # Levenberg-Marquardt ridge on the trace-normalised Gramian, relative to its diagonal
+_FLOOR = 1e-13  # float64 rounding of the trace-normalised Gramian: no eigenvalue below this is resolved
+_CAP = 1e-4  # the largest noise floor (float16, bfloat16)
 _CPU64 = {"device": "cpu", "dtype": torch.float64}
 
 
+def _noise_floor(eps: float) -> float:
+    """Eigenvalue of the trace-normalised Gramian below which it is noise, for gradients of precision eps."""
+    return min(max((100 * eps) ** 2, _FLOOR), _CAP)
+
+
 def gramian(G: Tensor) -> Tensor:
-    """Return the T x T Gramian G @ G.T of the task gradients (float32 at least; notebook 10)."""
+    """Return the T x T Gramian G @ G.T of the task gradients, formed in float64 (notebook 10).
+
+    Computed on G's device (on the CPU for MPS, which has no float64); the result stays float64.
+    """
     _check_matrix(G)
-    if G.dtype not in (torch.float32, torch.float64):
-        G = G.float()
-    return G @ G.T
+    G64 = _as64(G)
+    return G64 @ G64.T
 
 
 def min_norm(gram: Tensor) -> Tensor:
     """Weights of the min-norm point of the convex hull of the task gradients, from their Gramian (notebook 10).
 
-    Exact: closed form for two tasks; beyond, an active-set (Lawson-Hanson) non-negative least squares.
+    Exact: closed form for two tasks; beyond, an active-set (Lawson-Hanson) non-negative least squares, both on
+    the ridge-regularised Gramian (see the module docstring).
     """
     K, scale = _normalise(gram)
     T = K.shape[0]
-    w = torch.full((T,), 1.0 / T, **_CPU64) if scale == 0 else _mgda(K)
+    w = torch.full((T,), 1.0 / T, **_CPU64) if scale == 0 else _mgda(_ridge(K, _RIDGE))
     return w.to(gram.device, gram.dtype)
 
 
@@ -52,63 +85,57 @@ def pcgrad(G: Tensor, *, seed: int | torch.Generator | None = None) -> Tensor:
 
     For each task i, in a random order of the others (``seed``: int, torch.Generator, or None for torch's
     global generator): if g_i conflicts with g_j (negative dot product), project g_i onto g_j's normal plane.
+    Done on the float64 Gramian (as torchjd does): g_i's projected version is tracked as weights c with
+    g_i' = c @ G. A dot product counts as a conflict only below ``-sqrt(delta) |g_i'| |g_j|`` (delta: noise
+    floor of G's dtype, see the module docstring), so orthogonal gradients are not projected on rounding noise.
     """
     _check_matrix(G)
-    gen = torch.Generator().manual_seed(seed) if isinstance(seed, int) else seed
-    projected = G.clone()
-    for i in range(len(G)):
-        for j in torch.randperm(len(G), generator=gen).tolist():  # a fresh random task order per task
-            dot = projected[i] @ G[j]
-            if j != i and dot < 0:  # conflict: drop the part of g_i that points against g_j
-                projected[i] -= dot / (G[j] @ G[j]) * G[j]
-    return projected.sum(dim=0)
+    G64 = _as64(G)
+    gram = G64 @ G64.T
+    if not bool(torch.isfinite(gram).all()):
+        return torch.full_like(G[0], float("nan"))
+    K, _ = _normalise(gram)
+    w = _pcgrad(K, math.sqrt(_noise_floor(torch.finfo(G.dtype).eps)), seed)
+    return _combine(w, G64, G)
 
 
-def gramian_weights(gram: Tensor, method: str, *, c: float = 0.4) -> Tensor:
+def gramian_weights(gram: Tensor, method: str, *, c: float = 0.4, eps: float | None = None) -> Tensor:
     """Per-task weights of a Gramian-only method: direction = weights @ G (notebook 10).
 
     ``method`` is one of mean, sum, mgda, upgrad, cagrad, imtl_g (PCGrad is in `pcgrad`). ``c`` is CAGrad's
-    radius, as a fraction of the mean gradient's norm.
+    radius, as a fraction of the mean gradient's norm. ``eps``: relative precision of the gradients behind
+    ``gram`` (default: the machine epsilon of ``gram``'s dtype; pass ``torch.finfo(torch.float32).eps`` for a
+    float64 Gramian of float32 gradients, as `aggregate` does).
     """
     names = [m for m in METHODS if m != "pcgrad"]
     if method not in names:
         raise ValueError(f"method must be one of {names}, got {method!r}")
     if not isinstance(c, (int, float)) or isinstance(c, bool) or not c >= 0 or math.isinf(c):
         raise ValueError(f"c must be a finite number >= 0, got {c!r}")
-    K, scale = _normalise(gram)
-    T = K.shape[0]
-    w = torch.full((T,), 1.0 / T, **_CPU64)
-    if method == "sum":
-        w = torch.ones(T, **_CPU64)
-    elif scale == 0 or method == "mean" or (method == "cagrad" and c == 0):
-        pass  # all-zero gradients, the mean, or CAGrad without a ball: plain averaging
-    elif method == "mgda":
-        w = _mgda(K)
-    elif method == "upgrad":
-        w = _upgrad(K)
-    elif method == "cagrad":
-        w = _cagrad(K, c)
-    else:
-        w = _imtl_g(K)
-    return w.to(gram.device, gram.dtype)
+    return _weights(gram, method, c, _delta(gram, eps)).to(gram.device, gram.dtype)
 
 
 def aggregate(G: Tensor, method: str, *, seed: int | torch.Generator | None = None, **kw: float) -> Tensor:
     """Combine per-task gradients G (T x P) into one direction of length P with `method` (notebook 10).
 
-    - mean, sum: the plain average / total.
+    - mean, sum: the plain average / total (in G's dtype).
     - pcgrad (Yu et al. 2020): see `pcgrad`; ``seed`` (int or torch.Generator) fixes the random task order.
       It sums the projected gradients, as in the paper and torchjd (so no conflict -> same as "sum").
     - mgda (Sener & Koltun 2018): the min-norm point of the convex hull of the gradients, not rescaled.
     - cagrad (Liu et al., NeurIPS 2021), option ``c`` (default 0.4): d = g0 + c|g0| g_w/|g_w| with w minimising
       g0.g_w + c|g0||g_w| on the simplex (g0 = mean), as in the paper and torchjd; the official code
-      divides by 1 + c^2 by default (rescale=1). If 0 is in the hull and the ball around g0 meets the cone {d: G d >= 0},
-      every d there is optimal (max-min value 0): we return the one nearest g0 (torchjd returns 0).
+      divides by 1 + c^2 by default (rescale=1). If 0 is in the hull and the ball around g0 meets the cone
+      {d: G d >= 0} (both up to the noise floor), every d there is optimal (max-min value 0): we return the
+      one nearest g0 (torchjd returns 0). Non-conflicting for c >= 1.
     - upgrad (Quinton & Rey 2024, as in torchjd): the mean of the projections of each g_i onto the dual cone
-      {d: G d >= 0}, solved exactly (torchjd adds 1e-4 to the normalised Gramian's diagonal).
+      {d: G d >= 0}, solved exactly on the ridge-regularised Gramian (torchjd adds 1e-4 to the normalised
+      Gramian's diagonal; we add 1e-12 * its diagonal, see the module docstring).
     - imtl_g (Liu et al., ICLR 2021, as generalised in torchjd): weights summing to 1 that give the direction
-      equal projections on every unit task gradient.
+      equal projections on every unit task gradient; the pseudo-inverse drops eigenvalues below the noise
+      floor (torch.linalg.pinv's default cut-off, T eps of the Gramian's dtype, inverts float32 rounding
+      noise once the Gramian is float64, giving a direction orders of magnitude too short).
 
+    The Gramian and the combination are computed in float64 and the direction is returned in G's dtype.
     Weights come from the trace-normalised Gramian, so every method is positively homogeneous:
     aggregate(a G) = a aggregate(G) for a > 0. A G holding inf/NaN (an overflowed fp16 step) gives an
     all-NaN direction for every method but mean/sum (which propagate it), so a GradScaler skips the step.
@@ -123,26 +150,28 @@ def aggregate(G: Tensor, method: str, *, seed: int | torch.Generator | None = No
         return G.mean(dim=0)
     if method == "sum":
         return G.sum(dim=0)
-    gram = None if method == "pcgrad" else gramian(G)
-    finite = torch.isfinite(
-        G if gram is None else gram
-    ).all()  # an inf/NaN in G reaches the Gramian's diagonal
-    if not bool(finite):
-        return torch.full_like(G[0], float("nan"))
     if method == "pcgrad":
         return pcgrad(G, seed=seed)
-    return gramian_weights(gram, method, **kw).to(G.dtype) @ G
+    c = kw.get("c", 0.4)
+    if not isinstance(c, (int, float)) or isinstance(c, bool) or not c >= 0 or math.isinf(c):
+        raise ValueError(f"c must be a finite number >= 0, got {c!r}")
+    G64 = _as64(G)
+    gram = G64 @ G64.T
+    if not bool(torch.isfinite(gram).all()):  # an inf/NaN in G reaches the Gramian's diagonal
+        return torch.full_like(G[0], float("nan"))
+    return _combine(_weights(gram, method, c, _noise_floor(torch.finfo(G.dtype).eps)), G64, G)
 
 
 def task_gradients(
-    losses: dict[str, Tensor], params: Iterable[Tensor] | Tensor, *, mode: str = "params"
+    losses: dict[str, Tensor], params: Iterable[Tensor] | Tensor, *, mode: str = "params", retain_graph: bool = False
 ) -> Tensor:
     """Stack one gradient row per task (T x P), w.r.t. shared parameters or a shared feature tensor (notebook 10).
 
     mode="params": gradients w.r.t. ``params`` (flattened and concatenated; unused -> zeros).
     mode="features": gradients w.r.t. the shared representation ``params`` (e.g. B x D); only the task heads
     are traversed, then `backward_features` sends the aggregated direction through the trunk once (much
-    cheaper with many tasks). The graph is retained for all but the last task, so it is freed afterwards.
+    cheaper with many tasks). The graph is retained for all but the last task, so it is freed afterwards, unless
+    `retain_graph` (GradAggregation's one-pass features mode walks the heads' graph once more).
     """
     if mode not in ("params", "features"):
         raise ValueError(f"mode must be one of ['params', 'features'], got {mode!r}")
@@ -160,7 +189,8 @@ def task_gradients(
     rows = []
     for name, loss in losses.items():
         if loss.requires_grad:  # keep the graph alive until the last task's backward
-            grads = torch.autograd.grad(loss, inputs, retain_graph=name != live[-1], allow_unused=True)
+            grads = torch.autograd.grad(loss, inputs, retain_graph=retain_graph or name != live[-1],
+                                        allow_unused=True)
         else:
             grads = [None] * len(inputs)
         rows.append(
@@ -205,11 +235,15 @@ def write_grad(params: Iterable[Tensor] | Tensor, direction: Tensor, *, accumula
 
 
 def cosine_matrix(G: Tensor) -> Tensor:
-    """Pairwise cosine similarities of the task gradients, T x T (a zero gradient has cosine 0; notebook 10)."""
+    """Pairwise cosine similarities of the task gradients, T x T (a zero gradient has cosine 0; notebook 10).
+
+    Computed from the float64 Gramian, returned in G's dtype (float32 at least).
+    """
     K = gramian(G)
     norms = K.diagonal().clamp_min(0).sqrt()
     denom = norms[:, None] * norms[None, :]
-    return torch.where(denom > 0, K / denom.clamp_min(torch.finfo(K.dtype).tiny), 0.0).clamp(-1, 1)
+    cos = torch.where(denom > 0, K / denom.clamp_min(torch.finfo(K.dtype).tiny), 0.0).clamp(-1, 1)
+    return cos.to(torch.promote_types(G.dtype, torch.float32))
 
 
 def conflict(G: Tensor, names: Sequence[str] | None = None) -> dict:
@@ -284,6 +318,26 @@ def _check_matrix(G: Tensor) -> None:
         raise ValueError(f"G must be a floating-point T x P tensor with T >= 1, got {shape}")
 
 
+def _as64(G: Tensor) -> Tensor:
+    """G in float64, on its device (on the CPU for MPS, which has no float64)."""
+    return G.detach().to("cpu" if G.device.type == "mps" else G.device, torch.float64)
+
+
+def _combine(w: Tensor, G64: Tensor, G: Tensor) -> Tensor:
+    """weights @ G in float64, returned in G's dtype and on G's device."""
+    return (w.to(G64.device) @ G64).to(G.device, G.dtype)
+
+
+def _delta(gram: Tensor, eps: float | None) -> float:
+    """Noise floor for a Gramian of gradients of relative precision eps (default: gram's machine epsilon)."""
+    if eps is None:
+        floating = isinstance(gram, Tensor) and gram.is_floating_point()
+        return _noise_floor(torch.finfo(gram.dtype).eps) if floating else _FLOOR
+    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not 0 <= eps < 1:
+        raise ValueError(f"eps must be a number in [0, 1), got {eps!r}")
+    return _noise_floor(float(eps))
+
+
 def _normalise(gram: Tensor) -> tuple[Tensor, float]:
     """Symmetrised CPU float64 copy of the Gramian divided by its trace, and that trace (0 if all zero)."""
     if not isinstance(gram, Tensor) or gram.ndim != 2 or gram.shape[0] != gram.shape[1] or gram.shape[0] == 0:
@@ -295,6 +349,29 @@ def _normalise(gram: Tensor) -> tuple[Tensor, float]:
     K = (K + K.T) / 2
     scale = float(K.trace())
     return (K / scale, scale) if scale > 0 else (K, 0.0)
+
+
+def _ridge(K: Tensor, delta: float) -> Tensor:
+    """K + delta diag(K): the Levenberg-Marquardt ridge, scaled per task by its squared norm (module docstring)."""
+    return K + delta * torch.diag(K.diagonal().clamp_min(0))
+
+
+def _weights(gram: Tensor, method: str, c: float, delta: float) -> Tensor:
+    """Float64 CPU weights of a Gramian-only method, with noise floor delta."""
+    K, scale = _normalise(gram)
+    T = K.shape[0]
+    if method == "sum":
+        return torch.ones(T, **_CPU64)
+    if scale == 0 or method == "mean" or (method == "cagrad" and c == 0):
+        return torch.full((T,), 1.0 / T, **_CPU64)  # all-zero gradients, the mean, or CAGrad without a ball
+    if method == "imtl_g":
+        return _imtl_g(K, delta)
+    Kr = _ridge(K, _RIDGE)
+    if method == "mgda":
+        return _mgda(Kr)
+    if method == "upgrad":
+        return _upgrad(Kr)
+    return _cagrad(K, c, delta)
 
 
 def _nnls(Q: Tensor, q: Tensor) -> Tensor:
@@ -311,7 +388,8 @@ def _nnls(Q: Tensor, q: Tensor) -> Tensor:
         for _ in range(n):  # each pass drops at least one free variable
             z = torch.zeros(n, **_CPU64)
             if bool(free.any()):
-                z[free] = torch.linalg.lstsq(Q[free][:, free], q[free][:, None]).solution[:, 0]
+                sub = torch.linalg.lstsq(Q[free][:, free], q[free][:, None], driver="gelsd")
+                z[free] = sub.solution[:, 0]
             blocked = free & (z <= 0)
             if not bool(blocked.any()):
                 break
@@ -326,6 +404,8 @@ def _nnls(Q: Tensor, q: Tensor) -> Tensor:
 def _mgda(K: Tensor) -> Tensor:
     """Min-norm weights: closed form for T = 2, else NNLS on K + 11' (Lawson & Hanson's least-distance trick)."""
     T = K.shape[0]
+    if T == 1:
+        return torch.ones(1, **_CPU64)
     if T == 2:  # the line search of Sener & Koltun between g1 and g2
         gap = K[0, 0] + K[1, 1] - 2 * K[0, 1]  # |g1 - g2|^2
         a = ((K[1, 1] - K[0, 1]) / gap).clamp(0, 1) if gap > 0 else K.new_tensor(0.5)
@@ -342,12 +422,13 @@ def _upgrad(K: Tensor) -> Tensor:
     return sum(eye[i] + _nnls(K, -K[i]) for i in range(T)) / T  # v = e_i + lambda, lambda >= 0
 
 
-def _cagrad(K: Tensor, c: float) -> Tensor:
+def _cagrad(K: Tensor, c: float, delta: float) -> Tensor:
     """CAGrad weights: w* = argmin_w g0.g_w + r |g_w| on the simplex (r = c |g0|), then d = g0 + r g_w*/|g_w*|.
 
     For a shift s > 0, the min-norm point of the hull moved by s g0 minimises |g_w|^2 + 2 s g0.g_w; it is the
     CAGrad solution when |g_w| = r s, and r s - |g_w| changes sign only there, so bisect on s (with an exact
-    solve on the current support to finish).
+    solve on the current support to finish). |g_w|^2 <= delta counts as 0 (0 in the hull up to noise): then
+    the answer is g0 projected onto the dual cone, when that lies in the ball (up to delta).
     """
     T = K.shape[0]
     mean_w = torch.full((T,), 1.0 / T, **_CPU64)
@@ -357,19 +438,26 @@ def _cagrad(K: Tensor, c: float) -> Tensor:
     if radius == 0:
         return mean_w
 
+    Kr = _ridge(K, _RIDGE)  # for the solves; the tests on norms use K itself
+
+    def projection() -> Tensor:  # g0 + G'excess is g0 projected onto the dual cone {d: G d >= 0}
+        return mean_w + _nnls(Kr, -shift)
+
+    def norm_sq(w: Tensor) -> float:
+        return max(float(w @ K @ w), 0.0)
+
     def grad(w: Tensor) -> Tensor:  # gradient of the CAGrad objective
-        Kw = K @ w
-        return shift + radius * Kw / math.sqrt(max(float(w @ Kw), 1e-300))
+        return shift + radius * (K @ w) / math.sqrt(max(norm_sq(w), 1e-300))
 
     def shifted(s: float) -> Tensor:  # min-norm weights of the hull of g_i + s g0
         Ks = K + s * (shift[:, None] + shift[None, :]) + s * s * g0_sq
-        return _mgda(Ks / Ks.trace())
+        return _mgda(_ridge(Ks / Ks.trace(), _RIDGE))
 
-    w = _mgda(K)
-    if float(w @ K @ w) <= 1e-12:  # 0 is in the hull: every d has min_i g_i.d <= 0
-        excess = _nnls(K, -shift)  # g0 + G'excess is g0 projected onto the dual cone {d: G d >= 0}
-        if float(excess @ K @ excess) <= radius**2:  # the ball meets the cone: the max-min value is 0 and
-            return mean_w + excess  # every d in both is optimal; take the one nearest g0 (see aggregate)
+    w = _mgda(Kr)
+    if norm_sq(w) <= delta:  # 0 is in the hull: every d has min_i g_i.d <= 0
+        proj = projection()
+        if norm_sq(proj - mean_w) <= radius**2 + delta:  # the ball meets the cone: the max-min value is 0
+            return proj  # and every d in both is optimal; take the one nearest g0 (see aggregate)
     lo, hi = 0.0, 1.0 / radius  # |g_w| <= 1 for the trace-normalised Gramian, so r s - |g_w| >= 0 at hi
     for _ in range(200):
         cand = _polish(K, w, shift, radius)
@@ -380,8 +468,10 @@ def _cagrad(K: Tensor, c: float) -> Tensor:
             break
         s = (lo + hi) / 2
         w = shifted(s)
-        lo, hi = (s, hi) if radius * s < math.sqrt(max(float(w @ K @ w), 0.0)) else (lo, s)
-    return mean_w + radius / math.sqrt(max(float(w @ K @ w), 1e-300)) * w
+        lo, hi = (s, hi) if radius * s < math.sqrt(norm_sq(w)) else (lo, s)
+    if norm_sq(w) <= delta:  # the optimal g_w is noise: its direction is meaningless
+        return projection()
+    return mean_w + radius / math.sqrt(norm_sq(w)) * w
 
 
 def _polish(K: Tensor, w: Tensor, shift: Tensor, radius: float) -> Tensor | None:
@@ -392,7 +482,8 @@ def _polish(K: Tensor, w: Tensor, shift: Tensor, radius: float) -> Tensor | None
     M[:n, :n], M[:n, n], M[n, :n] = K[S][:, S], -1.0, 1.0
     rhs = torch.zeros(n + 1, 2, **_CPU64)
     rhs[n, 0], rhs[:n, 1] = 1.0, -shift[S]
-    sol = torch.linalg.lstsq(M, rhs).solution  # w(s) = w0 + s w1 is affine in s on a fixed support
+    # w(s) = w0 + s w1 is affine in s on a fixed support
+    sol = torch.linalg.lstsq(M, rhs, driver="gelsd").solution
     w0, w1 = torch.zeros(len(w), **_CPU64), torch.zeros(len(w), **_CPU64)
     w0[S], w1[S] = sol[:n, 0], sol[:n, 1]
     a = radius**2 - float(w1 @ K @ w1)  # |G'w(s)|^2 = (radius s)^2, a quadratic in s
@@ -400,17 +491,42 @@ def _polish(K: Tensor, w: Tensor, shift: Tensor, radius: float) -> Tensor | None
     if a <= 0 or b * b + a * c < 0:
         return None
     cand = w0 + (b + math.sqrt(b * b + a * c)) / a * w1
-    if bool((cand < -1e-12).any()):
+    if bool((cand < -1e-12).any()) or not bool(torch.isfinite(cand).all()):
         return None
     cand = cand.clamp_min(0)
     return cand / cand.sum()
 
 
-def _imtl_g(K: Tensor) -> Tensor:
-    """IMTL-G weights: K w proportional to the gradient norms (equal projections on unit gradients), sum w = 1."""
-    v = torch.linalg.pinv(K) @ K.diagonal().clamp_min(0).sqrt()
+def _imtl_g(K: Tensor, delta: float) -> Tensor:
+    """IMTL-G weights: K w proportional to the gradient norms (equal projections on unit gradients), sum w = 1.
+
+    K's pseudo-inverse keeps only eigenvalues above delta (trace-normalised K): below, an eigenvalue is the
+    input's rounding noise, and inverting it gives a direction orders of magnitude too short.
+    """
+    lam, U = torch.linalg.eigh(K)
+    inv = torch.where(lam > delta, 1.0 / lam.clamp_min(delta), torch.zeros_like(lam))
+    v = U @ (inv * (U.T @ K.diagonal().clamp_min(0).sqrt()))
     total = float(v.sum())
-    return v / total if abs(total) > 1e-12 else torch.zeros_like(v)
+    return v / total if abs(total) > 1e-12 * float(v.abs().sum()) else torch.zeros_like(v)
+
+
+def _pcgrad(K: Tensor, tol: float, seed: int | torch.Generator | None) -> Tensor:
+    """PCGrad's weights on the trace-normalised Gramian: c_i tracks g_i's projected version c_i @ G."""
+    gen = torch.Generator().manual_seed(seed) if isinstance(seed, int) else seed
+    T = K.shape[0]
+    total = torch.zeros(T, **_CPU64)
+    for i in range(T):
+        ci = torch.zeros(T, **_CPU64)
+        ci[i] = 1.0
+        for j in torch.randperm(T, generator=gen).tolist():  # a fresh random task order per task
+            if j == i:
+                continue
+            dot = float(K[j] @ ci)
+            size = math.sqrt(max(float(ci @ K @ ci), 0.0) * max(float(K[j, j]), 0.0))
+            if dot < -tol * size and float(K[j, j]) > 0:  # a conflict: project g_i' off g_j
+                ci[j] -= dot / float(K[j, j])
+        total += ci
+    return total
 
 
 def _sync(dev: torch.device) -> None:

@@ -84,7 +84,9 @@ def nnls_upgrad(G: torch.Tensor) -> torch.Tensor:
 def test_gramian_reference_values() -> None:
     G = torch.tensor([[1.0, 2.0, 0.0], [0.0, -1.0, 3.0]])
     assert torch.equal(gramian(G), torch.tensor([[5.0, -2.0], [-2.0, 10.0]]))
-    assert gramian(G.half()).dtype == torch.float32  # low precision is upcast
+    assert gramian(G.half()).dtype == F64  # formed in float64 whatever the input dtype
+    big = torch.tensor([[3e19, 0.0], [0.0, 1.0]])  # |g|^2 = 9e38 overflows float32 (max 3.4e38)
+    assert float(gramian(big)[0, 0]) == float(big[0, 0].double()) ** 2
 
 
 def test_min_norm_two_tasks_closed_form() -> None:
@@ -137,7 +139,7 @@ def test_mean_sum_reference_values() -> None:
     G = torch.tensor([[1.0, 2.0], [3.0, -4.0], [2.0, 5.0]])
     assert torch.equal(aggregate(G, "mean"), torch.tensor([2.0, 1.0]))
     assert torch.equal(aggregate(G, "sum"), torch.tensor([6.0, 3.0]))
-    torch.testing.assert_close(gramian_weights(gramian(G), "mean"), torch.full((3,), 1 / 3))
+    torch.testing.assert_close(gramian_weights(gramian(G), "mean"), torch.full((3,), 1 / 3, dtype=F64))
 
 
 def test_pcgrad_two_tasks_hand_example() -> None:
@@ -174,51 +176,73 @@ class NnlsProjector:
         return torch.tensor(np.array(W), dtype=gram.dtype)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
 @pytest.mark.parametrize("T", [2, 3, 5])
-def test_matches_torchjd_on_random_matrices(T: int) -> None:
+def test_matches_torchjd_on_random_matrices(T: int, dtype: torch.dtype) -> None:
+    """Same values as torchjd (Mean, Sum, IMTLG, UPGrad with an exact projector, PCGrad, MGDA), float32 and 64."""
     tj = pytest.importorskip("torchjd.aggregation")
     from torchjd.linalg import DualConeProjector
 
     projector = type("Nnls", (NnlsProjector, DualConeProjector), {})()
     upgrad_tj, mgda_tj = tj.UPGrad(projector=projector), tj.MGDA()
+    rtol = 1e-9 if dtype == F64 else 1e-5  # torchjd forms the Gramian in the input dtype
     for seed in range(50):
-        G = random_g(T, [3, 10, 40][seed % 3], 1000 * T + seed)
-        tol = 1e-9 * float(G.norm())
+        G = random_g(T, [3, 10, 40][seed % 3], 1000 * T + seed).to(dtype)
+        tol = rtol * float(G.norm())
         torch.testing.assert_close(aggregate(G, "mean"), tj.Mean()(G), rtol=0, atol=tol)
         torch.testing.assert_close(aggregate(G, "sum"), tj.Sum()(G), rtol=0, atol=tol)
-        torch.testing.assert_close(aggregate(G, "imtl_g"), tj.IMTLG()(G), rtol=0, atol=1e-7 * float(G.norm()))
-        torch.testing.assert_close(aggregate(G, "upgrad"), upgrad_tj(G), rtol=0, atol=1e-7 * float(G.norm()))
+        torch.testing.assert_close(aggregate(G, "imtl_g"), tj.IMTLG()(G), rtol=0, atol=100 * tol)
+        torch.testing.assert_close(aggregate(G, "upgrad"), upgrad_tj(G), rtol=0, atol=100 * tol)
         # torchjd's PCGrad draws torch.randperm(T) from the global generator once per task, as we do from ours
         torch.manual_seed(seed)
         torch.testing.assert_close(aggregate(G, "pcgrad", seed=seed), tj.PCGrad()(G), rtol=0, atol=tol)
         # torchjd's MGDA is Frank-Wolfe stopped early: ours must be no longer, and |d_tj - d*|^2 <= |d_tj|^2 - |d*|^2
-        d, d_tj = aggregate(G, "mgda"), mgda_tj(G)
-        slack = 1e-10 * float(G.norm()) ** 2
+        d, d_tj = aggregate(G, "mgda").double(), mgda_tj(G).double()
+        slack = rtol / 10 * float(G.norm()) ** 2
         assert float(d @ d) <= float(d_tj @ d_tj) + slack
         assert float((d_tj - d) @ (d_tj - d)) <= float(d_tj @ d_tj - d @ d) + slack
         assert float((d_tj - d).norm()) <= 0.05 * float(G.norm())
 
 
-def test_upgrad_matches_torchjd_default_projector() -> None:
-    """Needs torchjd[quadprog_projector]; torchjd regularises the Gramian by 1e-4, hence the loose tolerance."""
-    pytest.importorskip("quadprog")
-    pytest.importorskip("qpsolvers")
+def test_matches_torchjd_on_degenerate_matrices() -> None:
+    """Duplicate, zero and opposite rows, more tasks than dimensions (float64, where torchjd is exact too)."""
+    tj = pytest.importorskip("torchjd.aggregation")
+    from torchjd.linalg import DualConeProjector
+
+    upgrad_tj = tj.UPGrad(projector=type("Nnls", (NnlsProjector, DualConeProjector), {})())
+    for k, G in enumerate(degenerate_cases()):
+        tol = 1e-7 * float(G.norm())
+        torch.testing.assert_close(aggregate(G, "imtl_g"), tj.IMTLG()(G), rtol=0, atol=tol)
+        torch.testing.assert_close(aggregate(G, "upgrad"), upgrad_tj(G), rtol=0, atol=tol)
+        torch.manual_seed(k)
+        torch.testing.assert_close(aggregate(G, "pcgrad", seed=k), tj.PCGrad()(G), rtol=0, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_upgrad_matches_torchjd_default_projector(dtype: torch.dtype) -> None:
+    """torchjd[quadprog-projector] (quadprog, qpsolvers); it adds 1e-4 to the normalised Gramian's diagonal,
+    hence the loose tolerance."""
+    pytest.importorskip("quadprog", reason="needs torchjd[quadprog-projector] (the dev extras)")
+    pytest.importorskip("qpsolvers", reason="needs torchjd[quadprog-projector] (the dev extras)")
     from torchjd.aggregation import UPGrad
 
     for seed in range(20):
-        G = random_g(3, 10, seed)
+        G = random_g([2, 3, 5][seed % 3], 10, seed).to(dtype)
         torch.testing.assert_close(aggregate(G, "upgrad"), UPGrad()(G), rtol=0, atol=1e-2 * float(G.norm()))
 
 
-def test_cagrad_matches_torchjd() -> None:
-    """Needs torchjd[cagrad] (cvxpy + clarabel)."""
-    pytest.importorskip("cvxpy")
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+@pytest.mark.parametrize("c", [0.5, 1.0])
+def test_cagrad_matches_torchjd(c: float, dtype: torch.dtype) -> None:
+    """torchjd[cagrad] (cvxpy + clarabel), on matrices where 0 is not in the hull (there torchjd returns 0)."""
+    pytest.importorskip("cvxpy", reason="needs torchjd[cagrad] (the dev extras)")
+    pytest.importorskip("clarabel", reason="needs torchjd[cagrad] (the dev extras)")
     from torchjd.aggregation import CAGrad
 
     for seed in range(20):
-        G = random_g(3, 10, seed)
+        G = random_g([2, 3, 5][seed % 3], 10, seed).to(dtype)
         torch.testing.assert_close(
-            aggregate(G, "cagrad", c=0.5), CAGrad(c=0.5)(G), rtol=0, atol=1e-4 * float(G.norm())
+            aggregate(G, "cagrad", c=c), CAGrad(c=c)(G), rtol=0, atol=1e-4 * float(G.norm())
         )
 
 
@@ -267,6 +291,58 @@ def test_imtl_g_equal_projections() -> None:
     proj = (G @ d) / G.norm(dim=1)
     torch.testing.assert_close(proj, proj.mean().expand(3))
     assert abs(float(gramian_weights(gramian(G), "imtl_g").sum()) - 1) < 1e-12
+
+
+# --- float32 and nearly singular Gramians (the failures torchjd's property tests found) ------------------------
+
+
+def low_rank(T: int, P: int, rank: int, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(T, rank, generator=gen, dtype=F64) @ torch.randn(rank, P, generator=gen, dtype=F64)
+
+
+def strongly_stationary(T: int, P: int, seed: int) -> torch.Tensor:
+    """Rows orthogonal to a positive vector u, so u @ G = 0: a positive combination of the gradients is 0."""
+    gen = torch.Generator().manual_seed(seed)
+    u = torch.rand(T, generator=gen, dtype=F64) + 0.1
+    u /= u.norm()
+    M = torch.randn(T, P, generator=gen, dtype=F64)
+    return M - u[:, None] * (u @ M)[None, :]
+
+
+def test_imtl_g_float32_rank_deficient_is_not_shrunk() -> None:
+    """In float32 a rank-2 G has tiny rounding eigenvalues; inverting them gave a direction ~1e-9 times too short."""
+    for seed in range(10):
+        G = low_rank(5, 200, 2, seed)
+        d64, d32 = aggregate(G, "imtl_g"), aggregate(G.float(), "imtl_g").double()
+        assert float((d32 - d64).norm()) <= 1e-5 * float(d64.norm())
+        assert float(d64.norm()) > 0.1 * float(G.norm(dim=1).min())  # and not trivially small
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+@pytest.mark.parametrize("c", [1.0, 2.0])
+def test_cagrad_stationary_is_finite_and_non_conflicting(c: float, dtype: torch.dtype) -> None:
+    """At a stationary point with c >= 1 the ball touches the cone only at 0: it gave NaN in float32."""
+    for seed in range(10):
+        G = strongly_stationary([3, 5, 7][seed % 3], [2, 3, 13][seed % 3], seed).to(dtype)
+        d = aggregate(G, "cagrad", c=c)
+        assert bool(torch.isfinite(d).all())
+        assert float(d.double().norm()) <= 1e-3 * float(G.double().norm())  # the only optimum is d = 0
+        assert float((G.double() @ d.double()).min()) >= -1e-4 * float(G.double().norm()) ** 2
+
+
+def test_upgrad_order_free_on_nearly_singular_gramians() -> None:
+    """Rank-2 float32 gradients (+ 1e-7 noise), scales 1e-8..1e8: the task order moved UPGrad by up to 1e-6 |G|."""
+    gen = torch.Generator().manual_seed(0)
+    for trial in range(60):
+        T, P = 3 + trial % 5, 2 + trial % 4
+        G = low_rank(T, P, 2, trial) + 1e-7 * (trial % 2) * torch.randn(T, P, generator=gen, dtype=F64)
+        G = (G * 10 ** (16 * torch.rand(1, generator=gen, dtype=F64) - 8)).float()
+        d = aggregate(G, "upgrad").double()
+        for _ in range(3):
+            perm = torch.randperm(T, generator=gen)
+            moved = float((aggregate(G[perm], "upgrad").double() - d).norm())
+            assert moved <= 1e-7 * float(G.double().norm())
 
 
 @pytest.mark.parametrize("method", METHODS)
