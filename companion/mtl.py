@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .aggregators import METHODS, aggregate, backward_features, conflict, task_gradients, write_grad
+from .aggregators import METHODS, aggregate, conflict, task_gradients, write_grad
 from .train import StepContext
 
 __all__ = [
@@ -546,6 +546,8 @@ class GradNorm:
     sum_t w_t L_t. Not an nn.Module on purpose: its weights have their own optimiser, not fit's.
     """
 
+    per_task_grads = True  # differentiates each task's loss: under torchrun, fit all-reduces each gradient
+
     def __init__(self, alpha: float = 1.5, layer: str | Tensor | None = None, lr: float = 0.025, floor: float = 1e-3):
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha >= 0:
             raise ValueError(f"alpha: expected a number >= 0, got {alpha!r}")
@@ -646,29 +648,48 @@ class GradAggregation:
     mode="params": the rows of G are each task's gradient over all trainable parameters (shared ones first);
     `aggregate(G, method)` gives one direction, written to `.grad`, replacing what is there (a head's block is
     zero in other tasks' rows, so weight-based aggregators give each head w_t times its own gradient).
-    mode="features": G holds gradients w.r.t. the model's `shared` tensor (cheaper, Sener & Koltun 2018); every
-    parameter gets the gradient of the mean loss, except that the part flowing back through `shared` uses the
-    aggregated direction instead.
+    mode="features": G holds gradients w.r.t. the model's `shared` tensor (the representation every task reads,
+    Sener & Koltun 2018). Every parameter gets the gradient of the mean loss, except that the part flowing back
+    through `shared` is the aggregated direction instead; so heads get the mean loss's gradient and the trunk
+    gets the aggregated direction.
+    mode="auto" (the default): "features" when the model keeps its shared tensor in the graph (`HardSharing`,
+    `MMoE`, `CrossStitch`, `L2Tied` do), else "params"; the mode used is in `last_mode`.
+
+    Cost per step, for T tasks (measured in `benchmarks/bench.py`): "params" takes T backward passes through
+    the whole network (one per task row) plus the aggregation over all parameters; "features" takes T backward
+    passes through the heads only (torch.autograd.grad w.r.t. `shared`, graph kept), then ONE backward pass
+    (torch.autograd.backward) that sends the mean loss through the heads and the aggregated direction through
+    the trunk, which the autograd engine merges at `shared` before walking the trunk once. With small heads
+    that is about one trunk backward, i.e. close to equal weighting's cost at any T.
+
     With method "mean" both modes equal a plain backward of sum_t L_t / T. Logs the effective weights "w/<task>"
     (least-squares coefficients of the direction on the task gradients), and with `log_cosine` the pairwise
     cosines "cos/a|b", "conflict" (1.0 if any is negative) and "grad_ratio" (largest / smallest task-gradient
-    norm), computed on the shared block, so fit's history gives the conflict rate per epoch.
+    norm), computed on the shared block (parameters or representation, per mode), so fit's history gives the
+    conflict rate per epoch.
     """
 
-    def __init__(self, method: str = "upgrad", mode: str = "params", seed: int = 0, log_cosine: bool = True):
+    per_task_grads = True  # differentiates each task's loss: under torchrun, fit all-reduces each gradient
+
+    def __init__(self, method: str = "upgrad", mode: str = "auto", seed: int = 0, log_cosine: bool = True):
         if method not in METHODS:
             raise ValueError(f"method: expected one of {list(METHODS)}, got {method!r}")
-        if mode not in ("params", "features"):
-            raise ValueError(f"mode: expected 'params' or 'features', got {mode!r}")
+        if mode not in ("auto", "params", "features"):
+            raise ValueError(f"mode: expected 'auto', 'params' or 'features', got {mode!r}")
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"seed: expected an int, got {seed!r}")
         self.method, self.mode, self.seed, self.log_cosine = method, mode, seed, bool(log_cosine)
+        self.last_mode: str | None = None
 
     def backward(self, losses: dict[str, Tensor], ctx: StepContext) -> dict[str, float]:
         tasks = _check_tasks(losses, "losses (GradAggregation)")
         scaled = {t: ctx.scaled(losses[t]) for t in tasks}
         model, seed = ctx.model, self.seed + ctx.step  # a new, reproducible draw each step (pcgrad's order)
-        if self.mode == "params":
+        z = getattr(model, "shared", None)
+        has_shared = isinstance(z, Tensor) and z.requires_grad
+        mode = self.mode if self.mode != "auto" else ("features" if has_shared else "params")
+        self.last_mode = mode
+        if mode == "params":
             shared = _shared_params(model)
             ids = {id(p) for p in shared}
             params = shared + [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
@@ -677,17 +698,20 @@ class GradAggregation:
             d = aggregate(G, self.method, seed=seed)
             write_grad(params, d * ctx.scale)
         else:
-            z = getattr(model, "shared", None)
-            if not isinstance(z, Tensor) or not z.requires_grad:
+            if not has_shared:
                 raise ValueError(
                     "mode: 'features' needs a model that keeps its shared tensor (in the graph) in `shared`"
                 )
-            # every parameter first gets the mean loss's gradient (the graph is kept for the two passes below)
-            (sum(scaled.values()) / len(tasks)).backward(retain_graph=True)
-            G = task_gradients(scaled, z, mode="features").float() / ctx.scale
+            G = task_gradients(scaled, z, mode="features", retain_graph=True).float() / ctx.scale  # heads only
             n_shared = G.shape[1]
             d = aggregate(G, self.method, seed=seed)
-            backward_features(z, (d - G.mean(dim=0)) * ctx.scale)  # swap the mean for d behind `shared`
+            # one engine call: the mean loss reaches `shared` through the heads as mean(G); the extra root adds
+            # d - mean(G) there, so the trunk is walked once along d and every other parameter gets the mean loss
+            mean_loss = sum(scaled.values()) / len(tasks)
+            fix = ((d - G.mean(dim=0)) * ctx.scale).reshape(z.shape).to(z.dtype)
+            roots = [mean_loss, z] if mean_loss.requires_grad else [z]
+            grads = [torch.ones_like(mean_loss), fix] if mean_loss.requires_grad else [fix]
+            torch.autograd.backward(roots, grads)
         return self._logs(tasks, G, d, n_shared)
 
     def _logs(self, tasks: list[str], G: Tensor, d: Tensor, n_shared: int) -> dict[str, float]:

@@ -27,8 +27,9 @@ METHODS = ("logme", "leep", "nce", "hscore", "hscore_shrinkage", "transrate")
 
 
 # ----------------------------------------------------------------------------------------------- input checks
-def _array(x, name: str, ndim: tuple[int, ...]) -> np.ndarray:
-    """A float64 numpy copy of `x` with one of the allowed numbers of dimensions, all entries finite."""
+def _array(x, name: str, ndim: tuple[int, ...], finite: bool = True) -> np.ndarray:
+    """A float64 numpy array of `x` (no copy if it is one) with an allowed number of dimensions; with `finite`,
+    all entries finite (a caller that checks finiteness itself passes finite=False)."""
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().numpy()
     try:
@@ -39,7 +40,7 @@ def _array(x, name: str, ndim: tuple[int, ...]) -> np.ndarray:
         raise ValueError(f"{name} must have {' or '.join(map(str, ndim))} dimensions, got shape {a.shape}")
     if a.shape[0] == 0:
         raise ValueError(f"{name} must not be empty")
-    if not np.isfinite(a).all():
+    if finite and not np.isfinite(a).all():
         raise ValueError(f"{name} must be finite (no NaN or inf)")
     return a
 
@@ -95,66 +96,102 @@ def logme_evidence(features, y, alpha: float, beta: float) -> float:
     return float(total / n)
 
 
-def _spectrum(f: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Squared singular values s_i^2 of F and, per target column, q_i = (s_i u_i^T y)^2 = (v_i^T F^T y)^2.
+def _spectrum(f: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The nonzero squared singular values s_i^2 of F, the squared coordinates c_i^2 = (u_i^T y)^2 of each
+    target column on the matching left singular vectors, and the rest |y|^2 - sum_i c_i^2 (the part of y that
+    no linear model on F reaches; 0 when n <= d and F has full row rank).
 
-    The SVD F = U S V^T is read off the eigen-decomposition of the smaller Gram matrix (F^T F when n >= d,
-    else F F^T), which is much faster than a full SVD for n = 10,000 and d = 1,280.
+    The thin SVD F = U S V^T is read off the eigen-decomposition of the smaller Gram matrix (F^T F when n >= d,
+    else the n x n F F^T), much faster than a full SVD for n = 10,000 and d = 1,280. Singular values below the
+    usual rank tolerance (largest * max(n, d) * machine epsilon) count as zero.
     """
     n, d = f.shape
     if n >= d:
         s2, v = np.linalg.eigh(f.T @ f)
-        s2 = np.clip(s2, 0.0, None)
-        q = (v.T @ (f.T @ targets)) ** 2
+        proj = v.T @ (f.T @ targets)  # s_i u_i^T y
     else:
         s2, u = np.linalg.eigh(f @ f.T)
-        s2 = np.clip(s2, 0.0, None)
-        q = s2[:, None] * (u.T @ targets) ** 2
-    return s2, q
+        proj = u.T @ targets  # u_i^T y, over a complete basis of R^n
+    keep = s2 > max(s2.max(), 0.0) * max(n, d) * np.finfo(np.float64).eps
+    if n >= d:
+        c2 = proj[keep] ** 2 / s2[keep, None]
+        rest = np.clip(np.sum(targets**2, axis=0) - c2.sum(axis=0), 0.0, None)
+    else:
+        c2 = proj[keep] ** 2
+        rest = np.sum(proj[~keep] ** 2, axis=0)  # no cancellation: the dropped coordinates themselves
+    return s2[keep], c2, rest
 
 
-def _evidence(s2, q, y2: float, n: int, d: int, alpha: float, beta: float) -> tuple[float, float, float]:
-    """Log evidence (total, not per sample), |m|^2 and |F m - y|^2, written in the SVD basis."""
-    t = alpha + beta * s2  # eigenvalues of A = alpha I + beta F^T F (d - len(s2) more equal alpha)
-    m2 = beta**2 * np.sum(q / t**2)
-    res2 = y2 - 2 * beta * np.sum(q / t) + beta**2 * np.sum(s2 * q / t**2)
-    res2 = max(res2, 1e-300)
-    logdet = np.sum(np.log(t)) + (d - len(s2)) * math.log(alpha)
+def _evidence(s2, c2, rest: float, n: int, alpha: float, lam: float) -> float:
+    """Total log evidence log N(y; 0, (lam I + F F^T) / alpha), lam = alpha / beta, in the SVD basis.
+
+    Equal to the d-dimensional formula of `logme_evidence` (matrix determinant lemma), but with no beta**2 and
+    finite at the boundaries: lam = 0 (beta = inf: y fitted exactly, possible when rest = 0, e.g. n < d) and
+    alpha, lam = inf with alpha / lam = beta finite (no signal: y is noise).
+    """
+    k = len(s2)
+    if math.isinf(lam):  # alpha = inf: C = I / beta
+        beta = alpha
+        return n / 2 * math.log(beta) - beta / 2 * float(np.sum(c2) + rest) - n / 2 * math.log(2 * math.pi)
     total = (
-        n / 2 * math.log(beta)
-        + d / 2 * math.log(alpha)
+        n / 2 * math.log(alpha)
+        - 0.5 * float(np.sum(np.log(lam + s2)))
+        - alpha / 2 * float(np.sum(c2 / (lam + s2)))
         - n / 2 * math.log(2 * math.pi)
-        - beta / 2 * res2
-        - alpha / 2 * m2
-        - logdet / 2
     )
-    return float(total), float(m2), float(res2)
+    if n > k:  # the n - k zero singular values
+        total += -(n - k) / 2 * math.log(lam) - alpha / 2 * rest / lam
+    return total
 
 
-def _fixed_point(s2, q, y2: float, n: int, d: int, max_iter: int = 1000, tol: float = 1e-10) -> dict:
+def _fixed_point(s2, c2, rest: float, n: int, max_iter: int = 1000, tol: float = 1e-10) -> dict:
     """MacKay's fixed point for the evidence maximum over (alpha, beta), in the SVD basis (notebook 09).
 
     Repeat until (alpha, beta) stop moving:
         gamma = sum_i beta s_i^2 / (alpha + beta s_i^2)    # effective number of well-determined weights
         alpha = gamma / |m|^2
         beta  = (n - gamma) / |F m - y|^2
-    where m = beta A^-1 F^T y is the posterior mean at the current (alpha, beta).
+    where m = beta A^-1 F^T y is the posterior mean at the current (alpha, beta). It is run on lam = alpha / beta
+    (|m|^2, |F m - y|^2 and n - gamma written without cancellation), so it cannot overflow. When the maximum
+    lies on a boundary it walks there: lam -> 0 (beta = inf, the features fit y exactly: n < d) or lam -> inf
+    (alpha = inf, y looks like noise); once lam is 1e12 times past the spectrum, the boundary value is taken.
     """
-    alpha, beta = 1.0, 1.0
+    k = len(s2)
+    alpha, lam = 1.0, 1.0
     history = []
+    bound = (float(s2.min()) if k else 1.0, float(s2.max()) if k else 1.0)
+    steps, edge = 0, None
     for _ in range(max_iter):
-        total, m2, res2 = _evidence(s2, q, y2, n, d, alpha, beta)
-        history.append(total / n)
-        gamma = float(np.sum(beta * s2 / (alpha + beta * s2)))
-        new_alpha = gamma / max(m2, 1e-300)
-        new_beta = max(n - gamma, 1e-12) / res2
-        done = abs(new_alpha - alpha) <= tol * alpha and abs(new_beta - beta) <= tol * beta
-        alpha, beta = new_alpha, new_beta
+        history.append(_evidence(s2, c2, rest, n, alpha, lam) / n)
+        steps += 1
+        t = lam + s2
+        gamma = float(np.sum(s2 / t))
+        new_alpha = gamma / max(float(np.sum(s2 * c2 / t**2)), 1e-300)
+        if n == k and rest == 0:  # n - gamma and |F m - y|^2 both vanish with lam: divide the lam out
+            new_lam = new_alpha * lam * float(np.sum(c2 / t**2)) / float(np.sum(1.0 / t))
+        else:
+            res2 = rest + lam**2 * float(np.sum(c2 / t**2))
+            new_lam = new_alpha * res2 / ((n - k) + lam * float(np.sum(1.0 / t)))
+        done = abs(new_alpha - alpha) <= tol * alpha and abs(new_lam - lam) <= tol * lam
+        alpha, lam = new_alpha, new_lam
         if done:
             break
-    steps = len(history)
-    evidence = _evidence(s2, q, y2, n, d, alpha, beta)[0] / n
+        if k and n == k and rest == 0 and lam < 1e-12 * bound[0]:
+            edge = "beta"
+            break
+        if lam > 1e12 * bound[1] or k == 0 or gamma <= 0:
+            edge = "alpha"
+            break
+    if edge == "beta":  # lam = 0: the alpha that maximises log N(y; 0, F F^T / alpha)
+        lam, alpha = 0.0, n / float(np.sum(c2 / s2))
+    elif edge == "alpha":  # alpha = inf: the beta that maximises log N(y; 0, I / beta)
+        lam, alpha = math.inf, n / max(float(np.sum(c2) + rest), 1e-300)
+    evidence = _evidence(s2, c2, rest, n, alpha, lam) / n
     history.append(evidence)
+    if edge == "alpha":
+        alpha, beta = math.inf, alpha
+    else:
+        beta = alpha / lam if lam > 0 else math.inf
     return {"alpha": alpha, "beta": beta, "evidence": evidence, "steps": steps, "history": history}
 
 
@@ -166,8 +203,8 @@ def logme_fixed_point(features, y, max_iter: int = 1000, tol: float = 1e-10) -> 
         raise ValueError(f"y must have one entry per row of features ({len(f)}), got {len(t)}")
     if not (isinstance(max_iter, int) and max_iter >= 1 and tol > 0):
         raise ValueError(f"max_iter must be a positive int and tol positive, got {max_iter!r} and {tol!r}")
-    s2, q = _spectrum(f, t[:, None])
-    return _fixed_point(s2, q[:, 0], float(t @ t), *f.shape, max_iter=max_iter, tol=tol)
+    s2, c2, rest = _spectrum(f, t[:, None])
+    return _fixed_point(s2, c2[:, 0], float(rest[0]), len(f), max_iter=max_iter, tol=tol)
 
 
 def logme(features, labels, regression: bool = False) -> float:
@@ -186,11 +223,8 @@ def logme(features, labels, regression: bool = False) -> float:
     else:
         codes, num = _classes(labels, n)
         targets = _one_hot(codes, num)
-    s2, q = _spectrum(f, targets)
-    scores = [
-        _fixed_point(s2, q[:, k], float(targets[:, k] @ targets[:, k]), n, d)["evidence"]
-        for k in range(targets.shape[1])
-    ]
+    s2, c2, rest = _spectrum(f, targets)
+    scores = [_fixed_point(s2, c2[:, k], float(rest[k]), n)["evidence"] for k in range(targets.shape[1])]
     return float(np.mean(scores))
 
 
@@ -201,17 +235,29 @@ def leep(source_probs, labels) -> float:
     With theta(x) the source model's softmax over source classes z:
         P(y, z) = 1/n sum_i theta_z(x_i) [y_i = y],   P(y | z) = P(y, z) / P(z),
         LEEP = 1/n sum_i log sum_z P(y_i | z) theta_z(x_i).
+    Cost: two n x C_s x C_t products (the joint, and P(y | z) @ theta^T, of which only each sample's own
+    label entry is read) and one min pass for the input check (row sums come from the product); no n x C_s
+    temporary.
     """
-    theta = _array(source_probs, "source_probs", (2,))
+    theta = _array(source_probs, "source_probs", (2,), finite=False)
     codes, num = _classes(labels, len(theta))
-    if (theta < 0).any() or not np.allclose(theta.sum(axis=1), 1.0, atol=1e-3):
-        raise ValueError(
-            "source_probs must be probabilities: non-negative rows that sum to 1 (apply softmax)"
-        )
-    joint = _one_hot(codes, num).T @ theta / len(theta)  # (target classes, source classes)
+    low = theta.min()  # the one pass over the input: NaN propagates, -inf is < 0, +inf shows in the sums below
+    if math.isnan(low):
+        raise ValueError("source_probs must be finite (no NaN or inf)")
+    if low < 0:
+        raise ValueError("source_probs must be probabilities: non-negative rows that sum to 1 (apply softmax)")
+    joint = _one_hot(codes, num).T @ theta  # n * P(y, z), (target classes, source classes)
     marginal = joint.sum(axis=0)
-    cond = np.divide(joint, marginal, out=np.zeros_like(joint), where=marginal > 0)
-    eep = np.sum(theta * cond[codes], axis=1)  # predicted probability of each sample's own target label
+    cond = np.divide(joint, marginal, out=np.zeros_like(joint), where=marginal > 0)  # P(y | z)
+    pred = cond @ theta.T  # (target classes, n): the expected empirical predictor (this way round is the
+    # faster BLAS call for a few target classes and many source classes)
+    # sum_y pred[y, i] = sum_z theta_iz [P(z) > 0] = the row sum of theta (a zero-mass z has theta_iz = 0)
+    rows = pred.sum(axis=0)
+    if not np.isfinite(rows).all():
+        raise ValueError("source_probs must be finite (no NaN or inf)")
+    if not np.allclose(rows, 1.0, atol=1e-3):
+        raise ValueError("source_probs must be probabilities: non-negative rows that sum to 1 (apply softmax)")
+    eep = pred[codes, np.arange(len(theta))]  # each sample's own target label
     return float(np.mean(np.log(eep)))
 
 
@@ -228,8 +274,8 @@ def nce(source_predictions, labels) -> float:
         raise ValueError("source_predictions must be integer source labels (n,) or scores (n, classes)")
     codes, num = _classes(labels, len(z))
     _, zc = np.unique(z, return_inverse=True)
-    joint = np.zeros((num, zc.max() + 1))
-    np.add.at(joint, (codes, zc), 1.0)
+    width = int(zc.max()) + 1
+    joint = np.bincount(codes * width + zc, minlength=num * width).reshape(num, width).astype(np.float64)
     cond = joint / joint.sum(axis=0)
     return float(np.mean(np.log(cond[codes, zc])))
 

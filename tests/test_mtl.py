@@ -310,7 +310,7 @@ def test_grad_aggregation_sum_replaces_only_what_flows_through_shared():
 def test_grad_aggregation_logs_cosine_of_shared_gradients():
     x, y = two_task_data()
     model = hard_model()
-    logs = GradAggregation("mean").backward(losses_of(model, x, y), StepContext(model, 0, 0))
+    logs = GradAggregation("mean", mode="params").backward(losses_of(model, x, y), StepContext(model, 0, 0))
     model.zero_grad()
     losses = losses_of(model, x, y)
     shared = list(model.shared_parameters())
@@ -321,6 +321,71 @@ def test_grad_aggregation_logs_cosine_of_shared_gradients():
     assert logs["grad_ratio"] == pytest.approx(big / small, rel=1e-5)
 
 
+def two_pass_features(model, losses, method, scale=1.0, seed=0):
+    """The former two-pass features mode, kept as the reference: a backward of the mean loss (graph kept), the
+    task gradients w.r.t. `shared`, then a second walk of the trunk along (aggregated - mean)."""
+    from companion.aggregators import aggregate, backward_features, task_gradients
+
+    scaled = {t: v * scale for t, v in losses.items()}
+    (sum(scaled.values()) / len(scaled)).backward(retain_graph=True)
+    G = task_gradients(scaled, model.shared, mode="features").float() / scale
+    d = aggregate(G, method, seed=seed)
+    backward_features(model.shared, (d - G.mean(dim=0)) * scale)
+
+
+def many_task_model(n_tasks: int, kind: str):
+    torch.manual_seed(n_tasks)
+    if kind == "hard":
+        trunk = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 12), nn.ReLU())
+        return HardSharing(trunk, {f"t{i}": head("regression", 12, 1, hidden=5 * (i % 2)) for i in range(n_tasks)})
+    stem = nn.Sequential(nn.Linear(8, 10), nn.ReLU())  # MMoE: the stem also feeds the gates, outside `shared`
+    return MMoE(10, {f"t{i}": head("regression", 6, 1) for i in range(n_tasks)}, 3, 6, stem=stem)
+
+
+@pytest.mark.parametrize("kind", ["hard", "mmoe"])
+@pytest.mark.parametrize("n_tasks", [2, 3])
+@pytest.mark.parametrize("method", ["upgrad", "mgda", "pcgrad", "cagrad"])
+def test_one_pass_features_mode_equals_the_two_pass_version(method, n_tasks, kind):
+    g = torch.Generator().manual_seed(n_tasks)
+    x = torch.randn(32, 8, generator=g)
+    y = {f"t{i}": torch.randn(32, 1, generator=g) * (i + 1) for i in range(n_tasks)}
+    for scale in (1.0, 64.0):
+        ref = many_task_model(n_tasks, kind)
+        two_pass_features(ref, losses_of(ref, x, y), method, scale=scale, seed=5)
+        model = many_task_model(n_tasks, kind)
+        bal = GradAggregation(method, mode="features")
+        bal.backward(losses_of(model, x, y), StepContext(model, 5, 0, scale=scale))
+        got, want = grads(model), grads(ref)
+        assert any(w.abs().sum() > 0 for w in want)
+        for (name, _), a, b in zip(model.named_parameters(), got, want, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6 * scale, msg=name)
+
+
+def test_auto_mode_picks_features_when_the_model_keeps_shared():
+    x, y = two_task_data()
+    model = hard_model()
+    bal = GradAggregation("upgrad")
+    assert bal.mode == "auto"
+    bal.backward(losses_of(model, x, y), StepContext(model, 0, 0))
+    assert bal.last_mode == "features"
+    plain = nn.Sequential(nn.Linear(8, 4))
+
+    class NoShared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = plain
+
+        def forward(self, x):
+            out = self.net(x)
+            return {"a": out[:, :1], "b": out[:, 1:2]}
+
+    other = NoShared()
+    bal.backward(losses_of(other, x, y), StepContext(other, 0, 0))
+    assert bal.last_mode == "params"
+    with pytest.raises(ValueError, match="shared"):
+        GradAggregation("upgrad", mode="features").backward(losses_of(other, x, y), StepContext(other, 0, 0))
+
+
 def balancers():
     return {
         "weighted": lambda: Weighted({"a": 1.0, "b": 0.5}),
@@ -328,9 +393,10 @@ def balancers():
         "dwa": lambda: DWA(),
         "gradnorm": lambda: GradNorm(),
         "famo": lambda: FAMO(),
-        "agg_params": lambda: GradAggregation("mean"),
+        "agg_params": lambda: GradAggregation("mean", mode="params"),
         "agg_features": lambda: GradAggregation("mean", mode="features"),
-        "agg_upgrad": lambda: GradAggregation("upgrad"),
+        "agg_upgrad": lambda: GradAggregation("upgrad"),  # auto: features on HardSharing
+        "agg_upgrad_params": lambda: GradAggregation("upgrad", mode="params"),
     }
 
 

@@ -78,6 +78,42 @@ def test_logme_fixed_point_beats_a_brute_force_grid(n, d):
     assert logme(f, y, regression=True) == pytest.approx(fit["evidence"], abs=1e-12)
 
 
+def slow_logme_column(f: np.ndarray, y: np.ndarray) -> float:
+    """The authors' quantity the slow way: max over (alpha, beta) of log N(y; 0, I / beta + F F^T / alpha) per
+    sample, with an n x n Cholesky in float64 and a bounded quasi-Newton search over log10 alpha, log10 beta in
+    [-8, 14] from four starts (a maximum on the boundary beta = inf or alpha = inf is approached to ~1e-9)."""
+    from scipy.optimize import minimize
+
+    n = len(f)
+    gram = f @ f.T
+
+    def negative(p):
+        try:
+            chol = np.linalg.cholesky(np.eye(n) * 10.0 ** -p[1] + gram * 10.0 ** -p[0])
+        except np.linalg.LinAlgError:  # numerically singular (beta -> inf with n > d): far from the maximum
+            return 1e300
+        z = np.linalg.solve(chol, y)
+        return (np.sum(np.log(np.diag(chol))) + z @ z / 2) / n + math.log(2 * math.pi) / 2
+
+    starts = [(a, b) for a in (-1.0, 2.0) for b in (-1.0, 2.0)]
+    opts = {"ftol": 1e-15, "gtol": 1e-12}
+    return -min(minimize(negative, s, method="L-BFGS-B", bounds=[(-8, 14)] * 2, options=opts).fun for s in starts)
+
+
+@pytest.mark.parametrize("n, d", [(7, 10), (30, 200), (40, 8)])
+def test_logme_equals_the_slow_maximum_for_fewer_or_more_samples_than_dimensions(n, d):
+    # n < d used to overflow (beta -> inf: the features fit every one-hot column exactly)
+    rng = np.random.default_rng(n * d)
+    f = rng.standard_normal((n, d))
+    y = np.arange(n) % 3
+    columns = [slow_logme_column(f, (y == c).astype(float)) for c in range(3)]
+    assert logme(f, y) == pytest.approx(np.mean(columns), abs=1e-6)
+    signal = f[:, :2] @ np.array([1.0, -2.0]) + 0.3 * rng.standard_normal(n)  # an interior maximum
+    fit = logme_fixed_point(f, signal)
+    assert fit["evidence"] == pytest.approx(slow_logme_column(f, signal), abs=1e-6)
+    assert all(math.isfinite(h) for h in fit["history"])
+
+
 def test_logme_classification_is_the_mean_over_one_hot_columns():
     x, y = blobs(60, 5, 3, 2.0, seed=1)
     per_class = [logme_fixed_point(x, (y == c).astype(float))["evidence"] for c in range(3)]
