@@ -9,6 +9,7 @@ or, when online, with torchvision's downloaders; `load_dataset` decodes once and
 from __future__ import annotations
 
 import contextlib
+import copy
 import gzip
 import hashlib
 import io
@@ -851,6 +852,8 @@ class TensorBatches:
     The order of epoch e is a pure function of (seed, e): call `set_epoch(e)` before iterating to pick it
     (resuming mid-epoch = set_epoch, then skip the first k batches). Without set_epoch, each new pass
     moves on to the next epoch, like a shuffling DataLoader.
+
+    Under torchrun, `shard(rank, world)` gives one process's share of every batch (see `companion.distributed`).
     """
 
     def __init__(
@@ -876,6 +879,7 @@ class TensorBatches:
         self.y = {k: v.to(dev) for k, v in y.items()} if isinstance(y, Mapping) else y.to(dev)
         self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
         self.epoch = 0
+        self.rank, self.world = 0, 1
 
     def set_epoch(self, epoch: int) -> None:
         """Choose the epoch whose order the next pass uses."""
@@ -887,14 +891,43 @@ class TensorBatches:
             return torch.arange(self.n)
         return torch.randperm(self.n, generator=torch.Generator().manual_seed(_mix(self.seed, epoch)))
 
+    def shard(self, rank: int, world: int) -> TensorBatches:
+        """Process `rank`'s share of every batch when `world` processes train together (taught with fit, notebook 00).
+
+        Batch b of an epoch (the same global order on every process) is cut into `world` equal, disjoint,
+        consecutive slices and this process gets slice `rank`: world x local batch = `batch_size`, and the slices
+        of ranks 0..world-1 in turn are the single-process batch. A last, partial batch is cut to a multiple of
+        `world` (at most world - 1 samples of an epoch are left out); if fewer than `world` samples remain it is
+        dropped. The tensors are shared with this object, not copied.
+        """
+        if isinstance(world, bool) or not isinstance(world, int) or world < 1:
+            raise ValueError(f"world must be a positive integer, got {world!r}")
+        if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world:
+            raise ValueError(f"rank must be an integer in [0, {world}), got {rank!r}")
+        if self.world != 1:
+            raise ValueError(f"shard: these batches are already shard {self.rank} of {self.world}; shard the unsharded ones")
+        if self.batch_size % world:
+            raise ValueError(
+                f"batch_size must be a multiple of the number of processes ({world}) to shard, got {self.batch_size}"
+            )
+        if self.n < world:
+            raise ValueError(f"shard: {self.n} samples cannot be shared among {world} processes")
+        part = copy.copy(self)
+        part.rank, part.world = rank, world
+        return part
+
     def __len__(self) -> int:
-        return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
+        full, rest = divmod(self.n, self.batch_size)
+        return full if self.drop_last or rest < self.world else full + 1
 
     def __iter__(self) -> Iterator[tuple[Tensor, Target]]:
         epoch, self.epoch = self.epoch, self.epoch + 1
         order = self.order(epoch).to(self.x.device)
         for b in range(len(self)):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
+            if self.world > 1:
+                size = len(idx) // self.world
+                idx = idx[self.rank * size : (self.rank + 1) * size]
             yield self.x[idx], _index(self.y, idx)
 
 

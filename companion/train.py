@@ -16,7 +16,8 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .data import atomic_write
+from . import distributed
+from .data import TensorBatches, atomic_write
 from .device import pick_device, seed_everything
 
 
@@ -41,7 +42,9 @@ class Balancer(Protocol):
     `backward` must leave in `.grad` the gradient of the *scaled* objective (as `ctx.scaled(loss).backward()`
     would), so that fit's GradScaler can unscale it; it returns scalars to log (averaged per epoch). Optional:
     `on_epoch_end(epoch)`; `state_dict()`/`load_state_dict()` (saved in checkpoints); an `nn.Module` balancer's
-    parameters are trained by fit's optimiser.
+    parameters are trained by fit's optimiser; `per_task_grads = True` when `backward` differentiates the task
+    losses one by one (torch.autograd.grad): under torchrun fit then all-reduces every gradient as autograd
+    produces it, so the balancer combines per-task gradients of the global batch (see `companion.distributed`).
     """
 
     def backward(self, losses: dict[str, Tensor], ctx: StepContext) -> dict[str, float]: ...
@@ -221,12 +224,12 @@ def _set_rng_state(state: dict) -> None:
 
     import numpy as np
 
-    torch.set_rng_state(state["torch"])
+    torch.set_rng_state(state["torch"].cpu())  # a checkpoint loaded with map_location="cuda" holds CUDA tensors
     kind, keys, *rest = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype("uint32"), *rest))
+    np.random.set_state((kind, keys.cpu().numpy().astype("uint32"), *rest))
     random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
 def save_checkpoint(path: str | Path, state: dict) -> Path:
@@ -245,11 +248,11 @@ def _corrupt(path: Path, err: Exception) -> CheckpointError:
     return CheckpointError(f"checkpoint {path} is corrupt or unreadable ({type(err).__name__}){hint}")
 
 
-def _resume_state(path: Path, how: str, map_location) -> dict:
-    """The state fit resumes from: the checkpoint itself, or with how="latest-good" and a corrupt checkpoint,
-    its `.prev` (the corrupt file is kept aside as `<name>.corrupt`, never deleted)."""
+def _resume_state(path: Path, how: str, map_location) -> tuple[dict, Path]:
+    """The state fit resumes from and its file: the checkpoint itself, or with how="latest-good" and a corrupt
+    checkpoint, its `.prev` (the corrupt file is kept aside as `<name>.corrupt`, never deleted)."""
     try:
-        return load_checkpoint(path, map_location=map_location)
+        return load_checkpoint(path, map_location=map_location), path
     except CheckpointError as err:
         prev = _previous(path)
         if how != "latest-good" or "corrupt" not in str(err) or not prev.exists():
@@ -257,8 +260,22 @@ def _resume_state(path: Path, how: str, map_location) -> dict:
         state = load_checkpoint(prev, map_location=map_location)
         aside = path.with_name(path.name + ".corrupt")
         os.replace(path, aside)
-        warnings.warn(f"checkpoint {path} is corrupt (kept as {aside}); resuming from {prev}", stacklevel=3)
-        return state
+        warnings.warn(f"checkpoint {path} is corrupt (kept as {aside}); resuming from {prev}", stacklevel=4)
+        return state, prev
+
+
+def _resume_from(path: Path, how: str, map_location) -> dict | None:
+    """The state to resume from, or None for a fresh start. Under torchrun rank 0 picks the file (and sets a
+    corrupt one aside), then every rank loads the file it picked."""
+    if distributed.world() == 1:
+        return _resume_state(path, how, map_location)[0] if path.exists() else None
+    state, source = None, None
+    if distributed.is_main() and path.exists():
+        state, source = _resume_state(path, how, map_location)
+    source = distributed.broadcast(None if source is None else str(source))
+    if source is not None and state is None:
+        state = load_checkpoint(source, map_location=map_location)
+    return state
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
@@ -290,8 +307,12 @@ def evaluate(
     device: str | torch.device = "auto",
     precision: str = "fp32",
 ) -> dict[str, float]:
-    """Mean loss and accuracy per task over batches, in eval mode without gradients (notebook 00)."""
+    """Mean loss and accuracy per task over batches, in eval mode without gradients (notebook 00).
+
+    The model is moved to `device` (as fit does), so a model trained or loaded elsewhere evaluates where the
+    batches go."""
     dev = pick_device(device)
+    model.to(dev)
     was_training = model.training
     model.eval()
     sums: dict[str, float] = {}
@@ -378,12 +399,24 @@ def fit(
       (`transfer.DANN`) uses both: its loss_step adds a domain loss through a gradient reversal layer.
 
     Without callbacks and loss_step, fit runs exactly as before (same random draws, same weights).
+
+    Under `torchrun --nproc_per_node N` (see `companion.distributed`, whose docstring says where gradients are
+    averaged and aggregated) each process trains on its share of every batch of a `TensorBatches` (sharded
+    here; any other iterable is seen whole by every process: correct, but no faster), the model runs in
+    DistributedDataParallel on cuda:LOCAL_RANK or the CPU, rank r seeds with seed + r, the history averages the
+    ranks, and rank 0 alone writes the checkpoint.
     """
     _check_fit_args(epochs, lr, precision, clip_grad, early_stop, checkpoint_every, max_steps, weight_decay)
-    dev = pick_device(device)
-    seed_everything(seed)
+    rank, world, dev = distributed.init(device)
+    seed_everything(seed + rank)
     model.to(dev)
     balancer = balancer if balancer is not None else WeightedSum()
+    distributed.check_balancer(balancer, model)
+    if world > 1 and isinstance(train, TensorBatches) and train.world == 1:
+        train = train.shard(rank, world)
+    elif world > 1 and not isinstance(train, TensorBatches):
+        warnings.warn(f"train is a {type(train).__name__}, not a TensorBatches: every process sees every batch "
+                      "(same result, no speed-up); shard it yourself", stacklevel=2)
     if isinstance(balancer, nn.Module):
         balancer.to(dev)
     params = param_groups if param_groups is not None else [{"params": [p for p in model.parameters() if p.requires_grad]}]
@@ -408,15 +441,18 @@ def fit(
     history = History()
     start_epoch, step, skip, best, bad_epochs, best_state, running = 0, 0, 0, None, 0, None, {}
     fingerprint = {"seed": seed, "lr": lr, "epochs": epochs, "precision": precision, "steps_per_epoch": steps_per_epoch}
+    if world > 1:
+        fingerprint["world_size"] = world
 
     if resume not in ("latest", "latest-good"):
         raise ValueError(f"resume must be 'latest' or 'latest-good', got {resume!r}")
-    if checkpoint is not None and Path(checkpoint).exists():
-        state = _resume_state(Path(checkpoint), resume, dev)
-        for key, value in fingerprint.items():
-            if state.get("fingerprint", {}).get(key) != value:
+    state = _resume_from(Path(checkpoint), resume, dev) if checkpoint is not None else None
+    if state is not None:
+        for key, value in {**fingerprint, "world_size": world}.items():
+            written = state.get("fingerprint", {}).get(key, 1 if key == "world_size" else None)
+            if written != value:
                 raise ValueError(
-                    f"checkpoint {checkpoint} was written with {key}={state['fingerprint'].get(key)!r}, "
+                    f"checkpoint {checkpoint} was written with {key}={written!r}, "
                     f"this run has {key}={value!r}; pass another checkpoint path or delete it"
                 )
         model.load_state_dict(state["model"])
@@ -432,10 +468,22 @@ def fit(
                 cb.load_state_dict(cb_state)
         history = History(state["history"])
         start_epoch, step, skip = state["epoch"], state["step"], state["batch_in_epoch"]
-        best, bad_epochs, running = state.get("best"), state.get("bad_epochs", 0), state.get("running", {})
-        _set_rng_state(state["rng"])
+        best, bad_epochs = state.get("best"), state.get("bad_epochs", 0)
+        own = state["ranks"][rank] if world > 1 else state  # each rank's own random state and running sums
+        running = own.get("running", {})
+        _set_rng_state(own["rng"])
+    sync = distributed.Sync(
+        model,
+        [p for g in opt.param_groups for p in g["params"]],
+        per_task=loss_step is not None or distributed.per_task_grads(balancer),
+        device=dev,
+    )
 
     def snapshot(epoch: int, batch_in_epoch: int, running: dict) -> None:
+        ranks = distributed.gather({"rng": _rng_state(), "running": running}) if world > 1 else None
+        if not sync.is_main:
+            distributed.barrier()  # rank 0 writes the checkpoint alone; the others wait for it here
+            return
         save_checkpoint(
             checkpoint,
             {
@@ -454,8 +502,10 @@ def fit(
                 "best": best,
                 "bad_epochs": bad_epochs,
                 "fingerprint": fingerprint,
+                **({"ranks": ranks} if ranks is not None else {}),
             },
         )
+        distributed.barrier()
 
     fs = FitState(model=model, optimizer=opt, device=dev, epochs=epochs, total_steps=total_steps, history=history)
 
@@ -467,7 +517,7 @@ def fit(
 
     fs.epoch, fs.step = start_epoch, step
     emit("on_fit_start")
-    bar = tqdm(range(start_epoch, epochs), desc="epochs", disable=not progress, leave=False)
+    bar = tqdm(range(start_epoch, epochs), desc="epochs", disable=not progress or not sync.is_main, leave=False)
     stop = False
     for epoch in bar:
         t0 = time.perf_counter()
@@ -483,35 +533,37 @@ def fit(
             x, y = _move(x, dev), _as_dict(_move(y, dev))
             fs.batch, fs.step, fs.logs = i, step, {}
             emit("on_step_start")
-            if loss_step is not None:
-                with _autocast(dev, precision):
-                    out, losses = loss_step(model, x, y, fs)
-                out = _as_dict(out)
-                losses = {k: v.float() for k, v in losses.items()}
-            else:
-                with _autocast(dev, precision):
-                    out = _as_dict(model(x))
-                fns = loss_fns if isinstance(loss_fns, dict) else dict.fromkeys(y, loss_fns or default_loss)
-                missing = set(y) - set(out)
-                if missing:
-                    raise ValueError(
-                        f"the model returned no output for task(s) {sorted(missing)}; outputs: {sorted(out)}"
-                    )
-                losses = {t: (fns.get(t) or default_loss)(out[t].float(), y[t]) for t in y}
-            for task, loss in losses.items():
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        f"loss of task '{task}' is {loss.item()} at step {step} (epoch {epoch}, batch {i}); "
-                        "lower lr, set clip_grad, or check the inputs"
-                    )
-            opt.zero_grad(set_to_none=True)
-            ctx = StepContext(model=model, step=step, epoch=epoch, scale=scaler.get_scale() if scaler else 1.0)
-            logs = balancer.backward(losses, ctx) or {}
-            if regularizer is not None:
-                reg = regularizer(model)
-                if reg.requires_grad:
-                    ctx.scaled(reg).backward()
-                logs = {**logs, "reg": reg.item()}
+            with sync.step():  # one process: nothing; under torchrun: how gradients are averaged this step
+                if loss_step is not None:
+                    with _autocast(dev, precision):
+                        out, losses = loss_step(model, x, y, fs)
+                    out = _as_dict(out)
+                    losses = {k: v.float() for k, v in losses.items()}
+                else:
+                    with _autocast(dev, precision):
+                        out = _as_dict(sync.net(x))
+                    fns = loss_fns if isinstance(loss_fns, dict) else dict.fromkeys(y, loss_fns or default_loss)
+                    missing = set(y) - set(out)
+                    if missing:
+                        raise ValueError(
+                            f"the model returned no output for task(s) {sorted(missing)}; outputs: {sorted(out)}"
+                        )
+                    losses = {t: (fns.get(t) or default_loss)(out[t].float(), y[t]) for t in y}
+                losses = sync.losses(losses)
+                for task, loss in losses.items():
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(
+                            f"loss of task '{task}' is {loss.item()} at step {step} (epoch {epoch}, batch {i}); "
+                            "lower lr, set clip_grad, or check the inputs"
+                        )
+                opt.zero_grad(set_to_none=True)
+                ctx = StepContext(model=model, step=step, epoch=epoch, scale=scaler.get_scale() if scaler else 1.0)
+                logs = balancer.backward(losses, ctx) or {}
+                if regularizer is not None:
+                    reg = regularizer(model)
+                    if reg.requires_grad:
+                        ctx.scaled(reg).backward()
+                    logs = {**logs, "reg": reg.item()}
             if scaler is not None:
                 scaler.unscale_(opt)
             if clip_grad is not None:
@@ -543,7 +595,7 @@ def fit(
                 break
         skip, running = 0, {}
         row: dict[str, float] = {"epoch": epoch + 1, "step": step, "lr": opt.param_groups[0]["lr"]}
-        row.update({k: sums[k] / counts[k] for k in sums})
+        row.update(distributed.mean_values({k: sums[k] / counts[k] for k in sums}))
         row["train_loss"] = sum(v for k, v in row.items() if k.startswith("train_loss/"))
         if val is not None:
             row.update({f"val_{k}": v for k, v in evaluate(model, val, loss_fns, device=dev, precision=precision).items()})

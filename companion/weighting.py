@@ -88,6 +88,7 @@ class Traced:
         if not hasattr(balancer, "backward"):
             raise ValueError(f"balancer: expected an object with a backward method, got {type(balancer).__name__}")
         self.inner = balancer
+        self.per_task_grads = bool(getattr(balancer, "per_task_grads", False))  # as the wrapped one (torchrun)
         self.trace: list[dict[str, float]] = []
 
     def backward(self, losses: dict[str, Tensor], ctx: StepContext) -> dict[str, float]:
