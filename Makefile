@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 SCALE ?= auto
 STAMP := $(VENV)/.installed
 
-.PHONY: install data course test lint notebooks clean
+.PHONY: install data course test lint notebooks clean student site bench gpu-check
 
 $(STAMP): pyproject.toml requirements-lock.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,7 +31,23 @@ test: data
 	COMPANION_STRICT_CLAIMS=1 $(THREADS) $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --nbval-lax --nbval-current-env -p no:cacheprovider notebooks
 
 lint: install
-	$(VENV)/bin/ruff check companion tests notebooks
+	$(VENV)/bin/ruff check companion tests notebooks docs benchmarks
+
+# Ratios of timings measured side by side (benchmarks/README.md); writes benchmarks/results/bench.json.
+bench: install
+	$(THREADS) $(PY) -m benchmarks.bench
+
+# On a machine with a GPU (under 5 minutes): every accelerated variant against the fp32 CPU run.
+gpu-check: install
+	$(PY) -m benchmarks.gpu_check
+
+# The student edition of every notebook (solutions removed, exercise outputs cleared), to hand out.
+student: install
+	$(PY) -m companion student build/student
+
+# The course website: the committed, executed notebooks rendered without running them (Sphinx + myst-nb).
+site: install
+	$(PY) docs/build.py
 
 # Re-execute the committed notebooks in place at their own parameters (quick scale on a CPU).
 notebooks: data

@@ -1,7 +1,8 @@
 """companion: the tested training utilities behind the course "Transfer Learning vs Multi-task Learning".
 
-Modules by concern: device, data, synthetic, models, train, transfer, strategies, mismatch, transferability, mtl,
-aggregators, objectives, weighting, auxiliary, regimes, advice, infographic, params, claims, protocol, course (the notebook runner) and plots. The most used names are re-exported here.
+Modules by concern: device, data, synthetic, models, train, distributed (fit under torchrun), transfer, strategies, mismatch, transferability, mtl,
+aggregators, objectives, weighting, auxiliary, regimes, advice, infographic, params, claims, protocol, course (the notebook runner),
+editions (student and instructor editions of the notebooks) and plots. The most used names are re-exported here.
 """
 
 from .advice import Recommendation, advise
@@ -21,6 +22,7 @@ from .data import (
     subsample_per_class,
 )
 from .device import env_report, pick_device, seed_everything
+from .editions import exercises, write_student
 from .mismatch import by_cell, corrupt_labels, negative_transfer_gap, noisy_source, target_sweep
 from .models import backbone, count_params, efficientnet_lite0, extract_features, features, new_head, stages
 from .mtl import (
@@ -93,5 +95,5 @@ __all__ = [
     "from_multitask", "head_accuracy", "to_multitask", "train_multitask", "train_task", "GradNormFloor", "Traced",
     "UncertaintyLR", "log_loss_score", "scene_scores", "tune_each", "aggregate2", "distance_to_set", "pareto_set",
     "path_summary", "toy_losses", "toy_paths", "by_cell", "corrupt_labels", "negative_transfer_gap", "noisy_source",
-    "target_sweep",
+    "target_sweep", "exercises", "write_student",
 ]

@@ -1,4 +1,4 @@
-"""Command line: `python -m companion run|sweep|data|env|runtimes` (see the README)."""
+"""Command line: `python -m companion run|sweep|data|env|runtimes|student` (see the README)."""
 
 from __future__ import annotations
 
@@ -47,7 +47,15 @@ def main(argv: list[str] | None = None) -> int:
     data.add_argument("--mirror", default=None, help="local mirror folder (default: $COMPANION_DATA_MIRROR)")
 
     sub.add_parser("env", help="print the environment report")
-    sub.add_parser("runtimes", help="write measured runtimes (notebooks/runtimes.json) into headers and the README")
+    sub.add_parser("runtimes", help="write measured runtimes (notebooks/runtimes.json) into headers, the README and "
+                   "docs/teaching.md")
+
+    student = sub.add_parser("student", help="write the student edition of the notebooks (solutions removed, "
+                             "exercise outputs cleared) into OUT_DIR")
+    student.add_argument("out_dir", metavar="OUT_DIR", help="folder to write into (not the committed notebooks' folder)")
+    student.add_argument("notebooks", nargs="*", help="notebook files or number prefixes (default: all, in course order)")
+    student.add_argument("--instructor", action="store_true",
+                         help="copy the instructor edition (the committed notebooks, with solutions) instead")
 
     args = parser.parse_args(argv)
     try:
@@ -90,9 +98,19 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                     note = info["how"] if state == "missing" else ""
                 print(f"{name:14} {state:8} {note}".rstrip())
         return 0
+    elif args.command == "student":
+        from . import editions
+
+        write = editions.write_instructor if args.instructor else editions.write_student
+        for path in write(args.out_dir, args.notebooks or None):
+            found = editions.exercises(json.loads(path.read_text()))
+            code = sum("(code)" in title for title in found)
+            print(f"{path}: {code} code exercise(s), {len(found) - code} question(s)")
+        return 0
     elif args.command == "runtimes":
         changed = course.sync_runtimes()
-        print("updated: " + ", ".join(changed) if changed else "headers and README already match the measured runtimes")
+        print("updated: " + ", ".join(changed) if changed else
+              "headers, README and docs/teaching.md already match the measured runtimes")
         return 0
     else:
         from .device import env_report

@@ -52,6 +52,12 @@ def separated(better, worse) -> dict:
     }
 
 
+def failed(claim: dict) -> bool:
+    """The course's one failure rule for a recorded claim: a course claim that did not hold, or a contradicted
+    source statement left without the note that explains it (the results file, the runner and strict mode use it)."""
+    return not claim["held"] and (claim["kind"] == "course" or not claim["note"])
+
+
 def _plain(value):
     """Numbers, strings, lists and dicts only (tensors and numpy scalars become floats)."""
     if isinstance(value, dict):
@@ -135,7 +141,7 @@ class Claims:
     @property
     def failures(self) -> list[dict]:
         """Course claims that did not hold, and contradicted source statements left unexplained."""
-        bad = [c for c in self.items if not c["held"] and (c["kind"] == "course" or not c["note"])]
+        bad = [c for c in self.items if failed(c)]
         return bad + [{"claim": d["demonstration"], **d} for d in self.demos if not d["holds"]]
 
     def save(self, path: str | Path | None = None) -> Path:

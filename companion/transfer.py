@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from .data import TensorBatches, data_root, load_dataset, subsample_per_class
 from .device import pick_device
 from .models import backbone, features, new_head, stages
-from .train import CheckpointError, History, evaluate, fit, load_checkpoint, save_checkpoint
+from .train import CheckpointError, History, _make_optimizer, evaluate, fit, load_checkpoint, save_checkpoint
 
 __all__ = [
     "BN_POLICIES",
@@ -351,15 +351,6 @@ def lp_ft(
     return History(_rows(probe, 0, 0, phase=1) + _rows(tune, len(probe), step, phase=2))
 
 
-def _optimizer(name: str, groups: list[dict], lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    _check_choice("optimizer", name, ("adamw", "adam", "sgd"))
-    if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=0.9, weight_decay=weight_decay)
-    return (torch.optim.AdamW if name == "adamw" else torch.optim.Adam)(
-        groups, lr=lr, weight_decay=weight_decay
-    )
-
-
 def gradual(
     model: nn.Module,
     train: Iterable,
@@ -389,6 +380,7 @@ def gradual(
     for key in ("scheduler", "checkpoint", "param_groups"):
         if key in fit_kw:
             raise ValueError(f"{key} is not supported by gradual (one fit call per epoch); leave it out")
+    _check_choice("optimizer", optimizer, ("adamw", "adam", "sgd"))  # a name: the groups are built per epoch
     dev = pick_device(device)
     model, _ = prepare(model, "gradual", num_classes=num_classes, bn=bn, lr=lr, seed=seed)
     model.to(dev)
@@ -398,7 +390,7 @@ def gradual(
         unfreeze_top(model, k, bn=bn)
         groups = layer_groups(model, lr, head_lr=head_lr, layer_decay=layer_decay)
         if opt is None:
-            opt = _optimizer(optimizer, groups, lr, weight_decay)
+            opt = _make_optimizer(optimizer, groups, lr, weight_decay)
         else:
             known = {id(p) for g in opt.param_groups for p in g["params"]}
             for g in groups:

@@ -6,10 +6,10 @@ import json
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
-import tomllib
 
 from companion.course import COURSE, NOTEBOOK_DIR, parse_value, source_hash, summary, table
 

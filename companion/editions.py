@@ -1,0 +1,166 @@
+"""Student and instructor editions of the course notebooks, and the list of their exercises (docs/teaching.md).
+
+The committed notebooks are the instructor edition: executed, with every solution. The student edition removes the
+cells tagged `solution` and clears the outputs of the cells tagged `exercise`, with nbconvert's
+`TagRemovePreprocessor` (which also resets their execution counts); everything else stays executed. Every
+notebook, from 00 on, lays out its code exercise the same way: a stub cell, its solution, a "check your answer"
+cell. docs/teaching.md tells a teacher how to use the two editions.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from pathlib import Path
+
+from .course import notebook_folder, notebooks
+from .data import atomic_write
+
+SOLUTION, EXERCISE = "solution", "exercise"
+HEADER_ID = "student-edition"
+
+
+def _header(name: str | None) -> dict:
+    """The markdown cell that opens a student edition."""
+    where = f"`notebooks/{name}`" if name else "the committed notebook of the same name"
+    text = (
+        "**Student edition.** The solutions are removed from this copy and the cells tagged `exercise` have no\n"
+        "output yet: write your answer in each exercise cell, then run the cell after it to check it. Running the\n"
+        "whole notebook stops at the first exercise you have not solved, by design. The instructor edition, with\n"
+        f"every solution and output, is {where} in the course repository (`python -m companion student OUT_DIR\n"
+        "--instructor` copies it)."
+    )
+    return {"cell_type": "markdown", "id": HEADER_ID, "metadata": {}, "source": text}
+
+
+def student(nb: dict, name: str | None = None) -> dict:
+    """The student edition of a notebook (a new notebook; `nb` is left as it is).
+
+    nbconvert's `TagRemovePreprocessor` removes the `solution` cells (markdown and code) and the outputs and
+    execution counts of the `exercise` cells; the stamp `metadata.companion.source_hash` is dropped (it no longer
+    matches the code cells) and a first markdown cell says which edition this is and where the instructor edition
+    is (`name`: the notebook's file name).
+    """
+    import nbformat
+    from nbconvert.preprocessors import TagRemovePreprocessor
+
+    out = nbformat.from_dict(copy.deepcopy(dict(nb)))
+    strip = TagRemovePreprocessor(remove_cell_tags={SOLUTION}, remove_all_outputs_tags={EXERCISE})
+    out, _ = strip.preprocess(out, {})
+    meta = out.get("metadata", {}).get("companion")
+    if meta is not None:
+        meta.pop("source_hash", None)
+        if not meta:
+            del out["metadata"]["companion"]
+    out.cells.insert(0, nbformat.from_dict(_header(name)))
+    return out
+
+
+def _text(cell: dict) -> str:
+    src = cell.get("source", "")
+    return src if isinstance(src, str) else "".join(src)
+
+
+def _tags(cell: dict) -> list[str]:
+    return cell.get("metadata", {}).get("tags", [])
+
+
+def _first_sentence(text: str) -> str:
+    """Text up to the first sentence end (. ? !) that is followed by a space and lies outside `code` and $math$."""
+    text = " ".join(text.split())
+    quote = None
+    for i, ch in enumerate(text):
+        if ch in "`$":
+            quote = None if quote == ch else (quote or ch)
+        elif quote is None and ch in ".?!" and (i + 1 == len(text) or text[i + 1] == " "):
+            return text[: i + 1]
+    return text
+
+
+_CODE = re.compile(r"^###\s+(Exercise\b.*)$")
+_SECTION = re.compile(r"^##\s+Exercises\b")
+_HEADING = re.compile(r"^#{1,2}\s")
+_ITEM = re.compile(r"^(\d+)\.\s+(.*)$")
+
+
+def exercises(nb: dict) -> list[str]:
+    """The titles of a notebook's exercises, in order.
+
+    The rule: a markdown heading `### Exercise ...` anywhere (the code exercises) gives its heading text, e.g.
+    "Exercise (code): the forgetting measure"; inside the section headed `## Exercises` (until the next heading of
+    level 1 or 2), each numbered item that starts a line gives "Exercise N: " and its first sentence. Cells tagged
+    `solution` are skipped.
+    """
+    found: list[str] = []
+    inside = False
+    item: list[str] | None = None
+
+    def close() -> None:
+        nonlocal item
+        if item:
+            found.append(f"Exercise {item[0]}: {_first_sentence(' '.join(item[1:]))}")
+        item = None
+
+    for cell in nb.get("cells", []):
+        if cell.get("cell_type") != "markdown" or SOLUTION in _tags(cell):
+            continue
+        for line in _text(cell).splitlines():
+            code = _CODE.match(line)
+            if code:
+                close()
+                found.append(" ".join(code.group(1).split()))
+            elif _SECTION.match(line):
+                close()
+                inside = True
+            elif _HEADING.match(line):
+                close()
+                inside = False
+            elif inside and _ITEM.match(line):
+                close()
+                number, rest = _ITEM.match(line).groups()
+                item = [number, rest]
+            elif item is not None and line.strip() and line[:1].isspace():
+                item.append(line.strip())  # an item's continuation line is indented
+            else:
+                close()
+        close()
+    return found
+
+
+def _dump(nb: dict) -> bytes:
+    return (json.dumps(nb, indent=1, ensure_ascii=False) + "\n").encode()
+
+
+def _targets(out_dir: str | Path, names: list[str] | None) -> tuple[Path, list[Path]]:
+    """Resolve the notebooks and refuse an OUT_DIR that holds them (the committed notebooks would be overwritten)."""
+    paths = notebooks(names)
+    out = Path(out_dir).expanduser().resolve()
+    sources = {p.resolve().parent for p in paths} | {notebook_folder().resolve()}
+    if out in sources:
+        raise ValueError(f"OUT_DIR must not be the folder of the committed notebooks, got {out_dir}; "
+                         "give another folder (e.g. build/student)")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"OUT_DIR must be a folder, got the file {out_dir}")
+    return out, paths
+
+
+def write_student(out_dir: str | Path, names: list[str] | None = None) -> list[Path]:
+    """Write the student edition of each notebook (all committed ones in course order, or those named: files or
+    number prefixes) into `out_dir`, each file atomically; returns the written paths."""
+    out, paths = _targets(out_dir, names)
+    written = []
+    for path in paths:
+        edition = student(json.loads(path.read_text()), name=path.name)
+        written.append(atomic_write(out / path.name, lambda f, nb=edition: f.write(_dump(nb))))
+    return written
+
+
+def write_instructor(out_dir: str | Path, names: list[str] | None = None) -> list[Path]:
+    """Copy the instructor edition (the committed notebooks, as they are) into `out_dir`, each file atomically."""
+    out, paths = _targets(out_dir, names)
+    written = []
+    for path in paths:
+        data = path.read_bytes()
+        written.append(atomic_write(out / path.name, lambda f, data=data: f.write(data)))
+    return written
