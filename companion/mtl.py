@@ -87,6 +87,33 @@ def _weights_log(tasks: Sequence[str], weights: Tensor | Sequence[float]) -> dic
     return {f"w/{t}": float(w) for t, w in zip(tasks, values, strict=True)}
 
 
+def _copy_state(obj):
+    """A copy of a balancer's state made of plain containers, with tensors detached and cloned."""
+    if isinstance(obj, Tensor):
+        return obj.detach().clone()
+    if isinstance(obj, dict):
+        return {k: _copy_state(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_copy_state(v) for v in obj)
+    return obj
+
+
+def _check_state(state, keys: Sequence[str], who: str) -> None:
+    if not isinstance(state, dict) or not set(keys) <= set(state):
+        got = sorted(state) if isinstance(state, dict) else type(state).__name__
+        raise ValueError(f"state: expected a {who}.state_dict() with keys {sorted(keys)}, got {got}")
+
+
+def _adam_state(param: Tensor | None, lr: float, state: dict | None, **kw) -> torch.optim.Adam | None:
+    """A fresh Adam on `param` that continues from `state` (an Adam state_dict) when given."""
+    if param is None:
+        return None
+    opt = torch.optim.Adam([param], lr=lr, **kw)
+    if state is not None:
+        opt.load_state_dict(_copy_state(state))
+    return opt
+
+
 def _shared_params(model: nn.Module) -> list[nn.Parameter]:
     if hasattr(model, "shared_parameters"):
         return [p for p in model.shared_parameters() if p.requires_grad]
@@ -517,6 +544,19 @@ class DWA:
         self._sums, self._count = {}, 0
         self.weights = dwa_weights(self.history, self.temperature)
 
+    def state_dict(self) -> dict:
+        """Loss history, current weights and this epoch's running loss sums (saved in fit's checkpoints)."""
+        return _copy_state(
+            {"history": self.history, "weights": self.weights, "sums": self._sums, "count": self._count}
+        )
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from a `state_dict()`: the next steps and epochs weigh tasks as the saved run would have."""
+        _check_state(state, ("history", "weights", "sums", "count"), "DWA")
+        state = _copy_state(state)
+        self.history = [dict(row) for row in state["history"]]
+        self.weights, self._sums, self._count = dict(state["weights"]), dict(state["sums"]), int(state["count"])
+
 
 def _pick_layer(model: nn.Module, layer: str | Tensor | None) -> Tensor:
     if isinstance(layer, Tensor):
@@ -589,6 +629,26 @@ class GradNorm:
         logs["gradnorm/loss"] = float(gn_loss.detach())
         return logs
 
+    def state_dict(self) -> dict:
+        """Task order, weights, initial losses and the weights' Adam state (saved in fit's checkpoints)."""
+        return _copy_state(
+            {
+                "tasks": self.tasks,
+                "w": self.w,
+                "initial": self.initial,
+                "optimizer": self._opt.state_dict() if self._opt is not None else None,
+            }
+        )
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from a `state_dict()` (its tensors stay on the device they were loaded to)."""
+        _check_state(state, ("tasks", "w", "initial", "optimizer"), "GradNorm")
+        state = _copy_state(state)
+        self.tasks = list(state["tasks"]) if state["tasks"] is not None else None
+        self.w = state["w"].requires_grad_(True) if state["w"] is not None else None
+        self.initial = state["initial"]
+        self._opt = _adam_state(self.w, self.lr, state["optimizer"])
+
 
 class FAMO:
     """Fast Adaptive Multitask Optimisation (Liu et al. 2023): one backward per step (notebook 10).
@@ -640,6 +700,26 @@ class FAMO:
         c = 1.0 / (z / (values.detach() + self.eps)).sum()
         ctx.scaled(c * (z * (values + self.eps).log()).sum()).backward()
         return _weights_log(tasks, z)
+
+    def state_dict(self) -> dict:
+        """Task order, logits, last step's log losses and the logits' Adam state (saved in fit's checkpoints)."""
+        return _copy_state(
+            {
+                "tasks": self.tasks,
+                "logits": self.logits,
+                "prev": self._prev,
+                "optimizer": self._opt.state_dict() if self._opt is not None else None,
+            }
+        )
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from a `state_dict()` (its tensors stay on the device they were loaded to)."""
+        _check_state(state, ("tasks", "logits", "prev", "optimizer"), "FAMO")
+        state = _copy_state(state)
+        self.tasks = list(state["tasks"]) if state["tasks"] is not None else None
+        self.logits = state["logits"].requires_grad_(True) if state["logits"] is not None else None
+        self._prev = state["prev"]
+        self._opt = _adam_state(self.logits, self.lr_w, state["optimizer"], weight_decay=self.gamma)
 
 
 class GradAggregation:

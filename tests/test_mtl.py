@@ -628,3 +628,69 @@ def test_size_sweep_rows_epochs_and_nested_subsets():
         size_sweep({"hard": lambda: hard_model(0)}, data, [100], [0], steps=2, device="cpu", loss_fns=MSE)
     with pytest.raises(ValueError, match="steps"):
         size_sweep({"hard": lambda: hard_model(0)}, data, [10], [0], steps=0, device="cpu")
+
+
+def _train_steps(model, bal, opt, x, y, steps, logs):
+    """Steps `steps` of a toy run; every 5th step ends an epoch (so DWA's weights move)."""
+    for step in steps:
+        opt.zero_grad()
+        logs.append(bal.backward(losses_of(model, x, y), StepContext(model, step, step // 5)))
+        opt.step()
+        if step % 5 == 4 and hasattr(bal, "on_epoch_end"):
+            bal.on_epoch_end(step // 5)
+
+
+@pytest.mark.parametrize("name", list(balancers()))
+def test_balancer_state_round_trip_continues_identically(name, tmp_path):
+    x, y = two_task_data()
+
+    def start():
+        model, bal = hard_model(), balancers()[name]()
+        params = list(model.parameters()) + (list(bal.parameters()) if isinstance(bal, nn.Module) else [])
+        return model, bal, torch.optim.Adam(params, lr=1e-2)
+
+    model, bal, opt = start()
+    full_logs: list[dict] = []
+    _train_steps(model, bal, opt, x, y, range(23), full_logs)
+
+    model_b, bal_b, opt_b = start()
+    logs: list[dict] = []
+    _train_steps(model_b, bal_b, opt_b, x, y, range(12), logs)  # stops inside the third "epoch"
+    path = tmp_path / "state.pt"
+    saved = {"model": model_b.state_dict(), "opt": opt_b.state_dict()}
+    if hasattr(bal_b, "state_dict"):
+        saved["bal"] = bal_b.state_dict()
+    torch.save(saved, path)
+    del model_b, bal_b, opt_b
+    state = torch.load(path, weights_only=True)
+    model_c, bal_c, opt_c = start()
+    model_c.load_state_dict(state["model"])
+    if "bal" in state:
+        bal_c.load_state_dict(state["bal"])
+    opt_c.load_state_dict(state["opt"])
+    _train_steps(model_c, bal_c, opt_c, x, y, range(12, 23), logs)
+
+    assert logs == full_logs, "the resumed run logs the same weights at every step"
+    for a, b in zip(model.parameters(), model_c.parameters(), strict=True):
+        assert torch.equal(a, b)
+    if hasattr(bal, "state_dict"):
+        end, end_c = bal.state_dict(), bal_c.state_dict()
+        assert repr(end) == repr(end_c)
+
+
+@pytest.mark.parametrize("name", ["dwa", "gradnorm", "famo"])
+def test_stateful_balancer_state_is_a_copy_and_checked(name):
+    x, y = two_task_data()
+    model, bal = hard_model(), balancers()[name]()
+    fresh = bal.state_dict()  # before any step: nothing learned yet, still loadable
+    other = balancers()[name]()
+    other.load_state_dict(fresh)
+    for step in range(3):
+        bal.backward(losses_of(model, x, y), StepContext(model, step, 0))
+    state = bal.state_dict()
+    before = repr(state)
+    bal.backward(losses_of(model, x, y), StepContext(model, 3, 0))
+    assert repr(state) == before, "state_dict() holds copies, not the live tensors or containers"
+    assert all(not v.requires_grad for v in state.values() if isinstance(v, torch.Tensor))
+    with pytest.raises(ValueError, match=r"state: expected a .*state_dict\(\) with keys"):
+        other.load_state_dict({"weights": {}})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import runpy
 import signal
 import subprocess
 import sys
@@ -291,4 +292,70 @@ def test_sigkill_mid_run_then_resume_gives_identical_weights(tmp_path):
 
     full = torch.load(tmp_path / "full.pt", weights_only=True)
     resumed = torch.load(tmp_path / "resumed.pt", weights_only=True)
+    assert all(torch.equal(full[k], resumed[k]) for k in full)
+
+
+MT_SCRIPT = textwrap.dedent(
+    """
+    import os, signal, sys, torch
+    from torch import nn
+    from companion.data import TensorBatches
+    from companion.mtl import DWA, FAMO, GradNorm, HardSharing
+    from companion.train import fit
+
+    BALANCERS = {"dwa": DWA, "gradnorm": GradNorm, "famo": FAMO}
+
+    class Die:
+        \"\"\"SIGKILLs this process right after optimiser step `at` (before that step's checkpoint).\"\"\"
+        def __init__(self, at):
+            self.at = at
+        def on_step_end(self, state):
+            if state.step == self.at:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    def run(name, ckpt=None, every=None, die_at=None):
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(96, 6, generator=g)
+        y = {"cls": (x[:, :3].sum(1) > 0).long(), "reg": torch.tanh(x[:, 3:] @ torch.randn(3, generator=g))}
+        torch.manual_seed(0)
+        trunk = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Dropout(0.2))
+        model = HardSharing(trunk, {"cls": nn.Linear(16, 2), "reg": nn.Sequential(nn.Linear(16, 1), nn.Flatten(0))})
+        history = fit(model, TensorBatches(x, y, 24, seed=3), epochs=5, lr=0.02, seed=5, balancer=BALANCERS[name](),
+                      checkpoint=ckpt, checkpoint_every=every, callbacks=[Die(die_at)] if die_at else None,
+                      device="cpu", progress=False)
+        rows = [{k: v for k, v in row.items() if k != "time_s"} for row in history]
+        return model.state_dict(), rows
+
+    if __name__ == "__main__":
+        run(sys.argv[1], sys.argv[2], int(sys.argv[3]) or None, int(sys.argv[4]))
+    """
+)
+
+
+@pytest.mark.parametrize(
+    "name, every, die_at, resumes_at",
+    [
+        ("dwa", 0, 15, (3, 12, 0)),  # killed in epoch 4: resumes from the end of epoch 3, DWA's weights moving
+        ("gradnorm", 0, 10, (2, 8, 0)),
+        ("famo", 0, 10, (2, 8, 0)),
+        ("dwa", 3, 16, (3, 15, 3)),  # checkpoints every 3 steps, 4 per epoch: resumes after batch 3 of epoch 4
+        ("famo", 3, 11, (2, 9, 1)),
+    ],
+)
+def test_sigkilled_balanced_multitask_run_resumes_bit_identically(tmp_path, name, every, die_at, resumes_at):
+    script = tmp_path / "mt.py"
+    script.write_text(MT_SCRIPT)
+    ckpt = tmp_path / "mt.pt"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, str(script), name, str(ckpt), str(every), str(die_at)], env=env, timeout=300)
+    assert proc.returncode == -signal.SIGKILL
+    state = load_checkpoint(ckpt)
+    assert (state["epoch"], state["step"], state["batch_in_epoch"]) == resumes_at
+    assert state["balancer"] is not None
+
+    run = runpy.run_path(str(script))["run"]  # the same code in this process: uninterrupted, then resumed
+    full, full_rows = run(name)
+    resumed, resumed_rows = run(name, ckpt, every or None)
+    assert resumed_rows == full_rows
+    assert full.keys() == resumed.keys()
     assert all(torch.equal(full[k], resumed[k]) for k in full)
