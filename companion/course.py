@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import contextlib
 import difflib
 import hashlib
 import json
@@ -276,17 +277,33 @@ def source_hash(nb: dict) -> str:
     return hashlib.sha256("\n\x00".join(code).encode()).hexdigest()[:16]
 
 
+@contextlib.contextmanager
+def _environment(**values: str):
+    """Set environment variables for the kernels started inside the block (papermill passes no env of its own),
+    then put back what was there: the calling process keeps its own settings."""
+    before = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def execute(path: Path, out: Path, parameters: dict | None = None, *, progress: bool = False) -> float:
     """Run one notebook with papermill (kernel cwd = the notebook's folder); returns the wall time in seconds."""
     import papermill as pm
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"  # figures inline even if Agg is set
     t0 = time.perf_counter()
-    pm.execute_notebook(
-        str(path), str(out), parameters=parameters or {}, cwd=str(Path(path).parent), progress_bar=progress,
-        kernel_name="python3",
-    )
+    with _environment(MPLBACKEND="module://matplotlib_inline.backend_inline"):  # figures inline even if Agg is set
+        pm.execute_notebook(
+            str(path), str(out), parameters=parameters or {}, cwd=str(Path(path).parent), progress_bar=progress,
+            kernel_name="python3",
+        )
     seconds = time.perf_counter() - t0
     if not parameters:  # an unparameterised run may stand as the committed copy: stamp what produced it
         nb = json.loads(out.read_text())

@@ -182,3 +182,22 @@ def test_an_installed_copy_runs_a_notebook_by_path(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "companion", "run", "00"], cwd=tmp_path / "work", env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "installed, not a checkout" in proc.stderr
+
+
+def test_the_runner_leaves_the_callers_environment_as_it_was(tmp_path, monkeypatch):
+    import papermill as pm
+
+    seen = {}
+
+    def fake_execute(src, dst, **kw):  # records what the kernel would inherit, writes a minimal notebook
+        seen["backend"] = os.environ.get("MPLBACKEND")
+        (tmp_path / "out.ipynb").write_text('{"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}')
+
+    monkeypatch.setattr(pm, "execute_notebook", fake_execute)
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    course.execute(tmp_path / "in.ipynb", tmp_path / "out.ipynb", {"SEED": 1})
+    assert seen["backend"] == "module://matplotlib_inline.backend_inline", "kernels draw figures inline"
+    assert os.environ["MPLBACKEND"] == "Agg", "the caller's own setting is back after the run"
+    monkeypatch.delenv("MPLBACKEND")
+    course.execute(tmp_path / "in.ipynb", tmp_path / "out.ipynb", {"SEED": 1})
+    assert "MPLBACKEND" not in os.environ
