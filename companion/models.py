@@ -322,7 +322,8 @@ def new_head(model: nn.Module, num_classes: int) -> nn.Module:
 
 
 def count_params(model: nn.Module, trainable_only: bool = False) -> int:
-    """Number of parameters, or of those with requires_grad when trainable_only (notebooks 02 and 03)."""
+    """Number of parameters, or of those with requires_grad when trainable_only (notebooks 02, 03 and 06); a
+    weight shared between modules counts once (`nn.Module.parameters` lists it once). `mtl.param_count` is this."""
     _check_model(model)
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .aggregators import METHODS, aggregate, conflict, task_gradients, write_grad
+from .models import count_params
 from .train import StepContext
 
 __all__ = [
@@ -182,11 +183,7 @@ def _module_dict(mods: dict[str, nn.Module], what: str) -> nn.ModuleDict:
     return nn.ModuleDict(mods)
 
 
-def param_count(model: nn.Module) -> int:
-    """Number of distinct parameters (weights shared between modules count once; notebook 06)."""
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"model: expected an nn.Module, got {type(model).__name__}")
-    return sum(p.numel() for p in model.parameters())
+param_count = count_params  # the one parameter counter (companion.models), under the name notebooks 03 and 06 use
 
 
 class Separate(nn.ModuleDict):
