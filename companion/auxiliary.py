@@ -16,9 +16,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
-import numpy as np
 import torch
 from torch import Tensor, nn
+
+from .transfer import labels_to_reach
+from .transfer import steps_to as _steps_to
 
 
 def shuffled_labels(labels: Tensor, seed: int) -> Tensor:
@@ -73,31 +75,27 @@ class AccuracyEvery:
 
 
 def steps_to(steps: Sequence[int], acc: Sequence[float], threshold: float) -> float:
-    """The first recorded step whose accuracy reaches `threshold`; inf when it never does (notebook 06)."""
+    """The first recorded step whose accuracy reaches `threshold`; inf when it never does (notebook 06).
+
+    The curve as two lists, read by `transfer.steps_to` (the one rule, taught in notebook 05)."""
     if len(steps) != len(acc):
         raise ValueError(f"steps and acc: expected equal lengths, got {len(steps)} and {len(acc)}")
-    for s, a in zip(steps, acc):
-        if a >= threshold - 1e-12:
-            return float(s)
-    return math.inf
+    step = _steps_to([{"step": s, "acc": a} for s, a in zip(steps, acc)], threshold - 1e-12, key="acc")
+    return math.inf if step is None else float(step)
 
 
 def images_needed(target: float, sizes: Sequence[int], means: Sequence[float]) -> float:
     """Training images a data-efficiency curve needs to reach `target`, interpolated in log(n) (notebook 06).
 
     `sizes` ascending, `means` the curve's accuracy at each size. Returns sizes[0] when the curve starts above the
-    target and inf when it never reaches it.
+    target and inf when it never reaches it: `transfer.labels_to_reach` (notebook 05) on the curve.
     """
     if len(sizes) != len(means) or not sizes:
         raise ValueError(f"sizes and means: expected equal, non-zero lengths, got {len(sizes)} and {len(means)}")
     if any(b <= a for a, b in zip(sizes, sizes[1:])) or sizes[0] <= 0:
         raise ValueError(f"sizes: expected positive, strictly increasing sizes, got {list(sizes)}")
-    if target <= means[0]:
-        return float(sizes[0])
-    for (n0, a0), (n1, a1) in zip(zip(sizes, means), zip(sizes[1:], means[1:])):
-        if a0 < target <= a1:
-            return float(np.exp(np.log(n0) + (target - a0) / (a1 - a0) * (np.log(n1) - np.log(n0))))
-    return math.inf
+    n = labels_to_reach(dict(zip(sizes, means)), target)
+    return math.inf if n is None else n
 
 
 def _with_probe(probes: dict, name: str, x: Tensor, y: Tensor, task: str, every: int) -> Callable[[nn.Module], dict]:
