@@ -281,28 +281,14 @@ def nce(source_predictions, labels) -> float:
 
 
 # ------------------------------------------------------------------------------------------------ H-score
-def _ledoit_wolf(x: np.ndarray) -> tuple[np.ndarray, float]:
-    """Ledoit-Wolf covariance (1 - a) S + a mu I of centred rows x, and the shrinkage a (same as sklearn's).
-
-    S = x^T x / n, mu = tr(S) / d, and a = min(b2, d2) / d2 with
-    d2 = |S - mu I|_F^2 (how far S is from a scaled identity) and
-    b2 = (sum_k |x_k|^4 / n - |S|_F^2) / n (how noisy S is as an estimate), both divided by d.
-    """
-    n, d = x.shape
-    s = x.T @ x / n
-    mu = np.trace(s) / d
-    d2 = (np.sum(s**2) - 2 * mu * np.trace(s) + d * mu**2) / d
-    b2 = (np.sum(np.sum(x**2, axis=1) ** 2) / n - np.sum(s**2)) / (n * d)
-    a = 0.0 if d2 == 0 else min(b2, d2) / d2
-    return (1 - a) * s + a * mu * np.eye(d), float(a)
-
-
 def h_score(features, labels, shrinkage: bool = False) -> float:
     """H-score tr(cov(f)^-1 cov(E[f | y])): class separation measured in feature-noise units (notebook 09).
 
     The pseudo-inverse is used, so rank-deficient features are allowed (and d > n, where plain H-score
     becomes unreliable). shrinkage=True is the regularised H-score of Ibrahim et al. 2022:
-    tr(cov_a(f)^-1 (1 - a) cov(E[f | y])) with cov_a the Ledoit-Wolf-shrunk covariance and a its shrinkage.
+    tr(cov_a(f)^-1 (1 - a) cov(E[f | y])) with cov_a the Ledoit-Wolf-shrunk covariance (1 - a) S + a mu I and a
+    its shrinkage, both from scikit-learn's `ledoit_wolf` (S = f^T f / n, mu = tr(S) / d, and a trades how far S is
+    from a scaled identity against how noisy S is as an estimate).
     """
     f = _array(features, "features", (2,))
     codes, num = _classes(labels, len(f))
@@ -311,7 +297,9 @@ def h_score(features, labels, shrinkage: bool = False) -> float:
     means = _one_hot(codes, num).T @ f / counts[:, None]  # class means (the overall mean is 0)
     weights = counts / len(f)  # cov(E[f | y]) = sum_c weights_c means_c means_c^T
     if shrinkage:
-        cov, a = _ledoit_wolf(f)
+        from sklearn.covariance import ledoit_wolf  # imported here: scikit-learn is slow to import
+
+        cov, a = ledoit_wolf(f, assume_centered=True)  # f is centred above
         weights = (1 - a) * weights
     else:
         cov = f.T @ f / len(f)
