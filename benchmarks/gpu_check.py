@@ -41,8 +41,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from companion.data import TensorBatches, atomic_write  # noqa: E402
+from companion.data import TensorBatches  # noqa: E402
 from companion.device import pick_device  # noqa: E402
+from companion.files import atomic_write  # noqa: E402
 from companion.mtl import GradAggregation, HardSharing, conv_tower, head  # noqa: E402
 from companion.train import fit  # noqa: E402
 

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-from .data import atomic_write
+from .files import atomic_write
 
 KINDS = ("course", "source")
 STRICT_ENV = "COMPANION_STRICT_CLAIMS"

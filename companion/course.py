@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .claims import failed
-from .data import atomic_write
+from .files import atomic_write
 from .params import REPO, _resolve, check
 
 NOTEBOOK_DIR = REPO / "notebooks"

@@ -14,13 +14,10 @@ import gzip
 import hashlib
 import io
 import os
-import re
 import shutil
 import socket
 import struct
-import sys
 import tempfile
-import time
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -31,6 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from .files import atomic_write
 
 DATASETS = ("digits", "mnist", "fashion_mnist", "usps", "animal_mnist", "omniglot")
 SPLITS = ("train", "test", "all")
@@ -285,75 +284,6 @@ def available_datasets(
 
 
 # --------------------------------------------------------------------------------------------------- fetch
-
-
-_STALE_AFTER_S = 15 * 60  # a temporary untouched this long is an orphan even if its writer's pid looks alive
-_TEMP = re.compile(r"(?:(?P<pid>\d+)-)?[a-z0-9_]{8}")  # the middle of `.<name>.<pid>-<random>.part`
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    if sys.platform == "win32":  # os.kill(pid, 0) would end the process there: trust the age alone
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return pid > 0
-    return True
-
-
-def stale_temporaries(path: str | os.PathLike) -> list[Path]:
-    """Temporaries that killed `atomic_write` calls left for this target (`.<name>.<pid>-<random>.part`, or the
-    older `.<name>.<random>.part`) and that no live writer is using: their writer's process is gone, or they
-    have not changed for 15 minutes (notebook 00). Files of other targets never match."""
-    path = Path(path)
-    prefix, now, out = f".{path.name}.", time.time(), []
-    with contextlib.suppress(OSError):
-        for entry in os.scandir(path.parent):
-            if not (entry.name.startswith(prefix) and entry.name.endswith(".part") and entry.is_file(follow_symlinks=False)):
-                continue
-            match = _TEMP.fullmatch(entry.name[len(prefix) : -len(".part")])
-            if match is None:
-                continue
-            pid = match.group("pid")
-            with contextlib.suppress(OSError):
-                if (pid is not None and not _alive(int(pid))) or now - entry.stat().st_mtime > _STALE_AFTER_S:
-                    out.append(Path(entry.path))
-    return sorted(out)
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object], *, keep_previous: bool = False) -> Path:
-    """Write a file via a temp file in its folder and os.replace, so no half file is ever visible (notebook 00).
-
-    With `keep_previous`, an existing file is kept as `<name>.prev` (checkpoints use it). Temporaries that
-    killed earlier writes of the same target left behind are removed first (see `stale_temporaries`).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for orphan in stale_temporaries(path):
-        with contextlib.suppress(OSError):
-            os.unlink(orphan)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            write(out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, 0o644)
-        if keep_previous and path.exists():  # hard-link, so `path` itself never goes missing
-            prev = path.with_name(path.name + ".prev")
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(prev)
-            os.link(path, prev)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def _copy_atomic(src: Path, dst: Path) -> None:

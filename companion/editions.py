@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 
 from .course import notebook_folder, notebooks
-from .data import atomic_write
+from .files import atomic_write
 
 SOLUTION, EXERCISE = "solution", "exercise"
 HEADER_ID = "student-edition"

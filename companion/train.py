@@ -17,8 +17,9 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from . import distributed
-from .data import TensorBatches, atomic_write
+from .data import TensorBatches
 from .device import pick_device, seed_everything
+from .files import atomic_write
 
 
 @dataclass
