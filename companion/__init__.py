@@ -1,8 +1,9 @@
 """companion: the tested training utilities behind the course "Transfer Learning vs Multi-task Learning".
 
-Modules by concern: device, files (atomic writes), data, synthetic, models, train, distributed (fit under torchrun), transfer, strategies, mismatch, transferability, mtl,
-aggregators, objectives, weighting, auxiliary, regimes, advice, infographic, params, claims, protocol, course (the notebook runner),
-editions (student and instructor editions of the notebooks) and plots. The most used names are re-exported here.
+Modules by concern: device, files (atomic writes), data, synthetic, models, train, distributed (fit under
+torchrun), transfer, strategies, mismatch, transferability, mtl, aggregators, objectives, weighting, auxiliary,
+regimes, advice, infographic, params, claims, protocol, course (the notebook runner), editions (student and
+instructor editions of the notebooks) and plots. The most used names are re-exported here.
 """
 
 from .advice import Recommendation, advise
