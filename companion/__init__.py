@@ -24,7 +24,15 @@ from .data import (
 )
 from .device import env_report, pick_device, seed_everything
 from .editions import exercises, write_student
-from .mismatch import by_cell, corrupt_labels, negative_transfer_gap, noisy_source, target_sweep
+from .mismatch import (
+    ADAPTATIONS,
+    by_cell,
+    corrupt_labels,
+    domain_adaptation,
+    negative_transfer_gap,
+    noisy_source,
+    target_sweep,
+)
 from .models import backbone, count_params, efficientnet_lite0, extract_features, features, new_head, stages
 from .mtl import (
     DWA,
@@ -96,5 +104,5 @@ __all__ = [
     "from_multitask", "head_accuracy", "to_multitask", "train_multitask", "train_task", "GradNormFloor", "Traced",
     "UncertaintyLR", "log_loss_score", "scene_scores", "tune_each", "aggregate2", "distance_to_set", "pareto_set",
     "path_summary", "toy_losses", "toy_paths", "by_cell", "corrupt_labels", "negative_transfer_gap", "noisy_source",
-    "target_sweep", "exercises", "write_student",
+    "target_sweep", "exercises", "write_student", "ADAPTATIONS", "domain_adaptation",
 ]

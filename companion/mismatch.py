@@ -8,11 +8,15 @@
   images, learning-rate grid and steps for every source and strategy of a seed), optionally on a shifted target.
 - `negative_transfer_gap` is Wang et al. (2019)'s gap, acc(scratch) - acc(transfer), seed by seed: positive
   means the source made the target worse than training from scratch.
+- `domain_adaptation` compares, from one source network, source-only training, DANN (Ganin et al. 2016, with
+  unlabelled target images) and fine-tuning on a few labelled target images, each with the same steps and
+  learning-rate grid (rate chosen on a labelled validation split).
 - `by_cell` regroups sweep rows into per-seed lists for `claims.separated` and the figures.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -20,10 +24,17 @@ import torch
 from torch import Tensor, nn
 
 from .claims import separated
+from .data import TensorBatches, subsample_per_class
+from .device import pick_device
+from .protocol import tune
 from .strategies import tuned_strategies
-from .transfer import cached_source
+from .train import evaluate, fit
+from .transfer import cached_source, train_dann
 
-__all__ = ["by_cell", "corrupt_labels", "negative_transfer_gap", "noisy_source", "target_sweep"]
+__all__ = [
+    "ADAPTATIONS", "by_cell", "corrupt_labels", "domain_adaptation", "negative_transfer_gap", "noisy_source",
+    "target_sweep",
+]
 
 _VERSION = 1  # bump to invalidate every cached noisy source
 
@@ -158,3 +169,80 @@ def negative_transfer_gap(scratch: Sequence[float], transfer: Sequence[float]) -
     gaps = [x - y for x, y in zip(a, b)]
     return {"gaps": gaps, "mean": sum(gaps) / len(gaps), "negative": hurt["held"], "positive": helped["held"],
             "spread": hurt["spread"]}
+
+
+ADAPTATIONS = ("source_only", "dann", "finetune_few")
+
+
+def domain_adaptation(
+    source: nn.Module,
+    source_data: tuple[Tensor, Tensor],
+    target_pool: tuple[Tensor, Tensor],
+    val: tuple[Tensor, Tensor],
+    test: tuple[Tensor, Tensor],
+    *,
+    seeds: Iterable[int],
+    lr_grid: Sequence[float],
+    steps: int,
+    per_class: int,
+    methods: Iterable[str] = ADAPTATIONS,
+    batch_size: int = 64,
+    max_lambda: float = 1.0,
+    device: str | torch.device = "auto",
+) -> list[dict]:
+    """Source-only training, DANN and few-label fine-tuning from one source network, rates tuned alike (notebook 09).
+
+    Every method starts from a copy of `source` (its head kept: same label space) and makes `steps` optimiser
+    steps at each rate of `lr_grid`; `protocol.tune` keeps the rate with the best accuracy on the labelled `val`
+    split, and the test accuracy of that rate is reported.
+
+    - "dann": `transfer.train_dann` on the labelled `source_data` and the unlabelled images of `target_pool`
+      (its labels are never read), adversarial weight `max_lambda * dann_lambda(progress)`.
+    - "source_only": the same call with max_lambda = 0: the same source batches, the same target batches through
+      the trunk (so BatchNorm's statistics see both domains) and the same discriminator, but no reversed gradient.
+    - "finetune_few": `per_class` labelled images per class drawn from `target_pool` with the seed, plain `fit`.
+
+    Rows: {method, seed, lr (chosen), val_acc, test_acc, val_scores}, seeds in order, methods in the given order.
+    """
+    names, grid, seed_list = list(methods), list(lr_grid), list(seeds)
+    for label, values in (("methods", names), ("lr_grid", grid), ("seeds", seed_list)):
+        if not values:
+            raise ValueError(f"{label} must name at least one value, got an empty list")
+    bad = [m for m in names if m not in ADAPTATIONS]
+    if bad:
+        raise ValueError(f"methods must be among {list(ADAPTATIONS)}, got {bad[0]!r}")
+    for lr in grid:
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
+            raise ValueError(f"lr_grid must hold positive numbers, got {lr!r}")
+    for label, value, low in (("steps", steps, 1), ("per_class", per_class, 1), ("batch_size", batch_size, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{label} must be an integer >= {low}, got {value!r}")
+    if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seed_list):
+        raise ValueError(f"seeds must be non-negative integers, got {seed_list!r}")
+    dev = pick_device(device)
+    val_b = TensorBatches(*val, 512, shuffle=False, device=dev)
+    test_b = TensorBatches(*test, 512, shuffle=False, device=dev)
+    rows = []
+    for seed in seed_list:
+        xs, ys = subsample_per_class(*target_pool, per_class, seed=seed)
+        for method in names:
+            test_acc: dict[float, float] = {}
+
+            def run(lr: float, method=method, seed=seed, xs=xs, ys=ys, test_acc=test_acc) -> float:
+                model = copy.deepcopy(source)
+                if method == "finetune_few":
+                    batches = TensorBatches(xs, ys, min(batch_size, len(xs)), seed=seed, device=dev)
+                    fit(model, batches, epochs=-(-steps // len(batches)), max_steps=steps, lr=lr, seed=seed,
+                        device=dev, progress=False)
+                else:
+                    lam = max_lambda if method == "dann" else 0.0
+                    train_dann(model, source_data, target_pool[0], epochs=-(-steps * batch_size // len(source_data[1])),
+                               max_steps=steps, batch_size=batch_size, lr=lr, max_lambda=lam, seed=seed, device=dev,
+                               progress=False)
+                test_acc[lr] = evaluate(model, test_b, device=dev)["acc"]
+                return evaluate(model, val_b, device=dev)["acc"]
+
+            best, scores = tune(run, grid, name="lr_grid")
+            rows.append({"method": method, "seed": seed, "lr": best, "val_acc": scores[best],
+                         "test_acc": test_acc[best], "val_scores": scores})
+    return rows

@@ -1,10 +1,20 @@
 """Reference values for companion.mismatch (notebook 09)."""
 
+import copy
+
 import pytest
 import torch
 
 import companion.transfer as transfer
-from companion.mismatch import by_cell, corrupt_labels, negative_transfer_gap, noisy_source, target_sweep
+from companion.mismatch import (
+    ADAPTATIONS,
+    by_cell,
+    corrupt_labels,
+    domain_adaptation,
+    negative_transfer_gap,
+    noisy_source,
+    target_sweep,
+)
 from companion.models import backbone
 
 
@@ -84,3 +94,62 @@ def test_noisy_source_is_cached_and_steps_matched(tmp_path, monkeypatch):
     assert info2["cached"] and info2["test_acc"] == info["test_acc"] and info2["steps"] == 5
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
     assert len(list((tmp_path / "cache" / "noisy_sources").glob("*.pt"))) == 1
+
+
+def test_gradient_reversal_and_dann_schedule_reference():
+    x = torch.tensor([1.0, -2.0, 3.0], requires_grad=True)
+    g = torch.tensor([0.5, 1.0, -4.0])
+    y = transfer.grad_reverse(x, 0.3)
+    assert torch.equal(y, x)  # identity forward
+    y.backward(g)
+    assert torch.allclose(x.grad, -0.3 * g)  # backward: -lambda times the incoming gradient
+    assert transfer.dann_lambda(0.0) == 0.0
+    assert transfer.dann_lambda(0.5) == pytest.approx(0.98661, abs=1e-5)
+    assert transfer.dann_lambda(1.0) == pytest.approx(0.99991, abs=1e-5)
+
+
+def _tiny(seed=0, n=48, k=3):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 1, 16, 16, generator=g), torch.arange(n) % k
+
+
+def test_dann_at_lambda_zero_is_class_loss_training_bit_for_bit():
+    """At max_lambda = 0 the domain loss sends exactly no gradient into the network: the weights equal those of
+    training on the class loss alone (same source batches, same target batches through BatchNorm)."""
+    from companion.data import TensorBatches
+    from companion.train import fit
+
+    src, tgt = _tiny(0), _tiny(1)[0]
+    net = backbone("course_cnn_s", in_chans=1, num_classes=3)
+    a, b, c = (copy.deepcopy(net) for _ in range(3))
+    kw = dict(epochs=2, batch_size=16, lr=1e-2, seed=3, device="cpu", progress=False)
+    transfer.train_dann(a, src, tgt, max_lambda=0.0, **kw)
+    dann = transfer.DANN(tgt, b.num_features, batch_size=16, max_lambda=0.0, seed=3)
+
+    def class_only(model, x, y, state):
+        out, losses = dann.loss_step(model, x, y, state)
+        return out, {"main": losses["main"]}
+
+    fit(b, TensorBatches(*src, 16, seed=3), epochs=2, lr=1e-2, seed=3, device="cpu", progress=False,
+        callbacks=[dann], loss_step=class_only)
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+    transfer.train_dann(c, src, tgt, max_lambda=1.0, **kw)  # the reversed gradient does change the trunk
+    assert not all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), c.state_dict().values()))
+
+
+def test_domain_adaptation_never_reads_target_labels_outside_the_few():
+    src, (xt, yt) = _tiny(0), _tiny(1)
+    net = backbone("course_cnn_s", in_chans=1, num_classes=3)
+    kw = dict(seeds=[0, 1], lr_grid=[1e-3, 1e-2], steps=3, per_class=2, batch_size=8, device="cpu")
+    rows = domain_adaptation(net, src, (xt, yt), (xt[:9], yt[:9]), (xt[:12], yt[:12]), **kw)
+    assert [(r["method"], r["seed"]) for r in rows] == [(m, s) for s in (0, 1) for m in ADAPTATIONS]
+    assert all(r["lr"] in (1e-3, 1e-2) and r["val_scores"][r["lr"]] == max(r["val_scores"].values()) for r in rows)
+    shuffled = yt[torch.randperm(len(yt), generator=torch.Generator().manual_seed(5))]
+    again = domain_adaptation(net, src, (xt, shuffled), (xt[:9], yt[:9]), (xt[:12], yt[:12]),
+                              methods=["source_only", "dann"], **kw)
+    unsupervised = [r for r in rows if r["method"] != "finetune_few"]
+    assert [r["test_acc"] for r in again] == [r["test_acc"] for r in unsupervised]  # pool labels unused
+    with pytest.raises(ValueError, match="methods"):
+        domain_adaptation(net, src, (xt, yt), (xt, yt), (xt, yt), **{**kw, "methods": ["adabn"]})
+    with pytest.raises(ValueError, match="steps"):
+        domain_adaptation(net, src, (xt, yt), (xt, yt), (xt, yt), **{**kw, "steps": 0})
