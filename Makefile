@@ -27,7 +27,7 @@ course: data
 TEST_WORKERS ?= 2
 THREADS := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 test: data
-	$(THREADS) $(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal tests
+	$(THREADS) $(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal --durations 15 tests
 	COMPANION_STRICT_CLAIMS=1 $(THREADS) $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --nbval-lax --nbval-current-env -p no:cacheprovider notebooks
 
 lint: install

@@ -27,7 +27,7 @@ nb_execution_mode = "off"
 nb_output_stderr = "show"
 nb_ipywidgets_js: dict = {}  # widget outputs are reduced to their text at staging: nothing to load from a CDN
 nb_merge_streams = True
-myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "deflist"]
+myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "deflist", "tasklist"]
 myst_heading_anchors = 3
 suppress_warnings = ["mystnb.unknown_mime_type", "myst.header"]
 
