@@ -33,9 +33,11 @@ test: data
 lint: install
 	$(VENV)/bin/ruff check companion tests notebooks docs benchmarks
 
-# Ratios of timings measured side by side (benchmarks/README.md); writes benchmarks/results/bench.json.
+# Ratios of timings measured side by side (benchmarks/README.md); writes benchmarks/results/bench.json, then the
+# full-scale runtime estimate from the committed notebooks' cell timings (benchmarks/results/fullscale.json).
 bench: install
 	$(THREADS) $(PY) -m benchmarks.bench
+	$(THREADS) $(PY) -m benchmarks.fullscale
 
 # On a machine with a GPU (under 5 minutes): every accelerated variant against the fp32 CPU run.
 gpu-check: install

@@ -1,9 +1,20 @@
 """companion: the tested training utilities behind the course "Transfer Learning vs Multi-task Learning".
 
-Modules by concern: device, files (atomic writes), data, synthetic, models, train, distributed (fit under
-torchrun), transfer, strategies, mismatch, transferability, mtl, aggregators, objectives, weighting, auxiliary,
-regimes, advice, infographic, params, claims, protocol, course (the notebook runner), editions (student and
-instructor editions of the notebooks) and plots. The most used names are re-exported here.
+Modules by concern:
+- foundations: device (device choice, seeds), checks (input checks, one message style), files (atomic writes);
+- data: store (the data folder, checksums, fetching), data (datasets, multi-task sets), batches (TensorBatches,
+  loaders, splits), synthetic;
+- training: models, train (fit, evaluate), plugins (checkpointing, early stopping, validation for fit),
+  checkpoints, distributed (fit under torchrun);
+- transfer: transfer (strategies, freezing, L2-SP), sources (cached source models), dann, strategies, mismatch,
+  transferability;
+- multi-task: mtl (architectures), balancers (loss and gradient balancing), aggregators, objectives, weighting,
+  auxiliary;
+- experiments: experiments (sweeps and comparisons), regimes, advice, protocol (fair comparisons, Delta_m),
+  claims;
+- the course: params, course (the notebook runner), editions (student and instructor editions), infographic, plots.
+
+The most used names are re-exported here.
 """
 
 from .advice import Recommendation, advise
@@ -50,7 +61,8 @@ from .mtl import (
 )
 from .objectives import aggregate2, distance_to_set, pareto_set, path_summary, toy_losses, toy_paths
 from .params import ParameterError, setup
-from .protocol import over_seeds, tune
+from .plugins import Checkpointer, EarlyStopping, RestoreBest, Validate
+from .protocol import delta_m, over_seeds, tune
 from .regimes import (
     Monitor,
     StepStream,
@@ -104,5 +116,6 @@ __all__ = [
     "from_multitask", "head_accuracy", "to_multitask", "train_multitask", "train_task", "GradNormFloor", "Traced",
     "UncertaintyLR", "log_loss_score", "scene_scores", "tune_each", "aggregate2", "distance_to_set", "pareto_set",
     "path_summary", "toy_losses", "toy_paths", "by_cell", "corrupt_labels", "negative_transfer_gap", "noisy_source",
-    "target_sweep", "exercises", "write_student", "ADAPTATIONS", "domain_adaptation",
+    "target_sweep", "exercises", "write_student", "ADAPTATIONS", "domain_adaptation", "Checkpointer",
+    "EarlyStopping", "RestoreBest", "Validate", "delta_m",
 ]

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from . import checks
 from .claims import separated
 from .data import fashion_groups, load_dataset, subsample_per_class
 from .mtl import HardSharing, param_count
@@ -65,12 +66,6 @@ class TaskPair:
     classes: dict[str, int] = field(default_factory=dict)
 
 
-def _positive_int(name: str, value: object, low: int = 1) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    return value
-
-
 def synthetic_pair(
     relatedness: float, *, seed: int, n_source: int = 2000, n_pool: int = 1200, n_val: int = 20, n_test: int = 1000,
     size: int = 16, classes: int = 4, factors: tuple[str, str] = ("scale", "shape"),
@@ -81,7 +76,7 @@ def synthetic_pair(
     sets are independent draws (different seeds derived from `seed`), all at the same relatedness.
     """
     for name, v in (("n_source", n_source), ("n_pool", n_pool), ("n_val", n_val), ("n_test", n_test)):
-        _positive_int(name, v)
+        checks.integer(name, v)
     src, tgt = factors
 
     def draw(n: int, k: int) -> tuple[Tensor, dict[str, Tensor]]:
@@ -106,7 +101,7 @@ def fashion_pair(*, seed: int, n_source: int = 2000, n_val: int = 20, n_test: in
     The source images and the target's pool are disjoint parts of the training split; tests from the test split.
     """
     for name, v in (("n_source", n_source), ("n_val", n_val), ("n_test", n_test)):
-        _positive_int(name, v)
+        checks.integer(name, v)
     x, y = load_dataset("fashion_mnist", "train", size=size)
     xt, yt = load_dataset("fashion_mnist", "test", size=size)
     g = torch.Generator().manual_seed(seed)
@@ -184,8 +179,8 @@ def run_cell(
     {method: {"target": test accuracy, "source": source test accuracy, "lr": chosen}}; for the target alone and
     the probe the source task is served by the untouched source model (two models, or one trunk and two heads).
     """
-    _positive_int("per_class", per_class)
-    _positive_int("steps", steps)
+    checks.integer("per_class", per_class)
+    checks.integer("steps", steps)
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"methods must be names from {METHODS}, got {unknown}")
@@ -237,7 +232,7 @@ def sweep(
     Returns {"columns": [{"name", "relatedness"}], "per_class", "seeds", "methods", "steps", "source_steps",
     "lr_grid", "scores": {column: {per_class: {method: {"target": [per seed], "source": [per seed]}}}}}.
     """
-    per_class = [_positive_int("per_class", n) for n in per_class]
+    per_class = [checks.integer("per_class", n) for n in per_class]
     seeds = list(seeds)
     if not seeds:
         raise ValueError("seeds must name at least one seed")

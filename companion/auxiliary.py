@@ -30,9 +30,9 @@ def shuffled_labels(labels: Tensor, seed: int) -> Tensor:
     information about the image it is attached to: a model can only memorise it.
     """
     if not isinstance(labels, Tensor) or labels.ndim != 1 or len(labels) < 2:
-        raise ValueError(f"labels: expected a 1-D tensor of at least 2 labels, got {getattr(labels, 'shape', labels)!r}")
+        raise ValueError(f"labels must be a 1-D tensor of at least 2 labels, got {getattr(labels, 'shape', labels)!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed: expected a non-negative integer, got {seed!r}")
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
     return labels[perm.to(labels.device)]
 
@@ -46,9 +46,9 @@ class AccuracyEvery:
 
     def __init__(self, x: Tensor, y: Tensor, task: str, every: int, batch_size: int = 1000):
         if not isinstance(every, int) or isinstance(every, bool) or every < 1:
-            raise ValueError(f"every: expected a positive integer, got {every!r}")
+            raise ValueError(f"every must be a positive integer, got {every!r}")
         if len(x) != len(y) or len(x) == 0:
-            raise ValueError(f"x and y: expected the same non-zero length, got {len(x)} and {len(y)}")
+            raise ValueError(f"x and y must have the same non-zero length, got {len(x)} and {len(y)}")
         self.x, self.y, self.task, self.every, self.batch_size = x, y, task, every, batch_size
         self.steps: list[int] = []
         self.acc: list[float] = []
@@ -79,7 +79,7 @@ def steps_to(steps: Sequence[int], acc: Sequence[float], threshold: float) -> fl
 
     The curve as two lists, read by `transfer.steps_to` (the one rule, taught in notebook 05)."""
     if len(steps) != len(acc):
-        raise ValueError(f"steps and acc: expected equal lengths, got {len(steps)} and {len(acc)}")
+        raise ValueError(f"steps and acc must have equal lengths, got {len(steps)} and {len(acc)}")
     step = _steps_to([{"step": s, "acc": a} for s, a in zip(steps, acc)], threshold - 1e-12, key="acc")
     return math.inf if step is None else float(step)
 
@@ -91,9 +91,9 @@ def images_needed(target: float, sizes: Sequence[int], means: Sequence[float]) -
     target and inf when it never reaches it: `transfer.labels_to_reach` (notebook 05) on the curve.
     """
     if len(sizes) != len(means) or not sizes:
-        raise ValueError(f"sizes and means: expected equal, non-zero lengths, got {len(sizes)} and {len(means)}")
+        raise ValueError(f"sizes and means must have equal, non-zero lengths, got {len(sizes)} and {len(means)}")
     if any(b <= a for a, b in zip(sizes, sizes[1:])) or sizes[0] <= 0:
-        raise ValueError(f"sizes: expected positive, strictly increasing sizes, got {list(sizes)}")
+        raise ValueError(f"sizes must be positive, strictly increasing sizes, got {list(sizes)}")
     n = labels_to_reach(dict(zip(sizes, means)), target)
     return math.inf if n is None else n
 
@@ -136,13 +136,13 @@ def auxiliary_sweep(
 
     sizes, seeds = list(sizes), list(seeds)
     if not sizes or not seeds:
-        raise ValueError("sizes and seeds: expected non-empty lists")
+        raise ValueError("sizes and seeds must be non-empty lists")
     if any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in sizes):
-        raise ValueError(f"sizes: expected positive integers, got {sizes}")
+        raise ValueError(f"sizes must be positive integers, got {sizes}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps: expected a positive integer, got {steps!r}")
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
     if not callable(data):
-        raise ValueError("data: expected a callable seed -> ((x, y) pool, (x, y) test)")
+        raise ValueError("data must be a callable seed -> ((x, y) pool, (x, y) test)")
     rows = []
     for seed in seeds:
         (x, y), (xt, yt) = data(seed)

@@ -22,6 +22,7 @@ NOTEBOOK_DIR = REPO / "notebooks"
 
 
 RUNTIMES = NOTEBOOK_DIR / "runtimes.json"
+ESTIMATE = REPO / "benchmarks" / "results" / "fullscale.json"  # full-scale GPU estimate (benchmarks/fullscale.py)
 
 
 def runtimes() -> dict:
@@ -59,6 +60,15 @@ class Notebook:
         """Measured minutes at full scale on a GPU; None until a GPU run has been recorded."""
         return _minutes(runtimes().get(self.stem, {}).get("gpu"))
 
+    @property
+    def gpu_estimate(self) -> tuple[float, float] | None:
+        """Estimated (low, high) minutes at full scale on one GPU, from `benchmarks/fullscale.py`'s results."""
+        row = (json.loads(ESTIMATE.read_text()) if ESTIMATE.exists() else {}).get("notebooks", {}).get(self.stem)
+        if not row:
+            return None
+        low, high = (max(0.1, round(row["full_gpu_s"][k] / 60, 1)) for k in ("low", "high"))
+        return low, high
+
 
 COURSE = [
     Notebook("00_start_here.ipynb", "Start here: environment, course map, a first training run"),
@@ -79,18 +89,23 @@ COURSE = [
 
 def expected_time(nb: Notebook) -> str:
     """The header line every notebook carries, generated from its measured runtimes (kept in sync by the runner)."""
-    cpu, gpu = nb.cpu_minutes, nb.gpu_minutes
+    cpu, gpu, estimate = nb.cpu_minutes, nb.gpu_minutes, nb.gpu_estimate
     cpu_text = f"about {cpu:g} minutes on a 2-core CPU" if cpu is not None else "not yet measured on a CPU"
     gpu_text = f"about {gpu:g} minutes on a GPU" if gpu is not None else "not yet measured on a GPU"
+    if gpu is None and estimate is not None:
+        gpu_text += f" (estimated {estimate[0]:g} to {estimate[1]:g} minutes by `benchmarks/fullscale.py`)"
     return f'**Expected time.** Measured: {cpu_text} (`SCALE="quick"`); {gpu_text} (`SCALE="full"`).'
 
 
 def _course_table() -> str:
-    def cell(v):
+    def cell(v, estimate=None):
+        if v is None and estimate is not None:
+            return f"not measured (estimated {estimate[0]:g} to {estimate[1]:g})"
         return "not measured" if v is None else f"{v:g}"
 
     rows = ["| notebook | topic | minutes, 2-core CPU (quick) | minutes, GPU (full) |", "|---|---|---|---|"]
-    rows += [f"| {nb.stem} | {nb.title} | {cell(nb.cpu_minutes)} | {cell(nb.gpu_minutes)} |" for nb in COURSE]
+    rows += [f"| {nb.stem} | {nb.title} | {cell(nb.cpu_minutes)} | {cell(nb.gpu_minutes, nb.gpu_estimate)} |"
+             for nb in COURSE]
     return "\n".join(rows)
 
 

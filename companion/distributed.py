@@ -19,7 +19,7 @@ global loss is the mean of the ranks' losses and its gradient is the mean of the
    the weights a single process would on the global batch: backward of f(L) gives f'(L_global) dL_local on each
    rank, and DDP, which all-reduces (averages) parameter gradients in buckets during that one backward pass,
    turns it into f'(L_global) dL_global.
-2. Per-task gradient balancers (`mtl.GradAggregation` in mode "params", `mtl.GradNorm`, any balancer with
+2. Per-task gradient balancers (`balancers.GradAggregation` in mode "params", `balancers.GradNorm`, any balancer with
    `per_task_grads = True`, and every step of a custom `loss_step`). The step runs under DDP's `no_sync()` and
    a hook on every trained parameter all-reduces each gradient the moment autograd produces it, whether by
    `torch.autograd.grad` or by `backward`. Every per-task gradient a balancer sees is therefore already the

@@ -196,7 +196,7 @@ def domain_adaptation(
     steps at each rate of `lr_grid`; `protocol.tune` keeps the rate with the best accuracy on the labelled `val`
     split, and the test accuracy of that rate is reported.
 
-    - "dann": `transfer.train_dann` on the labelled `source_data` and the unlabelled images of `target_pool`
+    - "dann": `dann.train_dann` on the labelled `source_data` and the unlabelled images of `target_pool`
       (its labels are never read), adversarial weight `max_lambda * dann_lambda(progress)`.
     - "source_only": the same call with max_lambda = 0: the same source batches, the same target batches through
       the trunk (so BatchNorm's statistics see both domains) and the same discriminator, but no reversed gradient.

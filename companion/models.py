@@ -19,6 +19,7 @@ from timm.models.efficientnet import EfficientNet
 from timm.models.resnet import ResNet
 from torch import Tensor, nn
 
+from . import checks
 from .device import pick_device
 
 __all__ = [
@@ -136,12 +137,6 @@ def course_cnn_m(pretrained: bool = False, **kwargs) -> CourseCNN:
     return _create("course_cnn_m", pretrained, **dict(widths=(32, 64, 128), depth=2, stem_width=16, **kwargs))
 
 
-def _check_int(name: str, value: object, low: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    return value
-
-
 def _check_model(model: object) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch nn.Module, got {type(model).__name__}")
@@ -204,8 +199,8 @@ def backbone(
     pretrained=True without weights downloads from the Hugging Face hub (needs internet).
     """
     _check_name(name)
-    _check_int("in_chans", in_chans, 1)
-    _check_int("num_classes", num_classes, 0)
+    checks.integer("in_chans", in_chans, 1)
+    checks.integer("num_classes", num_classes, 0)
     if weights is not None:
         path = Path(weights).expanduser()
         if not path.is_file():
@@ -282,7 +277,7 @@ def extract_features(
     Runs in eval mode without gradients; the model is moved to `device` and its train/eval mode is restored.
     """
     _check_model(model)
-    _check_int("batch_size", batch_size, 1)
+    checks.integer("batch_size", batch_size, 1)
     dev = pick_device(device)
     if isinstance(x_or_batches, Tensor):
         batches: Iterable = x_or_batches.split(batch_size)
@@ -314,7 +309,7 @@ def extract_features(
 def new_head(model: nn.Module, num_classes: int) -> nn.Module:
     """Give a timm model a fresh classifier with num_classes outputs (0: none) and return it (notebook 07)."""
     _check_model(model)
-    _check_int("num_classes", num_classes, 0)
+    checks.integer("num_classes", num_classes, 0)
     if not hasattr(model, "reset_classifier"):
         raise ValueError(f"model must have timm's reset_classifier, got {type(model).__name__}")
     model.reset_classifier(num_classes)
@@ -387,8 +382,8 @@ def efficientnet_lite0(num_classes: int = 1000, in_chans: int = 3) -> nn.Module:
     in_chans != 3 adapts the first conv as timm does (1 channel: the RGB filters summed).
     Returned in eval mode. Preprocess with imagenet_transform(): mean = std = 0.5 (inputs in [-1, 1]), as in TF-Lite.
     """
-    _check_int("num_classes", num_classes, 0)
-    _check_int("in_chans", in_chans, 1)
+    checks.integer("num_classes", num_classes, 0)
+    checks.integer("in_chans", in_chans, 1)
     path = lite0_weights_file()
     source = dict(torch.load(path, map_location="cpu", weights_only=True))
     source["_conv_stem.weight"] = timm.models.adapt_input_conv(in_chans, source["_conv_stem.weight"])

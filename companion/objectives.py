@@ -166,7 +166,7 @@ def toy_paths(
 
     method: mean (equal weighting), mgda, pcgrad, cagrad (radius c), upgrad, or famo (weights z = softmax(xi)
     on the log of the shifted losses L + SHIFT, the logits moved by Adam(famo_lr, weight decay famo_decay)
-    from the change of the log losses, as `companion.mtl.FAMO`). The paper runs Adam(lr=1e-3) for 100k steps;
+    from the change of the log losses, as `companion.balancers.FAMO`). The paper runs Adam(lr=1e-3) for 100k steps;
     lr=None keeps its budget lr x steps = 100 (a much larger step, e.g. 1e-2 for 10k steps, lets equal weighting
     escape the plateau where the paper's runs stall). Every `record_every` steps (and the last) is kept.
     Deterministic: no randomness anywhere.

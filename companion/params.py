@@ -13,6 +13,7 @@ from types import SimpleNamespace
 
 import torch
 
+from . import checks
 from .device import DEVICE_CHOICES, pick_device, seed_everything
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,11 +63,10 @@ class ParameterError(ValueError):
 
 
 def _fail(name: str, expected: str, value: object) -> None:
-    raise ParameterError(f"{name} must be {expected}, got {value!r}")
+    checks.fail(name, expected, value, error=ParameterError)
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+_is_int = checks.is_int
 
 
 def check(name: str, value: object) -> None:

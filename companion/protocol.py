@@ -2,7 +2,8 @@
 
 A comparison of methods in this course credits only the variable it varies. `tune` gives each method the same
 small grid for its own hyperparameter, chosen on a validation split (never on the test set); `over_seeds` runs a
-whole measurement once per seed and stacks the numbers so `claims.separated` can compare methods seed by seed.
+whole measurement once per seed and stacks the numbers so `claims.separated` can compare methods seed by seed;
+`delta_m` sums a multi-task model up against single-task models in one number (notebook 10).
 """
 
 from __future__ import annotations
@@ -44,3 +45,27 @@ def over_seeds(
         for key, value in row.items():
             out.setdefault(key, []).append(float(value))
     return out
+
+
+def delta_m(scores: Mapping[str, float], baseline: Mapping[str, float], *, lower_is_better: Iterable[str] = ()) -> float:
+    """Mean relative change of a multi-task model against single-task baselines, in percent (notebook 10).
+
+    Delta_m = 100/T * sum_t (-1)^{l_t} (M_t - B_t) / B_t over the T tasks of `baseline` (Maninis et al. 2019, the
+    summary the multi-task literature reports), where l_t = 1 for a metric where lower is better (an error, a
+    loss). Positive: better than training one model per task, on average; each task counts relative to its own
+    baseline, so tasks measured in different units can be averaged.
+    """
+    lower = set(lower_is_better)
+    tasks = list(baseline)
+    if not tasks:
+        raise ValueError("baseline must name at least one task, got none")
+    missing = [t for t in tasks if t not in scores]
+    if missing:
+        raise ValueError(f"scores must have every task of the baseline, missing {missing}")
+    if any(not baseline[t] for t in tasks):
+        raise ValueError(f"baseline must be non-zero for every task (it divides), got {dict(baseline)}")
+    unknown = lower - set(tasks)
+    if unknown:
+        raise ValueError(f"lower_is_better must name tasks of the baseline, got {sorted(unknown)}")
+    signed = [(-1 if t in lower else 1) * (scores[t] - baseline[t]) / abs(baseline[t]) for t in tasks]
+    return 100.0 * sum(signed) / len(tasks)

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator, Mapping
 import torch
 from torch import Tensor, nn
 
+from . import checks
 from .data import TensorBatches
 from .device import pick_device
 from .models import backbone, features, new_head
@@ -48,18 +49,6 @@ __all__ = [
 SEQUENTIAL = ("finetune", "frozen", "l2sp", "lp_ft")
 
 
-def _check_int(name: str, value: object, low: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    return value
-
-
-def _check_lr(lr: object) -> float:
-    if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not 0 < lr < float("inf"):
-        raise ValueError(f"lr must be a positive finite number, got {lr!r}")
-    return float(lr)
-
-
 @contextlib.contextmanager
 def _seeded(seed: int) -> Iterator[None]:
     with torch.random.fork_rng(devices=[]):
@@ -81,8 +70,8 @@ class StepStream:
 
     def __init__(self, x: Tensor, y: Tensor | Mapping[str, Tensor], *, steps: int, batch_size: int, seed: int,
                  device=None):
-        _check_int("steps", steps, 1)
-        _check_int("batch_size", batch_size, 1)
+        checks.integer("steps", steps, 1)
+        checks.integer("batch_size", batch_size, 1)
         self.batches = TensorBatches(x, y, batch_size, seed=seed, device=device, drop_last=True)
         self.steps, self.epochs_started, self._it = steps, 0, None
 
@@ -133,8 +122,8 @@ class Monitor:
     """
 
     def __init__(self, probe: Callable[[], Mapping[str, float]], every: int, *, offset: int = 0):
-        _check_int("every", every, 1)
-        _check_int("offset", offset, 0)
+        checks.integer("every", every, 1)
+        checks.integer("offset", offset, 0)
         self.probe, self.every, self.offset, self.seen, self.rows = probe, every, offset, 0, []
 
     def on_fit_start(self, state) -> None:
@@ -152,7 +141,7 @@ class Monitor:
 
 def build(name: str, *, in_chans: int, num_classes: int, seed: int) -> nn.Module:
     """A timm model with random weights drawn from `seed`: the same start for every regime (notebook 04)."""
-    _check_int("seed", seed, 0)
+    checks.integer("seed", seed, 0)
     with _seeded(seed):
         return backbone(name, in_chans=in_chans, num_classes=num_classes)
 
@@ -181,7 +170,7 @@ def from_multitask(model: HardSharing, num_classes: int, *, seed: int = 0) -> nn
     """A single-task timm model on a copy of a hard-sharing model's trunk, with a fresh head (notebook 04)."""
     if not isinstance(model, HardSharing) or not hasattr(model.trunk, "reset_classifier"):
         raise ValueError(f"model must be a HardSharing model with a timm trunk, got {type(model).__name__}")
-    _check_int("num_classes", num_classes, 1)
+    checks.integer("num_classes", num_classes, 1)
     out = copy.deepcopy(model.trunk)
     with _seeded(seed):
         new_head(out, num_classes)
@@ -202,7 +191,7 @@ def train_task(model: nn.Module, x: Tensor, y: Tensor, *, steps: int, lr: float 
 
     Returns the examples processed, steps x batch_size (one forward and backward pass each).
     """
-    _check_lr(lr)
+    checks.positive("lr", lr)
     dev = pick_device(device)
     stream = StepStream(x, y, steps=steps, batch_size=batch_size, seed=seed, device=dev)
     _fit(model, stream, lr=lr, seed=seed, monitor=monitor, device=dev)
@@ -221,9 +210,9 @@ def adapt_task(model: nn.Module, x: Tensor, y: Tensor, *, strategy: str, num_cla
     """
     if strategy not in SEQUENTIAL:
         raise ValueError(f"strategy must be one of {list(SEQUENTIAL)}, got {strategy!r}")
-    _check_int("steps", steps, 2 if strategy == "lp_ft" else 1)
-    _check_int("num_classes", num_classes, 1)
-    _check_lr(lr)
+    checks.integer("steps", steps, 2 if strategy == "lp_ft" else 1)
+    checks.integer("num_classes", num_classes, 1)
+    checks.positive("lr", lr)
     if not (isinstance(alpha, (int, float)) and alpha >= 0):
         raise ValueError(f"alpha must be a number >= 0, got {alpha!r}")
     dev = pick_device(device)
@@ -247,7 +236,7 @@ def train_multitask(model: HardSharing, x: Tensor, y: Mapping[str, Tensor], *, s
     """Train a hard-sharing model on sum_t w_t L_t for `steps` AdamW steps; every batch carries every task's
     labels (notebook 04). Returns the examples processed, steps x batch_size: one trunk pass serves all tasks.
     """
-    _check_lr(lr)
+    checks.positive("lr", lr)
     if not isinstance(y, Mapping) or not y or set(y) - set(model.heads):
         raise ValueError(f"y must map task names among the model's heads {sorted(model.heads)} to labels")
     dev = pick_device(device)

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
+from . import checks
 from .data import TensorBatches, subsample_per_class
 from .device import pick_device
 from .protocol import tune
@@ -26,11 +27,6 @@ from .transfer import _check_pair as _pair  # one check of (images, labels) pair
 
 __all__ = ["base_network", "copy_stages", "random_network", "summarize", "tuned_strategies"]
 
-
-def _positive_int(name: str, value: object, low: int = 1) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    return value
 
 
 def _epochs(n_batches: int, min_steps: int) -> int:
@@ -76,10 +72,10 @@ def tuned_strategies(
         if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0:
             raise ValueError(f"lr_grid must hold positive numbers, got {lr!r}")
     for s in seed_list:
-        _positive_int("seeds", s, 0)
-    _positive_int("per_class", per_class)
-    _positive_int("min_steps", min_steps, 0)
-    _positive_int("batch_size", batch_size)
+        checks.integer("seeds", s, 0)
+    checks.integer("per_class", per_class)
+    checks.integer("min_steps", min_steps, 0)
+    checks.integer("batch_size", batch_size)
     num_classes = int(y.max()) + 1
     rows = []
     for seed in seed_list:
@@ -137,9 +133,9 @@ def copy_stages(
     """
     x, y = _pair("train", train)
     dev = pick_device(device)
-    _positive_int("n", n, 0)
-    _positive_int("min_steps", min_steps, 0)
-    _positive_int("batch_size", batch_size)
+    checks.integer("n", n, 0)
+    checks.integer("min_steps", min_steps, 0)
+    checks.integer("batch_size", batch_size)
     if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0:
         raise ValueError(f"lr must be a positive number, got {lr!r}")
     num_classes = int(y.max()) + 1

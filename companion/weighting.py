@@ -16,15 +16,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import torch
 from torch import Tensor
 
+from . import checks
 from .mtl import GradNorm, Uncertainty
 from .protocol import tune
 from .train import StepContext
-
-
-def _positive(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or not math.isfinite(value):
-        raise ValueError(f"{name}: expected a finite number > 0, got {value!r}")
-    return float(value)
 
 
 class UncertaintyLR:
@@ -36,9 +31,9 @@ class UncertaintyLR:
     """
 
     def __init__(self, tasks: Iterable[str], lr: float = 3e-3, init: float = 0.0):
-        self.lr = _positive(lr, "lr")
+        self.lr = checks.positive("lr", lr)
         if isinstance(init, bool) or not isinstance(init, (int, float)) or not math.isfinite(init):
-            raise ValueError(f"init: expected a finite number, got {init!r}")
+            raise ValueError(f"init must be a finite number, got {init!r}")
         self.core = Uncertainty(tasks)
         with torch.no_grad():
             self.core.log_vars.fill_(float(init))
@@ -72,7 +67,7 @@ class GradNormFloor(GradNorm):
     """
 
     def __init__(self, alpha: float = 1.5, layer=None, lr: float = 0.025, floor: float = 1e-3):
-        super().__init__(alpha=alpha, layer=layer, lr=lr, floor=_positive(floor, "floor"))
+        super().__init__(alpha=alpha, layer=layer, lr=lr, floor=checks.positive("floor", floor))
 
 
 class Traced:
@@ -86,7 +81,7 @@ class Traced:
         if isinstance(balancer, torch.nn.Module):
             raise ValueError("balancer: an nn.Module balancer cannot be traced (fit trains its parameters directly)")
         if not hasattr(balancer, "backward"):
-            raise ValueError(f"balancer: expected an object with a backward method, got {type(balancer).__name__}")
+            raise ValueError(f"balancer must be an object with a backward method, got {type(balancer).__name__}")
         self.inner = balancer
         self.per_task_grads = bool(getattr(balancer, "per_task_grads", False))  # as the wrapped one (torchrun)
         self.trace: list[dict[str, float]] = []
@@ -119,7 +114,7 @@ def tune_each(
     {method: {"best": value, "scores": {value: score}, "tries": int}}; ties keep the earlier value.
     """
     if not isinstance(grids, Mapping) or not grids:
-        raise ValueError("grids: expected a non-empty mapping method -> list of values (or None)")
+        raise ValueError("grids must be a non-empty mapping method -> list of values (or None)")
     sizes = {len(g) for g in grids.values() if g}
     if len(sizes) > 1:
         raise ValueError(f"grids: every tuned method must get the same number of tries, got sizes {sorted(sizes)}")
@@ -138,10 +133,10 @@ def log_loss_score(losses: Mapping[str, float]) -> float:
     score, the same for every method, so the ranking of methods does not depend on the units.
     """
     if not losses:
-        raise ValueError("losses: expected at least one task loss")
+        raise ValueError("losses must have at least one task loss")
     bad = {t: v for t, v in losses.items() if not (isinstance(v, (int, float)) and v > 0 and math.isfinite(v))}
     if bad:
-        raise ValueError(f"losses: expected finite positive numbers, got {bad}")
+        raise ValueError(f"losses must be finite positive numbers, got {bad}")
     return -sum(math.log(v) for v in losses.values())
 
 
@@ -154,10 +149,10 @@ def scene_scores(out: Mapping[str, Tensor], target: Mapping[str, Tensor], box_un
     the mask IoU is intersection over union of (logit > 0) with the true mask, averaged over images (an image
     whose prediction and truth are both empty scores 0).
     """
-    unit = _positive(box_unit, "box_unit")
+    unit = checks.positive("box_unit", box_unit)
     for key in ("cls", "box", "mask"):
         if key not in out or key not in target:
-            raise ValueError(f"out and target: expected the keys cls, box and mask, {key!r} is missing")
+            raise ValueError(f"out and target must have the keys cls, box and mask, {key!r} is missing")
     side = target["mask"].shape[-1]
     pred, true = out["mask"] > 0, target["mask"] > 0.5
     inter = (pred & true).flatten(1).sum(1).float()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import shutil
 import time
 import zipfile
 from io import BytesIO
@@ -111,7 +112,7 @@ def test_fetch_interrupted_copy_leaves_no_file(tmp_path, monkeypatch):
         dst.write(src.read(100))
         raise OSError("No space left on device")  # the copy dies half way
 
-    monkeypatch.setattr(D.shutil, "copyfileobj", broken)
+    monkeypatch.setattr(shutil, "copyfileobj", broken)
     with pytest.raises(OSError, match="No space"):
         D.fetch(["usps"], root=tmp_path / "root", mirror=mirror, download=False)
     assert [p for p in (tmp_path / "root").rglob("*") if p.is_file()] == []

@@ -177,8 +177,8 @@ def test_shards_of_a_batch_are_disjoint_equal_and_make_up_the_batch():
     ("rank", "world", "batch", "message"),
     [
         (0, 3, 8, "batch_size must be a multiple of the number of processes \\(3\\) to shard, got 8"),
-        (2, 2, 8, "rank must be an integer in \\[0, 2\\), got 2"),
-        (0, 0, 8, "world must be a positive integer, got 0"),
+        (2, 2, 8, "rank must be an integer in 0..1, got 2"),
+        (0, 0, 8, "world must be an integer >= 1, got 0"),
     ],
 )
 def test_bad_shards_are_refused(rank, world, batch, message):

@@ -86,7 +86,7 @@ def test_target_sweep_rows_and_transform():
 
 
 def test_noisy_source_is_cached_and_steps_matched(tmp_path, monkeypatch):
-    monkeypatch.setattr(transfer, "data_root", lambda: tmp_path)  # where transfer.cached_source keeps it
+    monkeypatch.setattr("companion.sources.data_root", lambda: tmp_path)  # where sources.cached_source keeps it
     model, info = noisy_source("course_cnn_s", "mnist", noise=0.5, n=3, epochs=1, min_steps=5, size=16, device="cpu")
     assert info["steps"] == 5 and not info["cached"]  # 30 images: one batch of 128 per pass, 5 passes
     again, info2 = noisy_source("course_cnn_s", "mnist", noise=0.5, n=3, epochs=1, min_steps=5, size=16,

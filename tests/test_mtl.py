@@ -289,6 +289,23 @@ def test_grad_aggregation_mean_equals_mean_loss(mode):
     assert logs["grad_ratio"] >= 1.0
 
 
+@pytest.mark.parametrize("mode", ["params", "features"])
+def test_grad_aggregation_passes_the_methods_options_on(mode):
+    x, y = two_task_data()
+    model = hard_model()
+    GradAggregation("cagrad", mode=mode, c=0.0).backward(losses_of(model, x, y), StepContext(model, 0, 0))
+    got = grads(model)  # CAGrad with a ball of radius 0 is the mean gradient
+    model.zero_grad()
+    (sum(losses_of(model, x, y).values()) / 2).backward()
+    for g, ref in zip(got, grads(model), strict=True):
+        torch.testing.assert_close(g, ref, rtol=1e-5, atol=1e-7)
+    model.zero_grad()
+    GradAggregation("cagrad", mode=mode, c=0.5).backward(losses_of(model, x, y), StepContext(model, 0, 0))
+    assert any(not torch.allclose(a, b) for a, b in zip(grads(model), got, strict=True))
+    with pytest.raises(ValueError, match="c must be an option of 'upgrad'"):
+        GradAggregation("upgrad", c=0.5)
+
+
 def test_grad_aggregation_sum_replaces_only_what_flows_through_shared():
     x, y = two_task_data()
     ref = hard_model()
@@ -692,5 +709,5 @@ def test_stateful_balancer_state_is_a_copy_and_checked(name):
     bal.backward(losses_of(model, x, y), StepContext(model, 3, 0))
     assert repr(state) == before, "state_dict() holds copies, not the live tensors or containers"
     assert all(not v.requires_grad for v in state.values() if isinstance(v, torch.Tensor))
-    with pytest.raises(ValueError, match=r"state: expected a .*state_dict\(\) with keys"):
+    with pytest.raises(ValueError, match=r"state must be a .*state_dict\(\) with keys"):
         other.load_state_dict({"weights": {}})

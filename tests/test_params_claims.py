@@ -168,3 +168,21 @@ def test_tune_picks_the_best_validation_score_and_over_seeds_stacks():
     assert runs == {"acc": [0.5, 0.6, 0.7], "loss": [0.0, 1.0, 2.0]}
     with pytest.raises(ValueError, match="seed 1 reported"):
         over_seeds(lambda s: {"a": 1.0} if s == 0 else {"b": 1.0}, [0, 1])
+
+
+def test_delta_m_matches_the_papers_formula_on_hand_values():
+    from companion.protocol import delta_m
+
+    # accuracy 0.90 vs 0.80 (+12.5 %), error 0.30 vs 0.40 (lower is better: +25 %): mean +18.75 %
+    assert delta_m({"acc": 0.90, "err": 0.30}, {"acc": 0.80, "err": 0.40}, lower_is_better=["err"]) == pytest.approx(18.75)
+    assert delta_m({"a": 0.5, "b": 0.5}, {"a": 0.5, "b": 0.5}) == 0.0
+    assert delta_m({"a": 0.45}, {"a": 0.5}) == pytest.approx(-10.0)
+    # a scale of a task's metric cancels: millimetres or metres give the same Delta_m
+    assert delta_m({"mm": 300.0}, {"mm": 400.0}, lower_is_better=["mm"]) == pytest.approx(
+        delta_m({"mm": 0.3}, {"mm": 0.4}, lower_is_better=["mm"]))
+    with pytest.raises(ValueError, match="scores must have every task"):
+        delta_m({"a": 1.0}, {"a": 1.0, "b": 1.0})
+    with pytest.raises(ValueError, match="lower_is_better must name"):
+        delta_m({"a": 1.0}, {"a": 1.0}, lower_is_better=["z"])
+    with pytest.raises(ValueError, match="non-zero"):
+        delta_m({"a": 1.0}, {"a": 0.0})

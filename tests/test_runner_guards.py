@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 
@@ -103,7 +104,7 @@ def test_same_size_damage_is_detected_listed_and_repaired(tmp_path, monkeypatch,
     (mirror / "usps").mkdir(parents=True)
     good = b"label 256 values\n" * 50
     (mirror / "usps" / "zip.info.txt").write_bytes(good)
-    monkeypatch.setitem(D.CHECKSUMS, ("usps", "zip.info.txt"), (len(good), D.hashlib.sha256(good).hexdigest()))
+    monkeypatch.setitem(D.CHECKSUMS, ("usps", "zip.info.txt"), (len(good), hashlib.sha256(good).hexdigest()))
     assert D.fetch(["usps"], root=root, mirror=mirror, download=False) == {"usps": "copied 1 files"}
     bad = bytearray(good)
     bad[10] ^= 0xFF  # same size, other bytes

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import random
 import runpy
 import signal
 import subprocess
@@ -12,15 +13,19 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from companion.data import TensorBatches
+from companion.device import seed_everything
 from companion.train import (
+    _OPTIMIZERS,
     CheckpointError,
     StepContext,
     WeightedSum,
+    _make_optimizer,
     accuracy,
     default_loss,
     evaluate,
@@ -145,6 +150,107 @@ def test_param_groups_keep_their_own_learning_rates():
     assert [g["initial_lr"] for g in opt.param_groups] == [0.001, 0.01]
 
 
+@pytest.mark.parametrize("kwargs", [{"param_groups": "groups"}, {"weight_decay": 0.01}])
+def test_an_optimizer_instance_refuses_param_groups_and_weight_decay(kwargs):
+    x, y = blobs(16)
+    model = nn.Linear(2, 2)
+    before = [p.detach().clone() for p in model.parameters()]
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    if kwargs.get("param_groups") == "groups":
+        kwargs = {"param_groups": [{"params": list(model.parameters()), "lr": 0.5}]}
+    with pytest.raises(ValueError, match=r"optimizer must be a name .* got a SGD instance, which already holds its "
+                                         r"parameter groups; pass param_groups/weight_decay to it, or pass a name"):
+        fit(model, TensorBatches(x, y, 8), optimizer=opt, device="cpu", progress=False, **kwargs)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+@pytest.mark.parametrize("name", _OPTIMIZERS)
+def test_named_optimizers_from_timm_equal_torch_optim_bit_for_bit(name):
+    """fit's named optimisers come from timm's factory; they must train exactly as torch.optim's classes did."""
+    reference = {
+        "adamw": lambda g: torch.optim.AdamW(g, lr=3e-3, weight_decay=0.1),
+        "adam": lambda g: torch.optim.Adam(g, lr=3e-3, weight_decay=0.1),
+        "sgd": lambda g: torch.optim.SGD(g, lr=3e-3, momentum=0.9, weight_decay=0.1),
+    }[name]
+
+    def train(make):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 3))
+        opt = make([{"params": list(model[0].parameters()), "lr": 0.01},
+                    {"params": list(model[2].parameters()), "weight_decay": 0.0}])
+        g = torch.Generator().manual_seed(1)
+        for _ in range(10):
+            opt.zero_grad()
+            model(torch.randn(16, 5, generator=g)).pow(2).mean().backward()
+            opt.step()
+        return model, opt
+
+    (a, opt_a), (b, opt_b) = train(reference), train(lambda g: _make_optimizer(name, g, 3e-3, 0.1))
+    assert type(opt_a) is type(opt_b)
+    hyper = [[{k: v for k, v in g.items() if k != "params"} for g in o.param_groups] for o in (opt_a, opt_b)]
+    assert hyper[0] == hyper[1]
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+def _global_states():
+    np_state = np.random.get_state()
+    return random.getstate(), (np_state[0], np_state[1].copy(), *np_state[2:]), torch.get_rng_state()
+
+
+def _same_states(a, b) -> bool:
+    return a[0] == b[0] and a[1][0] == b[1][0] and np.array_equal(a[1][1], b[1][1]) and a[1][2:] == b[1][2:] \
+        and torch.equal(a[2], b[2])
+
+
+class DrawAll:
+    """Draws from Python's, NumPy's and torch's global generators at every step (inside fit)."""
+
+    def __init__(self):
+        self.first = None
+
+    def on_fit_start(self, state):
+        self.first = (random.random(), float(np.random.rand()), torch.rand(()).item())
+
+    def on_step_start(self, state):
+        state.logs["draw"] = random.random() + float(np.random.rand()) + torch.rand(()).item()
+
+
+def test_fit_leaves_the_callers_random_states_alone():
+    x, y = blobs(64)
+    random.seed(11), np.random.seed(11), torch.manual_seed(11)
+    model = TwoHead()
+    before = _global_states()
+    draws = DrawAll()
+    fit(model, TensorBatches(x, {"cls": y, "reg": x[:, 0]}, 16), epochs=2, seed=7, callbacks=[draws],
+        device="cpu", progress=False)
+    assert _same_states(before, _global_states())
+    seed_everything(7)  # inside, fit seeds exactly as seed_everything(seed + rank) did before every run
+    assert draws.first == (random.random(), float(np.random.rand()), torch.rand(()).item())
+    random.seed(11), np.random.seed(11), torch.manual_seed(11)
+    model = nn.Linear(2, 2)
+    before = _global_states()
+    bad = x.clone()
+    bad[5] = float("nan")
+    with pytest.raises(FloatingPointError):  # also when fit stops on an error
+        fit(model, TensorBatches(bad, y, 16, shuffle=False), callbacks=[DrawAll()], device="cpu",
+            progress=False)
+    assert _same_states(before, _global_states())
+
+
+def test_two_fits_with_one_seed_agree_whatever_the_caller_draws_between():
+    x, y = blobs(64)
+    weights = []
+    for draws in (0, 3):
+        torch.manual_seed(0)
+        model = TwoHead()
+        random.random(), np.random.rand(draws + 1), torch.rand(draws + 5)  # the caller's own draws
+        hist = fit(model, TensorBatches(x, {"cls": y, "reg": x[:, 0]}, 16, seed=1), epochs=2, seed=4,
+                   callbacks=[DrawAll()], device="cpu", progress=False)
+        weights.append(([p.detach().clone() for p in model.parameters()], hist.series("draw")))
+    assert all(torch.equal(a, b) for a, b in zip(weights[0][0], weights[1][0]))
+    assert weights[0][1] == weights[1][1]
+
+
 def test_early_stopping_and_restore_best():
     x, y = blobs(64)
     val = TensorBatches(x, 1 - y, 64, shuffle=False)  # flipped labels: validation loss rises as training succeeds
@@ -165,6 +271,9 @@ def test_early_stopping_and_restore_best():
         ({"optimizer": "lamb"}, "optimizer must be one of"),
         ({"scheduler": "linear"}, "scheduler must be one of"),
         ({"device": "tpu"}, "DEVICE must be one of"),
+        ({"seed": -1}, "seed must be a non-negative integer, got -1"),
+        ({"mode": "up"}, "mode must be None, 'min' or 'max', got 'up'"),
+        ({"resume": "best"}, "resume must be 'latest' or 'latest-good', got 'best'"),
     ],
 )
 def test_bad_arguments_fail_before_training(kwargs, message):

@@ -341,7 +341,7 @@ def test_source_model_trains_once_then_loads(tmp_path, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("fit must not run when the source is cached")
 
-    monkeypatch.setattr(T, "fit", refuse)
+    monkeypatch.setattr("companion.sources.fit", refuse)  # source_model trains in sources
     again, info2 = T.source_model("course_cnn_s", "digits", **kw)
     assert info2["cached"] and info2["test_acc"] == info["test_acc"] and _same(_clone(model), _clone(again))
     monkeypatch.undo()

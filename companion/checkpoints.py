@@ -1,0 +1,147 @@
+"""Checkpoints and random states for `fit`: atomic saves, safe loads, resume (notebook 00).
+
+A checkpoint is a dict of tensors and plain containers written atomically (temp file + rename, the previous one
+kept as `<name>.prev`) and read with `torch.load(..., weights_only=True)`, so loading one cannot run code. The
+random states of Python, NumPy and torch travel in it, so a resumed run draws the same numbers as an
+uninterrupted one; `_own_rng` gives fit its own seeded streams without touching the caller's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import random
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import distributed
+from .files import atomic_write
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file that cannot be read (truncated, corrupt or not a course checkpoint)."""
+
+
+def _rng_state() -> dict:
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype("int64")), *np_state[2:]],
+        "python": list(random.getstate()[1]),
+        "python_version": random.getstate()[0],
+        "python_gauss": random.getstate()[2],
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"].cpu())  # a checkpoint loaded with map_location="cuda" holds CUDA tensors
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, keys.cpu().numpy().astype("uint32"), *rest))
+    random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
+    if "cuda" in state and torch.cuda.is_available() and torch.cuda.is_initialized():  # else: no seed is queued
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+@contextlib.contextmanager
+def _own_rng(seed: int, device: torch.device) -> Iterator[None]:
+    """Run a block seeded as `seed_everything(seed)` seeds, leaving the caller's random states as they were.
+
+    Python's `random`, NumPy's global generator, torch's CPU generator and the accelerator generators training
+    can draw from are saved before and restored after (also on an error): fit neither reseeds nor advances the
+    caller's streams (notebook 00). CUDA generators are forked when CUDA is in use (all devices, as
+    seed_everything seeds all); a CUDA never initialised is left alone, so no seed is queued for it.
+    """
+    cuda_used = torch.cuda.is_available() and (torch.cuda.is_initialized() or device.type == "cuda")
+    cuda = list(range(torch.cuda.device_count())) if cuda_used else []
+    saved = random.getstate(), np.random.get_state()
+    mps = torch.mps.get_rng_state() if device.type == "mps" else None
+    with torch.random.fork_rng(devices=cuda):
+        try:
+            random.seed(seed)
+            np.random.seed(seed % 2**32)
+            torch.default_generator.manual_seed(seed)
+            if cuda:
+                torch.cuda.manual_seed_all(seed)
+            if mps is not None:
+                torch.mps.manual_seed(seed)
+            yield
+        finally:
+            random.setstate(saved[0])
+            np.random.set_state(saved[1])
+            if mps is not None:
+                torch.mps.set_rng_state(mps)
+
+
+def save_checkpoint(path: str | Path, state: dict) -> Path:
+    """Write a checkpoint atomically (temp file + rename); the previous one is kept as `<name>.prev`."""
+    return atomic_write(path, lambda f: torch.save(state, f), keep_previous=True)
+
+
+def _previous(path: Path) -> Path:
+    return path.with_name(path.name + ".prev")
+
+
+def _corrupt(path: Path, err: Exception) -> CheckpointError:
+    prev = _previous(path)
+    hint = (f"; the previous good checkpoint is kept at {prev}: fit(..., resume=\"latest-good\") continues from it"
+            if prev.exists() else "")
+    return CheckpointError(f"checkpoint {path} is corrupt or unreadable ({type(err).__name__}){hint}")
+
+
+def _resume_state(path: Path, how: str, map_location) -> tuple[dict, Path]:
+    """The state fit resumes from and its file: the checkpoint itself, or with how="latest-good" and a corrupt
+    checkpoint, its `.prev` (the corrupt file is kept aside as `<name>.corrupt`, never deleted)."""
+    try:
+        return load_checkpoint(path, map_location=map_location), path
+    except CheckpointError as err:
+        prev = _previous(path)
+        if how != "latest-good" or "corrupt" not in str(err) or not prev.exists():
+            raise
+        state = load_checkpoint(prev, map_location=map_location)
+        aside = path.with_name(path.name + ".corrupt")
+        os.replace(path, aside)
+        warnings.warn(f"checkpoint {path} is corrupt (kept as {aside}); resuming from {prev}", stacklevel=4)
+        return state, prev
+
+
+def _resume_from(path: Path, how: str, map_location) -> dict | None:
+    """The state to resume from, or None for a fresh start. Under torchrun rank 0 picks the file (and sets a
+    corrupt one aside), then every rank loads the file it picked."""
+    if distributed.world() == 1:
+        return _resume_state(path, how, map_location)[0] if path.exists() else None
+    state, source = None, None
+    if distributed.is_main() and path.exists():
+        state, source = _resume_state(path, how, map_location)
+    source = distributed.broadcast(None if source is None else str(source))
+    if source is not None and state is None:
+        state = load_checkpoint(source, map_location=map_location)
+    return state
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Read a checkpoint with `weights_only=True`; a corrupt file raises CheckpointError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "weights only" in str(err).lower():
+            raise CheckpointError(
+                f"checkpoint {path} refused: not a weights-only checkpoint (it pickles Python objects, which can run "
+                "code when loaded); companion only loads tensors and plain containers"
+            ) from None
+        raise _corrupt(path, err) from None
+    except Exception as err:
+        raise _corrupt(path, err) from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise CheckpointError(f"checkpoint {path} is not a companion checkpoint (no 'model' entry)")
+    return state
