@@ -32,6 +32,7 @@ test: data
 
 lint: install
 	$(VENV)/bin/ruff check companion tests notebooks docs benchmarks
+	$(VENV)/bin/ruff format --check companion tests docs benchmarks
 
 # Ratios of timings measured side by side (benchmarks/README.md); writes benchmarks/results/bench.json, then the
 # full-scale runtime estimate from the committed notebooks' cell timings (benchmarks/results/fullscale.json).

@@ -104,7 +104,9 @@ def _version(pkg: str) -> str:
 
 # ------------------------------------------------------------------------------------------------ fit
 def _small_cnn(widths: list[int], classes: int) -> nn.Module:
-    return nn.Sequential(*conv_tower(1, widths), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(widths[-1], classes))
+    return nn.Sequential(
+        *conv_tower(1, widths), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(widths[-1], classes)
+    )
 
 
 def bench_fit(quick: bool, repeats: int) -> dict:
@@ -116,7 +118,9 @@ def bench_fit(quick: bool, repeats: int) -> dict:
     def with_fit():
         seed_everything(0)
         model = _small_cnn(widths, 10)
-        fit(model, TensorBatches(x, y, batch, seed=0), epochs=1, lr=1e-3, seed=0, device="cpu", progress=False)
+        fit(
+            model, TensorBatches(x, y, batch, seed=0), epochs=1, lr=1e-3, seed=0, device="cpu", progress=False
+        )
         finals["fit"] = model
 
     def by_hand():
@@ -134,11 +138,16 @@ def bench_fit(quick: bool, repeats: int) -> dict:
     times = interleaved({"fit": with_fit, "hand": by_hand}, repeats)
     diff = max(
         (a - b).abs().max().item()
-        for a, b in zip(finals["fit"].state_dict().values(), finals["hand"].state_dict().values(), strict=True)
+        for a, b in zip(
+            finals["fit"].state_dict().values(), finals["hand"].state_dict().values(), strict=True
+        )
     )
     out = {"fit_vs_hand_loop": ratio(times, "fit", "hand"), "max_weight_difference": diff, "samples": n}
-    _table("fit vs a hand-written loop, one epoch", [("fit / hand loop", _fmt(out["fit_vs_hand_loop"]), f"{diff:.1e}")],
-           ("", "ratio", "max |weight difference|"))
+    _table(
+        "fit vs a hand-written loop, one epoch",
+        [("fit / hand loop", _fmt(out["fit_vs_hand_loop"]), f"{diff:.1e}")],
+        ("", "ratio", "max |weight difference|"),
+    )
     return out
 
 
@@ -158,8 +167,15 @@ def two_pass_features(model: HardSharing, losses: dict, method: str, seed: int) 
     backward_features(model.shared, d - G.mean(dim=0))
 
 
-_TORCHJD = {"mean": "Mean", "sum": "Sum", "pcgrad": "PCGrad", "cagrad": "CAGrad", "mgda": "MGDA",
-            "upgrad": "UPGrad", "imtl_g": "IMTLG"}
+_TORCHJD = {
+    "mean": "Mean",
+    "sum": "Sum",
+    "pcgrad": "PCGrad",
+    "cagrad": "CAGrad",
+    "mgda": "MGDA",
+    "upgrad": "UPGrad",
+    "imtl_g": "IMTLG",
+}
 
 
 def torchjd_aggregators() -> tuple[dict, dict[str, str]]:
@@ -195,6 +211,7 @@ def aggregation_variants(T: int, quick: bool, batch: int, size: int, methods: li
             model.zero_grad(set_to_none=True)
             out = model(x)
             fn({t: F.cross_entropy(out[t], y[t]) for t in y})
+
         return run
 
     def mean_backward(ls):
@@ -210,6 +227,7 @@ def aggregation_variants(T: int, quick: bool, batch: int, size: int, methods: li
         def run(ls):
             jd_backward(list(ls.values()), inputs=params)
             jac_to_grad(params, agg)
+
         return run
 
     def jd_mtl(agg):
@@ -218,6 +236,7 @@ def aggregation_variants(T: int, quick: bool, batch: int, size: int, methods: li
         def run(ls):
             mtl_backward(list(ls.values()), features=model.shared, shared_params=trunk)
             jac_to_grad(trunk, agg)
+
         return run
 
     variants = {"equal": step(mean_backward)}
@@ -252,18 +271,31 @@ def bench_aggregation(quick: bool, repeats: int, tasks: list[int], methods: list
                 e["params_vs_torchjd"] = ratio(times, f"{m}/params", f"{m}/torchjd-params")
                 e["features_vs_torchjd_mtl"] = ratio(times, f"{m}/features", f"{m}/torchjd-mtl")
             entry[m] = e
-            rows.append((
-                str(T), m, _fmt(e["params_vs_equal"]), _fmt(e["features_vs_equal"]),
-                _fmt(e["two_pass_features_vs_equal"]),
-                _fmt(e["params_vs_torchjd"]) if m in jd else "skipped",
-                _fmt(e["features_vs_torchjd_mtl"]) if m in jd else "skipped",
-            ))
+            rows.append(
+                (
+                    str(T),
+                    m,
+                    _fmt(e["params_vs_equal"]),
+                    _fmt(e["features_vs_equal"]),
+                    _fmt(e["two_pass_features_vs_equal"]),
+                    _fmt(e["params_vs_torchjd"]) if m in jd else "skipped",
+                    _fmt(e["features_vs_torchjd_mtl"]) if m in jd else "skipped",
+                )
+            )
         result["T"][str(T)] = entry
     _table(
         f"gradient aggregation, one step, batch {batch}: ratios to equal weighting and to torchjd "
         f"{_version('torchjd')}",
         rows,
-        ("T", "method", "params/equal", "features/equal", "two-pass/equal", "params/torchjd", "features/torchjd-mtl"),
+        (
+            "T",
+            "method",
+            "params/equal",
+            "features/equal",
+            "two-pass/equal",
+            "params/torchjd",
+            "features/torchjd-mtl",
+        ),
     )
     return result
 
@@ -306,9 +338,12 @@ def bench_scores(quick: bool, repeats: int) -> dict:
             def timed(fn, key, values=values):
                 def run():
                     values[key] = fn()
+
                 return run
 
-            times = interleaved({"companion": timed(ours, "companion"), "reference": timed(ref, "reference")}, repeats)
+            times = interleaved(
+                {"companion": timed(ours, "companion"), "reference": timed(ref, "reference")}, repeats
+            )
             diff = abs(values["companion"] - values["reference"])
             entry[name] = {
                 "companion_vs_reference": ratio(times, "companion", "reference"),
@@ -316,11 +351,21 @@ def bench_scores(quick: bool, repeats: int) -> dict:
                 "reference_value": values["reference"],
                 "abs_difference": diff,
             }
-            rows.append((f"{n}x{d}", name, _fmt(entry[name]["companion_vs_reference"]), f"{values['companion']:.6f}",
-                         f"{diff:.1e}"))
+            rows.append(
+                (
+                    f"{n}x{d}",
+                    name,
+                    _fmt(entry[name]["companion_vs_reference"]),
+                    f"{values['companion']:.6f}",
+                    f"{diff:.1e}",
+                )
+            )
         result[f"{n}x{d}"] = entry
-    _table("transferability scores vs the papers' formulas done straightforwardly", rows,
-           ("features", "score", "companion/reference", "value", "|difference|"))
+    _table(
+        "transferability scores vs the papers' formulas done straightforwardly",
+        rows,
+        ("features", "score", "companion/reference", "value", "|difference|"),
+    )
     return result
 
 
@@ -332,7 +377,9 @@ def bench_batches(quick: bool, repeats: int) -> dict:
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g)
     ours = TensorBatches(x, y, batch, seed=0)
-    loader = DataLoader(TensorDataset(x, y), batch_size=batch, shuffle=True, generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(
+        TensorDataset(x, y), batch_size=batch, shuffle=True, generator=torch.Generator().manual_seed(0)
+    )
 
     def epoch(batches):
         def run():
@@ -340,12 +387,20 @@ def bench_batches(quick: bool, repeats: int) -> dict:
             for xb, _ in batches:
                 total += len(xb)
             return total
+
         return run
 
     times = interleaved({"tensor_batches": epoch(ours), "dataloader": epoch(loader)}, repeats)
-    out = {"tensor_batches_vs_dataloader": ratio(times, "tensor_batches", "dataloader"), "samples": n, "batch": batch}
-    _table("one epoch of batches", [("TensorBatches / DataLoader(TensorDataset)", _fmt(out["tensor_batches_vs_dataloader"]))],
-           ("", "ratio"))
+    out = {
+        "tensor_batches_vs_dataloader": ratio(times, "tensor_batches", "dataloader"),
+        "samples": n,
+        "batch": batch,
+    }
+    _table(
+        "one epoch of batches",
+        [("TensorBatches / DataLoader(TensorDataset)", _fmt(out["tensor_batches_vs_dataloader"]))],
+        ("", "ratio"),
+    )
     return out
 
 
@@ -360,10 +415,16 @@ def notebook_runtimes(path: Path = ROOT / "notebooks" / "runtimes.json") -> dict
         for device, info in entry.items():
             if isinstance(info, dict) and isinstance(info.get("wall_s"), (int, float)):
                 totals[device] = totals.get(device, 0.0) + float(info["wall_s"])
-    rows = [(name, *(f"{dev}: {info.get('wall_s')} s" for dev, info in entry.items())) for name, entry in data.items()]
+    rows = [
+        (name, *(f"{dev}: {info.get('wall_s')} s" for dev, info in entry.items()))
+        for name, entry in data.items()
+    ]
     width = max(len(r) for r in rows) if rows else 1
-    _table("notebook runtimes (notebooks/runtimes.json)", [r + ("",) * (width - len(r)) for r in rows],
-           ("notebook", *[""] * (width - 1)))
+    _table(
+        "notebook runtimes (notebooks/runtimes.json)",
+        [r + ("",) * (width - len(r)) for r in rows],
+        ("notebook", *[""] * (width - 1)),
+    )
     print("  total: " + ", ".join(f"{dev} {t:.0f} s" for dev, t in totals.items()))
     return {"notebooks": data, "total_wall_s": totals}
 
@@ -383,9 +444,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes and one repeat (what the tests run)")
     parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections of {SECTIONS}")
-    parser.add_argument("--out", default=str(RESULTS), help="folder for bench.json (default benchmarks/results)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed rounds per comparison (default 7, quick 1)")
-    parser.add_argument("--tasks", default=None, help="task counts for the aggregation section (default 2,4,8,16)")
+    parser.add_argument(
+        "--out", default=str(RESULTS), help="folder for bench.json (default benchmarks/results)"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="timed rounds per comparison (default 7, quick 1)"
+    )
+    parser.add_argument(
+        "--tasks", default=None, help="task counts for the aggregation section (default 2,4,8,16)"
+    )
     parser.add_argument("--methods", default=",".join(METHODS), help="aggregation methods to time")
     args = parser.parse_args(argv)
     sections = [s for s in args.only.split(",") if s]
@@ -402,14 +469,19 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(0)
     result: dict = {
         "meta": {
-            "quick": args.quick, "repeats": repeats, "torch_threads": torch.get_num_threads(),
-            "python": platform.python_version(), "platform": platform.platform(),
+            "quick": args.quick,
+            "repeats": repeats,
+            "torch_threads": torch.get_num_threads(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
             "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "versions": {p: _version(p) for p in ("torch", "numpy", "scipy", "torchjd", "quadprog", "cvxpy")},
         }
     }
-    print(f"benchmarks: torch {torch.__version__}, {torch.get_num_threads()} torch thread(s), "
-          f"{'quick' if args.quick else 'full'} sizes, {repeats} timed round(s) per comparison")
+    print(
+        f"benchmarks: torch {torch.__version__}, {torch.get_num_threads()} torch thread(s), "
+        f"{'quick' if args.quick else 'full'} sizes, {repeats} timed round(s) per comparison"
+    )
     if "fit" in sections:
         result["fit"] = bench_fit(args.quick, repeats)
     if "aggregation" in sections:

@@ -43,7 +43,9 @@ from companion.files import atomic_write  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results"
 NOTEBOOKS = ROOT / "notebooks"
 LAUNCH_S = 15e-6  # assumed cost of one eager op on a GPU (launch + dispatch), typical 5-20 us
-GPU_FLOPS = 50e12  # assumed sustained fp32/TF32 throughput of one modern data-centre GPU on small convolutions
+GPU_FLOPS = (
+    50e12  # assumed sustained fp32/TF32 throughput of one modern data-centre GPU on small convolutions
+)
 EVAL_ONLY = ("N_TEST", "VAL_SIZE", "N_VAL", "TEST_PER_CLASS", "VAL_PER_CLASS", "N_MAP")
 
 
@@ -61,7 +63,9 @@ def setup_defaults(cells: list[str]) -> dict[str, tuple[float, float]]:
 
 
 def _parse(source: str) -> ast.Module:
-    lines = [line for line in source.splitlines() if not line.lstrip().startswith(("%", "!"))]  # IPython magics
+    lines = [
+        line for line in source.splitlines() if not line.lstrip().startswith(("%", "!"))
+    ]  # IPython magics
     try:
         return ast.parse("\n".join(lines))
     except SyntaxError:
@@ -89,14 +93,18 @@ def _stores(node: ast.AST) -> set[str]:
     return out
 
 
-def cell_dependencies(cells: list[str], params: set[str], *, through_variables: bool = True) -> list[set[str]]:
+def cell_dependencies(
+    cells: list[str], params: set[str], *, through_variables: bool = True
+) -> list[set[str]]:
     """For each cell, the scale parameters its code names, and with `through_variables` also those reaching it
     through variables assigned from them in earlier statements (the high bound's dependencies)."""
     deps: dict[str, set[str]] = {}
     result = []
     for source in cells:
         cell_deps: set[str] = set()
-        if "setup(" in source:  # the parameters cell hands every parameter to setup: no training happens there
+        if (
+            "setup(" in source
+        ):  # the parameters cell hands every parameter to setup: no training happens there
             result.append(cell_deps)
             continue
         for stmt in _parse(source).body:
@@ -107,7 +115,9 @@ def cell_dependencies(cells: list[str], params: set[str], *, through_variables: 
                 elif through_variables:
                     needed |= deps.get(name, set())
             for name in _stores(stmt):
-                deps[name] = (deps.get(name, set()) | needed) if isinstance(stmt, ast.AugAssign) else set(needed)
+                deps[name] = (
+                    (deps.get(name, set()) | needed) if isinstance(stmt, ast.AugAssign) else set(needed)
+                )
             cell_deps |= needed
         result.append(cell_deps)
     return result
@@ -134,8 +144,12 @@ def notebook_estimate(path: Path) -> dict:
     defaults = setup_defaults(sources)
     low = cell_dependencies(sources, set(defaults), through_variables=False)
     high = cell_dependencies(sources, set(defaults))
-    row = {"quick_cpu_s": 0.0, "full_cpu_s": {"low": 0.0, "high": 0.0},
-           "defaults": {k: list(v) for k, v in defaults.items()}, "heavy_cells": []}
+    row = {
+        "quick_cpu_s": 0.0,
+        "full_cpu_s": {"low": 0.0, "high": 0.0},
+        "defaults": {k: list(v) for k, v in defaults.items()},
+        "heavy_cells": [],
+    }
     for i, (cell, d_low, d_high) in enumerate(zip(code, low, high, strict=True)):
         seconds = float(cell.get("metadata", {}).get("papermill", {}).get("duration") or 0.0)
         f_low, f_high = factor(d_low, defaults), factor(d_high, defaults)
@@ -143,9 +157,16 @@ def notebook_estimate(path: Path) -> dict:
         row["full_cpu_s"]["low"] += seconds * f_low
         row["full_cpu_s"]["high"] += seconds * f_high
         if seconds >= 1.0:
-            row["heavy_cells"].append({"code_cell": i, "quick_s": round(seconds, 2), "factor_low": round(f_low, 2),
-                                       "factor_high": round(f_high, 2), "names": sorted(d_low & set(defaults)),
-                                       "reached": sorted((d_high - d_low) & set(defaults))})
+            row["heavy_cells"].append(
+                {
+                    "code_cell": i,
+                    "quick_s": round(seconds, 2),
+                    "factor_low": round(f_low, 2),
+                    "factor_high": round(f_high, 2),
+                    "names": sorted(d_low & set(defaults)),
+                    "reached": sorted((d_high - d_low) & set(defaults)),
+                }
+            )
     return row
 
 
@@ -173,12 +194,22 @@ def cpu_step(repeats: int = 7, batch: int = 64, size: int = 28) -> dict:
         times.append(time.perf_counter() - t0)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         step()
-    ops = sum(1 for e in prof.events()  # top-level aten calls: each launches at least one kernel on a GPU
-              if e.name.startswith("aten::") and not (e.cpu_parent and e.cpu_parent.name.startswith("aten::")))
+    ops = sum(
+        1
+        for e in prof.events()  # top-level aten calls: each launches at least one kernel on a GPU
+        if e.name.startswith("aten::") and not (e.cpu_parent and e.cpu_parent.name.startswith("aten::"))
+    )
     with FlopCounterMode(display=False) as counter:
         step()
-    return {"batch": batch, "image": [1, size, size], "model": "course_cnn_s", "seconds": statistics.median(times),
-            "aten_ops": ops, "flops": counter.get_total_flops(), "threads": torch.get_num_threads()}
+    return {
+        "batch": batch,
+        "image": [1, size, size],
+        "model": "course_cnn_s",
+        "seconds": statistics.median(times),
+        "aten_ops": ops,
+        "flops": counter.get_total_flops(),
+        "threads": torch.get_num_threads(),
+    }
 
 
 def speedup(step: dict) -> dict:
@@ -186,21 +217,34 @@ def speedup(step: dict) -> dict:
     launch = step["aten_ops"] * LAUNCH_S
     compute = step["flops"] / GPU_FLOPS
     gpu = max(launch, compute)
-    return {"value": step["seconds"] / gpu, "how": "CPU step / max(ops x LAUNCH_S, FLOPs / GPU_FLOPS)",
-            "gpu_step_s": gpu, "launch_bound_s": launch, "compute_bound_s": compute,
-            "assumptions": {"LAUNCH_S": LAUNCH_S, "GPU_FLOPS": GPU_FLOPS}}
+    return {
+        "value": step["seconds"] / gpu,
+        "how": "CPU step / max(ops x LAUNCH_S, FLOPs / GPU_FLOPS)",
+        "gpu_step_s": gpu,
+        "launch_bound_s": launch,
+        "compute_bound_s": compute,
+        "assumptions": {"LAUNCH_S": LAUNCH_S, "GPU_FLOPS": GPU_FLOPS},
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=str(RESULTS), help="folder for fullscale.json (default benchmarks/results)")
-    parser.add_argument("--budget-s", type=float, default=600.0, help="the GPU time the full course should fit in")
+    parser.add_argument(
+        "--out", default=str(RESULTS), help="folder for fullscale.json (default benchmarks/results)"
+    )
+    parser.add_argument(
+        "--budget-s", type=float, default=600.0, help="the GPU time the full course should fit in"
+    )
     parser.add_argument("--notebooks", default=str(NOTEBOOKS), help="folder of committed, executed notebooks")
     args = parser.parse_args(argv)
     step = cpu_step()
     s = speedup(step)
     rows = {p.stem: notebook_estimate(p) for p in sorted(Path(args.notebooks).glob("[0-9][0-9]_*.ipynb"))}
-    total = {"quick_cpu_s": 0.0, "full_cpu_s": {"low": 0.0, "high": 0.0}, "full_gpu_s": {"low": 0.0, "high": 0.0}}
+    total = {
+        "quick_cpu_s": 0.0,
+        "full_cpu_s": {"low": 0.0, "high": 0.0},
+        "full_gpu_s": {"low": 0.0, "high": 0.0},
+    }
     for row in rows.values():
         row["full_gpu_s"] = {k: v / s["value"] for k, v in row["full_cpu_s"].items()}
         total["quick_cpu_s"] += row["quick_cpu_s"]
@@ -209,18 +253,30 @@ def main(argv: list[str] | None = None) -> dict:
             total["full_gpu_s"][k] += row["full_gpu_s"][k]
     low, high = total["full_gpu_s"]["low"], total["full_gpu_s"]["high"]
     verdict = "fits" if high <= args.budget_s else "does not fit" if low > args.budget_s else "may fit"
-    report = {"cpu_step": step, "speedup": s, "notebooks": rows, "budget_s": args.budget_s, "total": total,
-              "verdict": verdict}
-    print(f"CPU step of course_cnn_s (batch {step['batch']}, {step['threads']} threads): {step['seconds'] * 1e3:.1f} ms, "
-          f"{step['aten_ops']} aten ops, {step['flops'] / 1e9:.2f} GFLOP")
-    print(f"GPU speed-up S = {s['value']:.1f} ({s['how']}; LAUNCH_S {LAUNCH_S:.0e} s, GPU_FLOPS {GPU_FLOPS:.0e})")
+    report = {
+        "cpu_step": step,
+        "speedup": s,
+        "notebooks": rows,
+        "budget_s": args.budget_s,
+        "total": total,
+        "verdict": verdict,
+    }
+    print(
+        f"CPU step of course_cnn_s (batch {step['batch']}, {step['threads']} threads): {step['seconds'] * 1e3:.1f} ms, "
+        f"{step['aten_ops']} aten ops, {step['flops'] / 1e9:.2f} GFLOP"
+    )
+    print(
+        f"GPU speed-up S = {s['value']:.1f} ({s['how']}; LAUNCH_S {LAUNCH_S:.0e} s, GPU_FLOPS {GPU_FLOPS:.0e})"
+    )
     print(f"{'notebook':30s} {'quick CPU s':>11s} {'full GPU min (low-high)':>24s}")
     for name, r in rows.items():
         g = r["full_gpu_s"]
         print(f"{name:30s} {r['quick_cpu_s']:11.0f} {g['low'] / 60:11.1f} - {g['high'] / 60:9.1f}")
     print(f"{'total':30s} {total['quick_cpu_s']:11.0f} {low / 60:11.1f} - {high / 60:9.1f}")
-    print(f"estimated full-scale course on one GPU: {low / 60:.0f} to {high / 60:.0f} min: it {verdict} in "
-          f"{args.budget_s / 60:.0f} minutes")
+    print(
+        f"estimated full-scale course on one GPU: {low / 60:.0f} to {high / 60:.0f} min: it {verdict} in "
+        f"{args.budget_s / 60:.0f} minutes"
+    )
     path = Path(args.out) / "fullscale.json"
     atomic_write(path, lambda f: f.write(json.dumps(report, indent=1, default=float).encode()))
     print(f"wrote {path}")

@@ -53,13 +53,18 @@ TOLERANCE = {"fp32": 2e-3, "bf16": 5e-2, "fp16": 2e-2}
 
 def make_model(widths: list[int], chans: int) -> HardSharing:
     trunk = nn.Sequential(*conv_tower(chans, widths), nn.AdaptiveAvgPool2d(1), nn.Flatten())
-    return HardSharing(trunk, {"digit": head("classification", widths[-1], 10), "parity": head("classification", widths[-1], 2)})
+    return HardSharing(
+        trunk,
+        {"digit": head("classification", widths[-1], 10), "parity": head("classification", widths[-1], 2)},
+    )
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dry-run", action="store_true", help="CPU only, tiny sizes (what the tests run)")
-    parser.add_argument("--out", default=str(RESULTS), help="folder for gpu_check.json (default benchmarks/results)")
+    parser.add_argument(
+        "--out", default=str(RESULTS), help="folder for gpu_check.json (default benchmarks/results)"
+    )
     args = parser.parse_args(argv)
     dry = args.dry_run
     dev = torch.device("cpu") if dry else pick_device("auto")
@@ -75,8 +80,16 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(0)
     init = make_model(widths, chans).state_dict()
 
-    def run(device: torch.device, precision: str = "fp32", *, balancer=None, channels_last: bool = False,
-            compile_mode: str | None = None, pinned: bool = False, steps: int = check_steps) -> tuple[torch.Tensor, float]:
+    def run(
+        device: torch.device,
+        precision: str = "fp32",
+        *,
+        balancer=None,
+        channels_last: bool = False,
+        compile_mode: str | None = None,
+        pinned: bool = False,
+        steps: int = check_steps,
+    ) -> tuple[torch.Tensor, float]:
         model = make_model(widths, chans)
         model.load_state_dict(init)
         xs = x.contiguous(memory_format=torch.channels_last) if channels_last else x
@@ -90,8 +103,19 @@ def main(argv: list[str] | None = None) -> dict:
         if compile_mode is not None:
             trained = torch.compile(model, backend=compile_mode)
         start = time.perf_counter()
-        fit(trained, batches, epochs=1, max_steps=steps, optimizer="sgd", lr=0.05, seed=0, device=device,
-            precision=precision, balancer=balancer, progress=False)
+        fit(
+            trained,
+            batches,
+            epochs=1,
+            max_steps=steps,
+            optimizer="sgd",
+            lr=0.05,
+            seed=0,
+            device=device,
+            precision=precision,
+            balancer=balancer,
+            progress=False,
+        )
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
@@ -100,7 +124,9 @@ def main(argv: list[str] | None = None) -> dict:
             logits = model.to("cpu").float()(x_eval.contiguous())
         return torch.cat([logits["digit"], logits["parity"]], dim=1), steps * batch / seconds
 
-    print(f"gpu_check: device {dev} ({'dry run on the CPU, tiny sizes' if dry else 'full'}), torch {torch.__version__}")
+    print(
+        f"gpu_check: device {dev} ({'dry run on the CPU, tiny sizes' if dry else 'full'}), torch {torch.__version__}"
+    )
     ref_equal, _ = run(torch.device("cpu"))
     ref_upgrad, _ = run(torch.device("cpu"), balancer=GradAggregation("upgrad"))
     amp = "fp16" if cuda else "bf16"
@@ -116,15 +142,26 @@ def main(argv: list[str] | None = None) -> dict:
     }
     skip = {}
     if not cuda:
-        skip["fp16_autocast_gradscaler"] = "fp16 autocast with a GradScaler needs CUDA (bf16 is the CPU precision)"
+        skip["fp16_autocast_gradscaler"] = (
+            "fp16 autocast with a GradScaler needs CUDA (bf16 is the CPU precision)"
+        )
         skip["pinned_memory"] = "pinned host memory only matters for copies to a CUDA device"
     if cuda and not torch.cuda.is_bf16_supported():
         skip["bf16_autocast"] = "this GPU has no bf16 support"
     report: dict = {
-        "meta": {"device": str(dev), "dry_run": dry, "torch": torch.__version__, "python": platform.python_version(),
-                 "gpu": torch.cuda.get_device_name(0) if cuda else "none", "batch": batch, "image": [chans, size, size],
-                 "checked_steps": check_steps, "timed_steps": timed_steps, "tolerances": TOLERANCE,
-                 "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+        "meta": {
+            "device": str(dev),
+            "dry_run": dry,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "gpu": torch.cuda.get_device_name(0) if cuda else "none",
+            "batch": batch,
+            "image": [chans, size, size],
+            "checked_steps": check_steps,
+            "timed_steps": timed_steps,
+            "tolerances": TOLERANCE,
+            "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        },
         "variants": {},
     }
     failed = []
@@ -152,10 +189,17 @@ def main(argv: list[str] | None = None) -> dict:
         ok = error <= TOLERANCE[precision]
         if not ok:
             failed.append(name)
-        report["variants"][name] = {"relative_error": error, "tolerance": TOLERANCE[precision], "ok": ok,
-                                    "images_per_s": speed, "precision": precision}
-        print(f"  {name:28s} rel. error {error:.1e} (tol {TOLERANCE[precision]:.0e}) {'ok ' if ok else 'FAIL'}"
-              f"  {speed:10.0f} images/s")
+        report["variants"][name] = {
+            "relative_error": error,
+            "tolerance": TOLERANCE[precision],
+            "ok": ok,
+            "images_per_s": speed,
+            "precision": precision,
+        }
+        print(
+            f"  {name:28s} rel. error {error:.1e} (tol {TOLERANCE[precision]:.0e}) {'ok ' if ok else 'FAIL'}"
+            f"  {speed:10.0f} images/s"
+        )
     report["failed"] = failed
     path = Path(args.out) / ("gpu_check_dry_run.json" if dry else "gpu_check.json")
     atomic_write(path, lambda f: f.write(json.dumps(report, indent=1).encode()))

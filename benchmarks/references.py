@@ -48,8 +48,12 @@ def logme(f: np.ndarray, y: np.ndarray, tol: float = 1e-10, max_iter: int = 1000
         res2 = float(np.sum(x2 * (lam / (s2 + lam)) ** 2) + rest)
         logdet = float(np.sum(np.log(alpha + beta * s2))) + (d - len(s2)) * math.log(alpha)
         evidence = (
-            n / 2 * math.log(beta) + d / 2 * math.log(alpha) - n / 2 * math.log(2 * math.pi)
-            - beta / 2 * res2 - alpha / 2 * m2 - logdet / 2
+            n / 2 * math.log(beta)
+            + d / 2 * math.log(alpha)
+            - n / 2 * math.log(2 * math.pi)
+            - beta / 2 * res2
+            - alpha / 2 * m2
+            - logdet / 2
         )
         scores.append(evidence / n)
     return float(np.mean(scores))

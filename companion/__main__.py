@@ -25,8 +25,12 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="execute notebooks with papermill and print their claims table")
-    run.add_argument("notebooks", nargs="*", help="notebook files or number prefixes (default: all; prefixes are "
-                     "looked up in $COMPANION_NOTEBOOKS, else the checkout's notebooks/)")
+    run.add_argument(
+        "notebooks",
+        nargs="*",
+        help="notebook files or number prefixes (default: all; prefixes are "
+        "looked up in $COMPANION_NOTEBOOKS, else the checkout's notebooks/)",
+    )
     run.add_argument("--scale", default="auto", choices=["quick", "full", "auto"])
     run.add_argument("--out", default="build", help="folder for executed notebooks and results files")
     run.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"))
@@ -34,10 +38,22 @@ def main(argv: list[str] | None = None) -> int:
 
     sweep = sub.add_parser("sweep", help="run one notebook once per value of one parameter")
     sweep.add_argument("notebook")
-    sweep.add_argument("-p", "--param", nargs="+", required=True, action="append", metavar="NAME V1",
-                       help="NAME V1 V2 ...: the one parameter to sweep (given once)")
-    sweep.add_argument("--set", nargs=2, action="append", metavar=("NAME", "VALUE"),
-                       help="fix another parameter for every run of the sweep")
+    sweep.add_argument(
+        "-p",
+        "--param",
+        nargs="+",
+        required=True,
+        action="append",
+        metavar="NAME V1",
+        help="NAME V1 V2 ...: the one parameter to sweep (given once)",
+    )
+    sweep.add_argument(
+        "--set",
+        nargs=2,
+        action="append",
+        metavar=("NAME", "VALUE"),
+        help="fix another parameter for every run of the sweep",
+    )
     sweep.add_argument("--scale", default="auto", choices=["quick", "full", "auto"])
     sweep.add_argument("--out", default="build")
 
@@ -47,15 +63,28 @@ def main(argv: list[str] | None = None) -> int:
     data.add_argument("--mirror", default=None, help="local mirror folder (default: $COMPANION_DATA_MIRROR)")
 
     sub.add_parser("env", help="print the environment report")
-    sub.add_parser("runtimes", help="write measured runtimes (notebooks/runtimes.json) into headers, the README and "
-                   "docs/teaching.md")
+    sub.add_parser(
+        "runtimes",
+        help="write measured runtimes (notebooks/runtimes.json) into headers, the README and "
+        "docs/teaching.md",
+    )
 
-    student = sub.add_parser("student", help="write the student edition of the notebooks (solutions removed, "
-                             "exercise outputs cleared) into OUT_DIR")
-    student.add_argument("out_dir", metavar="OUT_DIR", help="folder to write into (not the committed notebooks' folder)")
-    student.add_argument("notebooks", nargs="*", help="notebook files or number prefixes (default: all, in course order)")
-    student.add_argument("--instructor", action="store_true",
-                         help="copy the instructor edition (the committed notebooks, with solutions) instead")
+    student = sub.add_parser(
+        "student",
+        help="write the student edition of the notebooks (solutions removed, "
+        "exercise outputs cleared) into OUT_DIR",
+    )
+    student.add_argument(
+        "out_dir", metavar="OUT_DIR", help="folder to write into (not the committed notebooks' folder)"
+    )
+    student.add_argument(
+        "notebooks", nargs="*", help="notebook files or number prefixes (default: all, in course order)"
+    )
+    student.add_argument(
+        "--instructor",
+        action="store_true",
+        help="copy the instructor edition (the committed notebooks, with solutions) instead",
+    )
 
     args = parser.parse_args(argv)
     try:
@@ -66,23 +95,31 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:
         if type(err).__name__ != "PapermillExecutionError":
             raise
-        print(f"error: a notebook stopped in cell {err.exec_count}: {err.ename}: {err.evalue}", file=sys.stderr)
+        print(
+            f"error: a notebook stopped in cell {err.exec_count}: {err.ename}: {err.evalue}", file=sys.stderr
+        )
         return 1
 
 
 def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.command == "run":
-        rows = course.run(args.notebooks, scale=args.scale, out=args.out, params=_params(args.param), inplace=args.inplace)
+        rows = course.run(
+            args.notebooks, scale=args.scale, out=args.out, params=_params(args.param), inplace=args.inplace
+        )
     elif args.command == "sweep":
         if len(args.param) > 1:
             names = ", ".join(p[0] for p in args.param)
-            parser.error(f"sweep takes one -p NAME V1 V2 ..., got {len(args.param)} ({names}); sweep one parameter "
-                         "per call and fix the others with --set NAME VALUE")
+            parser.error(
+                f"sweep takes one -p NAME V1 V2 ..., got {len(args.param)} ({names}); sweep one parameter "
+                "per call and fix the others with --set NAME VALUE"
+            )
         swept = args.param[0]
         if len(swept) < 2:
             parser.error("sweep -p needs a parameter name and at least one value")
         name, values = swept[0], [course.parse_value(v) for v in swept[1:]]
-        rows = course.sweep(args.notebook, name, values, scale=args.scale, out=args.out, params=_params(args.set))
+        rows = course.sweep(
+            args.notebook, name, values, scale=args.scale, out=args.out, params=_params(args.set)
+        )
     elif args.command == "data":
         from . import data as datamod
 
@@ -109,8 +146,11 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         return 0
     elif args.command == "runtimes":
         changed = course.sync_runtimes()
-        print("updated: " + ", ".join(changed) if changed else
-              "headers, README and docs/teaching.md already match the measured runtimes")
+        print(
+            "updated: " + ", ".join(changed)
+            if changed
+            else "headers, README and docs/teaching.md already match the measured runtimes"
+        )
         return 0
     else:
         from .device import env_report

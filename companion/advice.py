@@ -1,38 +1,37 @@
-"""Choosing between transfer and multi-task learning: the decision-map sweep and `advise` (notebook 11).
+"""Choosing between transfer and multi-task learning: the decision map and `advise` (notebook 11).
 
-- `synthetic_pair` / `fashion_pair` build one source task and one target task (the synthetic relatedness knob of
-  `make_tasks`, or Fashion-MNIST's coarse groups as the source for its fine classes).
-- `run_cell` trains the five approaches on one (pair, labels per class, seed) with the same steps and the same
-  learning-rate grid chosen on a validation split: the target task alone, transfer by linear probe and by
-  fine-tuning, multi-task learning (hard sharing, both tasks from scratch) and pretrain-then-multi-task.
-- `sweep` repeats it over labels per class x relatedness x seeds and returns the map's raw numbers as plain data;
-  `decision_map` turns them into a winner per cell (a tie when the winner is not `separated` from the runner-up),
-  `plot_map` draws it and `cost_table` counts steps, parameters and labels.
+- The sweep that measures the map (`synthetic_pair`, `fashion_pair`, `run_cell`, `sweep`) is in `companion.sweeps`;
+  its names stay importable from here.
+- `decision_map` turns the sweep's numbers into a winner per cell (a tie when the winner is not `separated` from the
+  runner-up), `plot_map` draws it and `cost_table` counts steps, parameters and labels.
 - `advise` turns what a practitioner knows into a `Recommendation`: an approach, its reasons, and for each reason
   the measurements from a map (or a plain statement that no measurement backs it when no map is given).
 """
 
 from __future__ import annotations
 
-import copy
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
-from tqdm.auto import tqdm
 
-from . import checks
 from .claims import separated
-from .data import fashion_groups, load_dataset, subsample_per_class
-from .mtl import HardSharing, param_count
-from .protocol import tune
-from .synthetic import make_tasks
+from .mtl import param_count
+from .sweeps import (  # noqa: F401  (the sweep has its own module; these names stay importable here)
+    METHODS,
+    TaskPair,
+    _acc,
+    _steps,
+    fashion_pair,
+    mlp,
+    model_for,
+    pretrain,
+    run_cell,
+    sweep,
+    synthetic_pair,
+)
 
-METHODS = ("alone", "probe", "finetune", "mtl", "pretrain_mtl")
 LABELS = {
     "alone": "target alone",
     "probe": "transfer: probe",
@@ -47,214 +46,6 @@ COMPUTE = ("low", "medium", "high")
 RELATED = 0.5  # the rules' threshold: relatedness >= RELATED counts as "related"
 SMALL = 30  # the rules' threshold: fewer labelled target examples per class than this is "small"
 LOGME_RELATED = 0.75  # relatedness used for the map look-up when only a positive LogME gain is known
-
-
-# ------------------------------------------------------------------------------------------- task pairs
-
-
-@dataclass
-class TaskPair:
-    """A source task (many labels) and a target task (labels drawn per class from `pool`), with splits."""
-
-    name: str
-    relatedness: float | None
-    source: tuple[Tensor, Tensor]
-    pool: tuple[Tensor, Tensor]
-    val: tuple[Tensor, Tensor]
-    test: tuple[Tensor, Tensor]
-    source_test: tuple[Tensor, Tensor]
-    classes: dict[str, int] = field(default_factory=dict)
-
-
-def synthetic_pair(
-    relatedness: float, *, seed: int, n_source: int = 2000, n_pool: int = 1200, n_val: int = 20, n_test: int = 1000,
-    size: int = 16, classes: int = 4, factors: tuple[str, str] = ("scale", "shape"),
-) -> TaskPair:
-    """Source task `factors[0]` and target task `factors[1]` of `make_tasks`, tied by `relatedness` (notebook 11).
-
-    Source training images, the target's labelled pool, its validation split (`n_val` per class), and the two test
-    sets are independent draws (different seeds derived from `seed`), all at the same relatedness.
-    """
-    for name, v in (("n_source", n_source), ("n_pool", n_pool), ("n_val", n_val), ("n_test", n_test)):
-        checks.integer(name, v)
-    src, tgt = factors
-
-    def draw(n: int, k: int) -> tuple[Tensor, dict[str, Tensor]]:
-        x, y = make_tasks(n, seed=10_000 * seed + k, num_tasks=2, relatedness=relatedness, classes=classes,
-                          size=size, factors=(src, tgt))
-        return x, y
-
-    xs, ys = draw(n_source, 1)
-    xp, yp = draw(n_pool, 2)
-    xv, yv = draw(n_val * classes * 3, 3)
-    xv, yv = subsample_per_class(xv, yv[tgt], n_val, seed=seed)
-    xt, yt = draw(n_test, 4)
-    return TaskPair(
-        f"r={relatedness:g}", float(relatedness), (xs, ys[src]), (xp, yp[tgt]), (xv, yv), (xt, yt[tgt]),
-        (xt, yt[src]), {"source": classes, "target": classes},
-    )
-
-
-def fashion_pair(*, seed: int, n_source: int = 2000, n_val: int = 20, n_test: int = 1000, size: int = 16) -> TaskPair:
-    """Fashion-MNIST: coarse groups (tops, footwear, other) as the source, the 10 fine classes as the target.
-
-    The source images and the target's pool are disjoint parts of the training split; tests from the test split.
-    """
-    for name, v in (("n_source", n_source), ("n_val", n_val), ("n_test", n_test)):
-        checks.integer(name, v)
-    x, y = load_dataset("fashion_mnist", "train", size=size)
-    xt, yt = load_dataset("fashion_mnist", "test", size=size)
-    g = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(len(y), generator=g)
-    src, rest = perm[:n_source], perm[n_source:]
-    xv, yv = subsample_per_class(x[rest[:4000]], y[rest[:4000]], n_val, seed=seed)
-    pool = rest[4000:12000]
-    test = torch.randperm(len(yt), generator=g)[:n_test]
-    return TaskPair(
-        "fashion coarse->fine", None, (x[src], fashion_groups(y[src])["coarse"]), (x[pool], y[pool]), (xv, yv),
-        (xt[test], yt[test]), (xt[test], fashion_groups(yt[test])["coarse"]), {"source": 3, "target": 10},
-    )
-
-
-# ------------------------------------------------------------------------------------------- training
-
-
-def mlp(in_dim: int, hidden: Sequence[int] = (128, 64)) -> nn.Sequential:
-    """The sweep's tiny trunk: flatten, then Linear + ReLU layers (notebook 11)."""
-    layers: list[nn.Module] = [nn.Flatten()]
-    for h in hidden:
-        layers += [nn.Linear(in_dim, h), nn.ReLU()]
-        in_dim = h
-    return nn.Sequential(*layers)
-
-
-def model_for(pair: TaskPair, hidden: Sequence[int] = (128, 64), seed: int = 0) -> HardSharing:
-    """The sweep's model for a pair: the `mlp` trunk and one linear head per task, seeded (notebook 11)."""
-    torch.manual_seed(seed)
-    in_dim = int(np.prod(pair.source[0].shape[1:]))
-    return HardSharing(mlp(in_dim, hidden), {t: nn.Linear(hidden[-1], k) for t, k in pair.classes.items()})
-
-
-def _steps(model: HardSharing, batches: dict[str, tuple[Tensor, Tensor]], steps: int, lr: float, *, seed: int,
-           params: Sequence[nn.Parameter] | None = None, batch_size: int = 64) -> None:
-    """`steps` AdamW steps; each step sums the cross-entropy of one random batch of every task in `batches`."""
-    g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(list(params) if params is not None else model.parameters(), lr=lr, weight_decay=1e-4)
-    model.train()
-    for _ in range(steps):
-        feats_loss = 0.0
-        for task, (x, y) in batches.items():
-            idx = torch.randint(len(y), (min(batch_size, len(y)),), generator=g)
-            out = model.heads[task](model.trunk(x[idx]))
-            feats_loss = feats_loss + F.cross_entropy(out, y[idx])
-        opt.zero_grad(set_to_none=True)
-        feats_loss.backward()
-        opt.step()
-
-
-@torch.no_grad()
-def _acc(model: HardSharing, task: str, data: tuple[Tensor, Tensor]) -> float:
-    model.eval()
-    x, y = data
-    return float((model.heads[task](model.trunk(x)).argmax(1) == y).float().mean())
-
-
-def pretrain(pair: TaskPair, *, seed: int, steps: int, lr: float = 3e-3, hidden: Sequence[int] = (128, 64)) -> HardSharing:
-    """The source model every transfer approach starts from: the source task alone for `steps` steps."""
-    model = model_for(pair, hidden, seed)
-    _steps(model, {"source": pair.source}, steps, lr, seed=seed)
-    return model
-
-
-def run_cell(
-    pair: TaskPair, per_class: int, *, seed: int, steps: int, source_steps: int, lr_grid: Sequence[float],
-    source_model: HardSharing | None = None, hidden: Sequence[int] = (128, 64), methods: Sequence[str] = METHODS,
-) -> dict[str, dict[str, float]]:
-    """Train every approach on `per_class` labelled target examples per class (notebook 11).
-
-    Budget, the same for all: `source_steps + steps` optimiser steps in all, each method's learning rate chosen
-    from `lr_grid` on the target's validation split. Transfer and pretrain-then-multi-task start from
-    `source_model` (`source_steps` on the source), then take `steps`; multi-task from scratch takes
-    `source_steps + steps` joint steps; the target alone takes `source_steps + steps` steps. Returns
-    {method: {"target": test accuracy, "source": source test accuracy, "lr": chosen}}; for the target alone and
-    the probe the source task is served by the untouched source model (two models, or one trunk and two heads).
-    """
-    checks.integer("per_class", per_class)
-    checks.integer("steps", steps)
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise ValueError(f"methods must be names from {METHODS}, got {unknown}")
-    source_model = source_model or pretrain(pair, seed=seed, steps=source_steps, hidden=hidden)
-    x, y = subsample_per_class(*pair.pool, per_class, seed=seed)
-    target = {"target": (x, y)}
-    both = {"source": pair.source, "target": (x, y)}
-    kept_source = _acc(source_model, "source", pair.source_test)
-
-    def train(method: str, lr: float) -> HardSharing:
-        s = seed + 7919 * (1 + METHODS.index(method))
-        if method == "alone":
-            model = model_for(pair, hidden, s)
-            _steps(model, target, source_steps + steps, lr, seed=s)
-        elif method == "mtl":
-            model = model_for(pair, hidden, s)
-            _steps(model, both, source_steps + steps, lr, seed=s)
-        else:
-            model = copy.deepcopy(source_model)
-            torch.manual_seed(s)
-            model.heads["target"].reset_parameters()
-            if method == "probe":
-                _steps(model, target, steps, lr, seed=s, params=model.heads["target"].parameters())
-            else:
-                _steps(model, target if method == "finetune" else both, steps, lr, seed=s)
-        return model
-
-    out = {}
-    for method in methods:
-        models: dict[float, HardSharing] = {}
-
-        def score(lr: float, method: str = method, models: dict = models) -> float:
-            models[lr] = train(method, lr)
-            return _acc(models[lr], "target", pair.val)
-
-        best, _ = tune(score, lr_grid, name="lr")
-        model = models[best]
-        src = kept_source if method in ("alone", "probe") else _acc(model, "source", pair.source_test)
-        out[method] = {"target": _acc(model, "target", pair.test), "source": src, "lr": float(best)}
-    return out
-
-
-def sweep(
-    pairs: Callable[[int], Sequence[TaskPair]], per_class: Sequence[int], seeds: Sequence[int], *, steps: int,
-    source_steps: int, lr_grid: Sequence[float], hidden: Sequence[int] = (128, 64), progress: bool = True,
-) -> dict:
-    """The decision map's raw numbers as plain data (notebook 11): `pairs(seed)` gives the columns for one seed.
-
-    Returns {"columns": [{"name", "relatedness"}], "per_class", "seeds", "methods", "steps", "source_steps",
-    "lr_grid", "scores": {column: {per_class: {method: {"target": [per seed], "source": [per seed]}}}}}.
-    """
-    per_class = [checks.integer("per_class", n) for n in per_class]
-    seeds = list(seeds)
-    if not seeds:
-        raise ValueError("seeds must name at least one seed")
-    data: dict = {"per_class": per_class, "seeds": seeds, "methods": list(METHODS), "steps": steps,
-                  "source_steps": source_steps, "lr_grid": list(lr_grid), "hidden": list(hidden), "scores": {}}
-    bar = tqdm(total=len(seeds) * len(per_class), desc="decision map", disable=not progress)
-    for seed in seeds:
-        cols = pairs(seed)
-        data["columns"] = [{"name": p.name, "relatedness": p.relatedness} for p in cols]
-        for p in cols:
-            src = pretrain(p, seed=seed, steps=source_steps, hidden=hidden)
-            for n in per_class:
-                cell = run_cell(p, n, seed=seed, steps=steps, source_steps=source_steps, lr_grid=lr_grid,
-                                source_model=src, hidden=hidden)
-                slot = data["scores"].setdefault(p.name, {}).setdefault(str(n), {})
-                for m, v in cell.items():
-                    for k in ("target", "source", "lr"):
-                        slot.setdefault(m, {}).setdefault(k, []).append(v[k])
-            bar.update(len(per_class) / len(cols))
-    bar.close()
-    return data
-
 
 # ------------------------------------------------------------------------------------------- the map
 
@@ -282,31 +73,54 @@ def decision_map(data: dict, *, available: bool, criterion: str = "target") -> l
         row = []
         for col in data["columns"]:
             cell = data["scores"][col["name"]][str(n)]
-            vals = {m: np.array(cell[m]["target"]) if criterion == "target"
-                    else (np.array(cell[m]["target"]) + np.array(cell[m]["source"])) / 2 for m in methods}
+            vals = {
+                m: np.array(cell[m]["target"])
+                if criterion == "target"
+                else (np.array(cell[m]["target"]) + np.array(cell[m]["source"])) / 2
+                for m in methods
+            }
             order = sorted(methods, key=lambda m: -vals[m].mean())
             win, second = order[0], order[1]
             sep = separated(vals[win], vals[second])
-            row.append({"winner": win, "runner_up": second, "margin": float(sep["margin"]), "tie": not sep["held"],
-                        "means": {m: float(vals[m].mean()) for m in methods}})
+            row.append(
+                {
+                    "winner": win,
+                    "runner_up": second,
+                    "margin": float(sep["margin"]),
+                    "tie": not sep["held"],
+                    "means": {m: float(vals[m].mean()) for m in methods},
+                }
+            )
         grid.append(row)
     return grid
 
 
 def map_summary(data: dict) -> dict:
     """The map as JSON-friendly data for a results file (notebook 12 draws a miniature from it)."""
-    out = {"per_class": data["per_class"], "columns": [c["name"] for c in data["columns"]], "seeds": data["seeds"]}
+    out = {
+        "per_class": data["per_class"],
+        "columns": [c["name"] for c in data["columns"]],
+        "seeds": data["seeds"],
+    }
     for avail in (False, True):
         for crit in CRITERIA if avail else ("target",):
             grid = decision_map(data, available=avail, criterion=crit)
             key = f"{'labels_together' if avail else 'no_labels_together'}/{crit}"
-            out[key] = {"winner": [[c["winner"] for c in row] for row in grid],
-                        "margin": [[round(c["margin"], 4) for c in row] for row in grid],
-                        "tie": [[c["tie"] for c in row] for row in grid]}
+            out[key] = {
+                "winner": [[c["winner"] for c in row] for row in grid],
+                "margin": [[round(c["margin"], 4) for c in row] for row in grid],
+                "tie": [[c["tie"] for c in row] for row in grid],
+            }
     return out
 
 
-COLOURS = {"alone": "#999999", "probe": "#56B4E9", "finetune": "#0072B2", "mtl": "#E69F00", "pretrain_mtl": "#D55E00"}
+COLOURS = {
+    "alone": "#999999",
+    "probe": "#56B4E9",
+    "finetune": "#0072B2",
+    "mtl": "#E69F00",
+    "pretrain_mtl": "#D55E00",
+}
 
 
 def plot_map(data: dict):
@@ -315,29 +129,54 @@ def plot_map(data: dict):
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch, Rectangle
 
-    panels = [(False, "target", "other task's labels NOT available\n(judged on the target)"),
-              (True, "target", "labels available together\n(judged on the target)"),
-              (True, "both", "labels together, both tasks must work\n(mean of target and source)")]
+    panels = [
+        (False, "target", "other task's labels NOT available\n(judged on the target)"),
+        (True, "target", "labels available together\n(judged on the target)"),
+        (True, "both", "labels together, both tasks must work\n(mean of target and source)"),
+    ]
     cols = [c["name"] for c in data["columns"]]
     fig, axes = plt.subplots(1, 3, figsize=(4.2 * 3, 0.55 * len(data["per_class"]) + 2.2), squeeze=False)
     for ax, (avail, crit, title) in zip(axes[0], panels):
         grid = decision_map(data, available=avail, criterion=crit)
         for r, row in enumerate(grid):
             for c, cell in enumerate(row):
-                ax.add_patch(Rectangle((c, r), 1, 1, color=COLOURS[cell["winner"]], alpha=0.45 if cell["tie"] else 1,
-                                       hatch="//" if cell["tie"] else None, ec="white"))
+                ax.add_patch(
+                    Rectangle(
+                        (c, r),
+                        1,
+                        1,
+                        color=COLOURS[cell["winner"]],
+                        alpha=0.45 if cell["tie"] else 1,
+                        hatch="//" if cell["tie"] else None,
+                        ec="white",
+                    )
+                )
                 text = f"{LABELS[cell['winner']].split(': ')[-1]}\n{100 * cell['margin']:+.1f}"
-                ax.text(c + 0.5, r + 0.5, text + (" tie" if cell["tie"] else ""), ha="center", va="center", fontsize=7)
+                ax.text(
+                    c + 0.5,
+                    r + 0.5,
+                    text + (" tie" if cell["tie"] else ""),
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                )
         ax.set_xlim(0, len(cols))
         ax.set_ylim(len(data["per_class"]), 0)
         ax.set_xticks([i + 0.5 for i in range(len(cols))], cols, fontsize=7, rotation=20)
         ax.set_yticks([i + 0.5 for i in range(len(data["per_class"]))], [str(n) for n in data["per_class"]])
         ax.set_title(title, fontsize=9)
     axes[0][0].set_ylabel("labelled target examples per class")
-    fig.legend(handles=[Patch(color=COLOURS[m], label=LABELS[m]) for m in METHODS], loc="lower center", ncol=5,
-               fontsize=8, frameon=False)
-    fig.suptitle("Decision map: winner and its margin over the runner-up (points); hatched = tie (within seed noise)",
-                 fontsize=10)
+    fig.legend(
+        handles=[Patch(color=COLOURS[m], label=LABELS[m]) for m in METHODS],
+        loc="lower center",
+        ncol=5,
+        fontsize=8,
+        frameon=False,
+    )
+    fig.suptitle(
+        "Decision map: winner and its margin over the runner-up (points); hatched = tie (within seed noise)",
+        fontsize=10,
+    )
     fig.tight_layout(rect=(0, 0.08, 1, 0.95))
     return fig
 
@@ -362,11 +201,20 @@ def cost_table(data: dict, pair: TaskPair, per_class: int) -> list[dict]:
     out = []
     for m, (own, pre, params, ls, lt) in rows.items():
         per_step = 2 if m in NEED_LABELS_TOGETHER else 1  # batches (one per task) per step
-        out.append({"approach": LABELS[m], "steps": own + pre, "batches": own * per_step + pre,
-                    "trained_params_last_phase": trained.get(m, single if m == "finetune" else
-                                                             (total if m != "alone" else single)),
-                    "params_to_serve_both_tasks": params, "source_labels": ls, "target_labels": lt,
-                    "labels_needed_together": m in NEED_LABELS_TOGETHER})
+        out.append(
+            {
+                "approach": LABELS[m],
+                "steps": own + pre,
+                "batches": own * per_step + pre,
+                "trained_params_last_phase": trained.get(
+                    m, single if m == "finetune" else (total if m != "alone" else single)
+                ),
+                "params_to_serve_both_tasks": params,
+                "source_labels": ls,
+                "target_labels": lt,
+                "labels_needed_together": m in NEED_LABELS_TOGETHER,
+            }
+        )
     return out
 
 
@@ -386,9 +234,15 @@ class Recommendation:
         lines = [f"Recommendation: {LABELS.get(self.approach, self.approach)}"]
         for i, (reason, ev) in enumerate(zip(self.reasons, self.evidence), 1):
             lines.append(f"  {i}. {reason}")
-            lines.append(f"     measured: {ev}" if ev is not None else "     measured: none (a rule, not a measurement)")
+            lines.append(
+                f"     measured: {ev}"
+                if ev is not None
+                else "     measured: none (a rule, not a measurement)"
+            )
         if not self.backed_by_measurements:
-            lines.append("  No measurements back this advice: pass a decision map (measurements=...) to check it.")
+            lines.append(
+                "  No measurements back this advice: pass a decision map (measurements=...) to check it."
+            )
         return "\n".join(lines)
 
 
@@ -398,8 +252,14 @@ def _nearest(values: Sequence[float], x: float, log: bool = False) -> int:
 
 
 def advise(
-    *, target_per_class: int, source_examples: int, labels_together: bool, relatedness: float | None = None,
-    logme_gain: float | None = None, source_must_work: bool = False, compute: str = "medium",
+    *,
+    target_per_class: int,
+    source_examples: int,
+    labels_together: bool,
+    relatedness: float | None = None,
+    logme_gain: float | None = None,
+    source_must_work: bool = False,
+    compute: str = "medium",
     measurements: dict | None = None,
 ) -> Recommendation:
     """Recommend target alone, transfer (probe or fine-tune), multi-task or pretrain-then-multi-task (notebook 11).
@@ -421,11 +281,17 @@ def advise(
             raise ValueError(f"{name} must be True or False, got {v!r}")
     if (relatedness is None) == (logme_gain is None):
         raise ValueError("relatedness: give exactly one of relatedness (in [0, 1]) or logme_gain")
-    if relatedness is not None and (isinstance(relatedness, bool) or not isinstance(relatedness, (int, float))
-                                    or not 0 <= relatedness <= 1):
+    if relatedness is not None and (
+        isinstance(relatedness, bool)
+        or not isinstance(relatedness, (int, float))
+        or not 0 <= relatedness <= 1
+    ):
         raise ValueError(f"relatedness must be a number in [0, 1], got {relatedness!r}")
-    if logme_gain is not None and (isinstance(logme_gain, bool) or not isinstance(logme_gain, (int, float))
-                                   or not math.isfinite(logme_gain)):
+    if logme_gain is not None and (
+        isinstance(logme_gain, bool)
+        or not isinstance(logme_gain, (int, float))
+        or not math.isfinite(logme_gain)
+    ):
         raise ValueError(f"logme_gain must be a finite number, got {logme_gain!r}")
     if compute not in COMPUTE:
         raise ValueError(f"compute must be one of {COMPUTE}, got {compute!r}")
@@ -448,15 +314,21 @@ def advise(
         reasons.append(f"the tasks are related ({how}), labelled together, and all of them must keep working")
     elif related and small:
         approach = "probe" if compute == "low" or target_per_class < 5 else "finetune"
-        reasons.append(f"a related source exists ({how}) and the target is small ({target_per_class} per class)")
+        reasons.append(
+            f"a related source exists ({how}) and the target is small ({target_per_class} per class)"
+        )
     elif related:
         approach = "finetune"
-        reasons.append(f"the source is related ({how}); with {target_per_class} per class, fine-tuning can adapt")
+        reasons.append(
+            f"the source is related ({how}); with {target_per_class} per class, fine-tuning can adapt"
+        )
     else:
         approach = "alone"
         reasons.append(f"the tasks look unrelated ({how}): transfer risks negative transfer")
     if source_must_work and approach == "finetune":
-        reasons.append("fine-tuning forgets the source task: keep the source model alongside (two models to serve)")
+        reasons.append(
+            "fine-tuning forgets the source task: keep the source model alongside (two models to serve)"
+        )
     evidence.extend([None] * len(reasons))
 
     backed = False
@@ -471,20 +343,33 @@ def advise(
             ri = _nearest(data["per_class"], target_per_class, log=True)
             crit = "both" if source_must_work else "target"
             cell = decision_map(data, available=labels_together, criterion=crit)[ri][ci]
-            where = {"column": data["columns"][ci]["name"], "per_class": data["per_class"][ri], "criterion": crit,
-                     "labels_together": labels_together, "winner": cell["winner"], "runner_up": cell["runner_up"],
-                     "margin_points": round(100 * cell["margin"], 1), "tie": cell["tie"],
-                     "seeds": len(data["seeds"]),
-                     "means": {m: round(v, 3) for m, v in cell["means"].items()}}
-            outside = target_per_class > 3 * max(data["per_class"]) or target_per_class < min(data["per_class"])
+            where = {
+                "column": data["columns"][ci]["name"],
+                "per_class": data["per_class"][ri],
+                "criterion": crit,
+                "labels_together": labels_together,
+                "winner": cell["winner"],
+                "runner_up": cell["runner_up"],
+                "margin_points": round(100 * cell["margin"], 1),
+                "tie": cell["tie"],
+                "seeds": len(data["seeds"]),
+                "means": {m: round(v, 3) for m, v in cell["means"].items()},
+            }
+            outside = target_per_class > 3 * max(data["per_class"]) or target_per_class < min(
+                data["per_class"]
+            )
             if cell["tie"]:
-                reasons.append(f"in the nearest map cell {LABELS[cell['winner']]} and {LABELS[cell['runner_up']]} "
-                               "are within seed noise: the rule decides")
+                reasons.append(
+                    f"in the nearest map cell {LABELS[cell['winner']]} and {LABELS[cell['runner_up']]} "
+                    "are within seed noise: the rule decides"
+                )
             elif cell["winner"] == approach:
                 reasons.append(f"the nearest map cell agrees: {LABELS[approach]} wins clearly")
             else:
-                reasons.append(f"the nearest map cell disagrees with the rule: {LABELS[cell['winner']]} wins clearly "
-                               f"there, so it is recommended instead of {LABELS[approach]}")
+                reasons.append(
+                    f"the nearest map cell disagrees with the rule: {LABELS[cell['winner']]} wins clearly "
+                    f"there, so it is recommended instead of {LABELS[approach]}"
+                )
                 approach = cell["winner"]
             if outside:
                 reasons.append("your labelled set lies outside the map's range: treat the look-up with care")

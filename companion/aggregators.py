@@ -163,7 +163,11 @@ def aggregate(G: Tensor, method: str, *, seed: int | torch.Generator | None = No
 
 
 def task_gradients(
-    losses: dict[str, Tensor], params: Iterable[Tensor] | Tensor, *, mode: str = "params", retain_graph: bool = False
+    losses: dict[str, Tensor],
+    params: Iterable[Tensor] | Tensor,
+    *,
+    mode: str = "params",
+    retain_graph: bool = False,
 ) -> Tensor:
     """Stack one gradient row per task (T x P), w.r.t. shared parameters or a shared feature tensor (notebook 10).
 
@@ -189,8 +193,9 @@ def task_gradients(
     rows = []
     for name, loss in losses.items():
         if loss.requires_grad:  # keep the graph alive until the last task's backward
-            grads = torch.autograd.grad(loss, inputs, retain_graph=retain_graph or name != live[-1],
-                                        allow_unused=True)
+            grads = torch.autograd.grad(
+                loss, inputs, retain_graph=retain_graph or name != live[-1], allow_unused=True
+            )
         else:
             grads = [None] * len(inputs)
         rows.append(

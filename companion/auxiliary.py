@@ -30,7 +30,9 @@ def shuffled_labels(labels: Tensor, seed: int) -> Tensor:
     information about the image it is attached to: a model can only memorise it.
     """
     if not isinstance(labels, Tensor) or labels.ndim != 1 or len(labels) < 2:
-        raise ValueError(f"labels must be a 1-D tensor of at least 2 labels, got {getattr(labels, 'shape', labels)!r}")
+        raise ValueError(
+            f"labels must be a 1-D tensor of at least 2 labels, got {getattr(labels, 'shape', labels)!r}"
+        )
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
@@ -91,14 +93,18 @@ def images_needed(target: float, sizes: Sequence[int], means: Sequence[float]) -
     target and inf when it never reaches it: `transfer.labels_to_reach` (notebook 05) on the curve.
     """
     if len(sizes) != len(means) or not sizes:
-        raise ValueError(f"sizes and means must have equal, non-zero lengths, got {len(sizes)} and {len(means)}")
+        raise ValueError(
+            f"sizes and means must have equal, non-zero lengths, got {len(sizes)} and {len(means)}"
+        )
     if any(b <= a for a, b in zip(sizes, sizes[1:])) or sizes[0] <= 0:
         raise ValueError(f"sizes must be positive, strictly increasing sizes, got {list(sizes)}")
     n = labels_to_reach(dict(zip(sizes, means)), target)
     return math.inf if n is None else n
 
 
-def _with_probe(probes: dict, name: str, x: Tensor, y: Tensor, task: str, every: int) -> Callable[[nn.Module], dict]:
+def _with_probe(
+    probes: dict, name: str, x: Tensor, y: Tensor, task: str, every: int
+) -> Callable[[nn.Module], dict]:
     """fit arguments adding a fresh AccuracyEvery callback for one model, kept in `probes[name]`."""
 
     def extra(model: nn.Module) -> dict:
@@ -154,16 +160,34 @@ def auxiliary_sweep(
             epochs = max(1, round(steps * batch_size / n))
             probes: dict[str, AccuracyEvery] = {}
             results = compare_models(
-                builders, (x[:n], {t: v[:n] for t, v in y.items()}), (xt, yt), epochs=epochs, lr=lr,
-                batch_size=batch_size, seed=seed, device=device, fit_options=fit_options,
-                fit_kwargs={name: _with_probe(probes, name, xt, yt[main], main, eval_every) for name in builders}
-                if n == curve_size else None,
+                builders,
+                (x[:n], {t: v[:n] for t, v in y.items()}),
+                (xt, yt),
+                epochs=epochs,
+                lr=lr,
+                batch_size=batch_size,
+                seed=seed,
+                device=device,
+                fit_options=fit_options,
+                fit_kwargs={
+                    name: _with_probe(probes, name, xt, yt[main], main, eval_every) for name in builders
+                }
+                if n == curve_size
+                else None,
             )
             for name, r in results.items():
                 probe = probes.get(name)
-                rows.append({
-                    "model": name, "n": n, "seed": seed, "epochs": epochs, "params": r["params"],
-                    "seconds": r["seconds"], "train": r["train"], "test": r["test"],
-                    "curve": {"steps": probe.steps if probe else [], "acc": probe.acc if probe else []},
-                })
+                rows.append(
+                    {
+                        "model": name,
+                        "n": n,
+                        "seed": seed,
+                        "epochs": epochs,
+                        "params": r["params"],
+                        "seconds": r["seconds"],
+                        "train": r["train"],
+                        "test": r["test"],
+                        "curve": {"steps": probe.steps if probe else [], "acc": probe.acc if probe else []},
+                    }
+                )
     return rows

@@ -192,7 +192,11 @@ class DWA:
         _check_state(state, ("history", "weights", "sums", "count"), "DWA")
         state = _copy_state(state)
         self.history = [dict(row) for row in state["history"]]
-        self.weights, self._sums, self._count = dict(state["weights"]), dict(state["sums"]), int(state["count"])
+        self.weights, self._sums, self._count = (
+            dict(state["weights"]),
+            dict(state["sums"]),
+            int(state["count"]),
+        )
 
 
 def _pick_layer(model: nn.Module, layer: str | Tensor | None) -> Tensor:
@@ -225,7 +229,9 @@ class GradNorm:
 
     per_task_grads = True  # differentiates each task's loss: under torchrun, fit all-reduces each gradient
 
-    def __init__(self, alpha: float = 1.5, layer: str | Tensor | None = None, lr: float = 0.025, floor: float = 1e-3):
+    def __init__(
+        self, alpha: float = 1.5, layer: str | Tensor | None = None, lr: float = 0.025, floor: float = 1e-3
+    ):
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha >= 0:
             raise ValueError(f"alpha must be a number >= 0, got {alpha!r}")
         self.alpha = float(alpha)
@@ -390,8 +396,14 @@ class GradAggregation:
 
     per_task_grads = True  # differentiates each task's loss: under torchrun, fit all-reduces each gradient
 
-    def __init__(self, method: str = "upgrad", mode: str = "auto", seed: int = 0, log_cosine: bool = True,
-                 **options: float):
+    def __init__(
+        self,
+        method: str = "upgrad",
+        mode: str = "auto",
+        seed: int = 0,
+        log_cosine: bool = True,
+        **options: float,
+    ):
         checks.choice("method", method, METHODS)
         checks.choice("mode", mode, ("auto", "params", "features"))
         if not checks.is_int(seed):
@@ -401,7 +413,9 @@ class GradAggregation:
             if name not in accepted:
                 checks.fail(name, f"an option of {method!r} (its options: {list(accepted)})", name)
         self.method, self.mode, self.seed, self.log_cosine = method, mode, seed, bool(log_cosine)
-        self.options = dict(options)  # the method's own hyperparameters, e.g. CAGrad's c (aggregators.aggregate)
+        self.options = dict(
+            options
+        )  # the method's own hyperparameters, e.g. CAGrad's c (aggregators.aggregate)
         self.last_mode: str | None = None
 
     def backward(self, losses: dict[str, Tensor], ctx: StepContext) -> dict[str, float]:
@@ -425,7 +439,9 @@ class GradAggregation:
                 raise ValueError(
                     "mode: 'features' needs a model that keeps its shared tensor (in the graph) in `shared`"
                 )
-            G = task_gradients(scaled, z, mode="features", retain_graph=True).float() / ctx.scale  # heads only
+            G = (
+                task_gradients(scaled, z, mode="features", retain_graph=True).float() / ctx.scale
+            )  # heads only
             n_shared = G.shape[1]
             d = aggregate(G, self.method, seed=seed, **self.options)
             # one engine call: the mean loss reaches `shared` through the heads as mean(G); the extra root adds
@@ -491,4 +507,3 @@ def task_affinity(model: nn.Module, loss_fns: dict, batch: tuple, lr: float) -> 
     finally:
         model.load_state_dict(saved)
     return affinity
-

@@ -96,7 +96,9 @@ class TensorBatches:
         checks.integer("world", world)
         checks.integer("rank", rank, 0, world - 1)
         if self.world != 1:
-            raise ValueError(f"shard: these batches are already shard {self.rank} of {self.world}; shard the unsharded ones")
+            raise ValueError(
+                f"shard: these batches are already shard {self.rank} of {self.world}; shard the unsharded ones"
+            )
         if self.batch_size % world:
             raise ValueError(
                 f"batch_size must be a multiple of the number of processes ({world}) to shard, got {self.batch_size}"

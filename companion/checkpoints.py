@@ -42,11 +42,15 @@ def _rng_state() -> dict:
 
 
 def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"].cpu())  # a checkpoint loaded with map_location="cuda" holds CUDA tensors
+    torch.set_rng_state(
+        state["torch"].cpu()
+    )  # a checkpoint loaded with map_location="cuda" holds CUDA tensors
     kind, keys, *rest = state["numpy"]
     np.random.set_state((kind, keys.cpu().numpy().astype("uint32"), *rest))
     random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
-    if "cuda" in state and torch.cuda.is_available() and torch.cuda.is_initialized():  # else: no seed is queued
+    if (
+        "cuda" in state and torch.cuda.is_available() and torch.cuda.is_initialized()
+    ):  # else: no seed is queued
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
@@ -91,8 +95,11 @@ def _previous(path: Path) -> Path:
 
 def _corrupt(path: Path, err: Exception) -> CheckpointError:
     prev = _previous(path)
-    hint = (f"; the previous good checkpoint is kept at {prev}: fit(..., resume=\"latest-good\") continues from it"
-            if prev.exists() else "")
+    hint = (
+        f'; the previous good checkpoint is kept at {prev}: fit(..., resume="latest-good") continues from it'
+        if prev.exists()
+        else ""
+    )
     return CheckpointError(f"checkpoint {path} is corrupt or unreadable ({type(err).__name__}){hint}")
 
 

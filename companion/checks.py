@@ -34,7 +34,9 @@ def positive(name: str, value: object, *, none: bool = False) -> float | None:
     """A finite number > 0 as a float (or None when `none` allows it)."""
     if value is None and none:
         return None
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 and math.isfinite(value)
+    ok = (
+        isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 and math.isfinite(value)
+    )
     if not ok:
         fail(name, f"a positive finite number{' or None' if none else ''}", value)
     return float(value)  # type: ignore[arg-type]

@@ -39,7 +39,9 @@ def separated(better, worse) -> dict:
     """
     a, b = [float(x) for x in better], [float(x) for x in worse]
     if len(a) != len(b) or not a:
-        raise ValueError(f"separated needs two equally long, non-empty per-seed lists, got {len(a)} and {len(b)}")
+        raise ValueError(
+            f"separated needs two equally long, non-empty per-seed lists, got {len(a)} and {len(b)}"
+        )
     diffs = [x - y for x, y in zip(a, b)]
     margin = sum(diffs) / len(diffs)
     noise = max(spread(a), spread(b))
@@ -110,7 +112,14 @@ class Claims:
         self.metrics: dict[str, object] = {}
 
     def check(
-        self, claim: str, measured: dict, held: bool, *, kind: str = "course", note: str = "", deterministic: str = ""
+        self,
+        claim: str,
+        measured: dict,
+        held: bool,
+        *,
+        kind: str = "course",
+        note: str = "",
+        deterministic: str = "",
     ) -> bool:
         """Record one claim, the numbers behind it and whether it held; returns `held`.
 
@@ -179,5 +188,7 @@ class Claims:
         )
         strict = os.environ.get(STRICT_ENV, "") not in ("", "0") if strict is None else strict
         if strict and self.failures:
-            raise AssertionError(f"{len(self.failures)} claim(s) failed: " + "; ".join(c["claim"] for c in self.failures))
+            raise AssertionError(
+                f"{len(self.failures)} claim(s) failed: " + "; ".join(c["claim"] for c in self.failures)
+            )
         return path

@@ -22,7 +22,9 @@ NOTEBOOK_DIR = REPO / "notebooks"
 
 
 RUNTIMES = NOTEBOOK_DIR / "runtimes.json"
-ESTIMATE = REPO / "benchmarks" / "results" / "fullscale.json"  # full-scale GPU estimate (benchmarks/fullscale.py)
+ESTIMATE = (
+    REPO / "benchmarks" / "results" / "fullscale.json"
+)  # full-scale GPU estimate (benchmarks/fullscale.py)
 
 
 def runtimes() -> dict:
@@ -63,7 +65,11 @@ class Notebook:
     @property
     def gpu_estimate(self) -> tuple[float, float] | None:
         """Estimated (low, high) minutes at full scale on one GPU, from `benchmarks/fullscale.py`'s results."""
-        row = (json.loads(ESTIMATE.read_text()) if ESTIMATE.exists() else {}).get("notebooks", {}).get(self.stem)
+        row = (
+            (json.loads(ESTIMATE.read_text()) if ESTIMATE.exists() else {})
+            .get("notebooks", {})
+            .get(self.stem)
+        )
         if not row:
             return None
         low, high = (max(0.1, round(row["full_gpu_s"][k] / 60, 1)) for k in ("low", "high"))
@@ -73,17 +79,49 @@ class Notebook:
 COURSE = [
     Notebook("00_start_here.ipynb", "Start here: environment, course map, a first training run"),
     Notebook("01_definitions.ipynb", "Definitions: transfer vs multi-task learning side by side"),
-    Notebook("02_understanding_transfer.ipynb", "Understanding transfer: four strategies, which layers transfer, near vs far sources"),
-    Notebook("03_multitask_approaches.ipynb", "Multi-task approaches: hard sharing, cross-stitch, L2-tied towers, MMoE vs separate models"),
-    Notebook("04_core_difference.ipynb", "The core difference: sequential vs parallel, forgetting, and the two combinations"),
-    Notebook("05_how_transfer_helps.ipynb", "How transfer helps: label efficiency, faster convergence, the gap at full data"),
-    Notebook("06_benefits_of_mtl.ipynb", "Benefits of multi-task learning: generalisation, overfitting, data efficiency, convergence"),
-    Notebook("07_applications_of_transfer.ipynb", "Applications: a real ImageNet backbone on animal silhouettes; where transfer is used"),
-    Notebook("08_mtl_use_cases.ipynb", "MTL use cases: a perception toy with mixed losses, multi-label scans"),
-    Notebook("09_challenges_of_transfer.ipynb", "Challenges of transfer: domain mismatch, reliance on the source, negative transfer, choosing a source"),
-    Notebook("10_obstacles_in_mtl.ipynb", "Obstacles in multi-task learning: imbalance, interference, gradient surgery"),
-    Notebook("11_choosing.ipynb", "Choosing between transfer and multi-task learning: a decision map and an advisor"),
-    Notebook("12_infographic.ipynb", "The infographic: the course on one page, every number read from a results file"),
+    Notebook(
+        "02_understanding_transfer.ipynb",
+        "Understanding transfer: four strategies, which layers transfer, near vs far sources",
+    ),
+    Notebook(
+        "03_multitask_approaches.ipynb",
+        "Multi-task approaches: hard sharing, cross-stitch, L2-tied towers, MMoE vs separate models",
+    ),
+    Notebook(
+        "04_core_difference.ipynb",
+        "The core difference: sequential vs parallel, forgetting, and the two combinations",
+    ),
+    Notebook(
+        "05_how_transfer_helps.ipynb",
+        "How transfer helps: label efficiency, faster convergence, the gap at full data",
+    ),
+    Notebook(
+        "06_benefits_of_mtl.ipynb",
+        "Benefits of multi-task learning: generalisation, overfitting, data efficiency, convergence",
+    ),
+    Notebook(
+        "07_applications_of_transfer.ipynb",
+        "Applications: a real ImageNet backbone on animal silhouettes; where transfer is used",
+    ),
+    Notebook(
+        "08_mtl_use_cases.ipynb", "MTL use cases: a perception toy with mixed losses, multi-label scans"
+    ),
+    Notebook(
+        "09_challenges_of_transfer.ipynb",
+        "Challenges of transfer: domain mismatch, reliance on the source, negative transfer, choosing a source",
+    ),
+    Notebook(
+        "10_obstacles_in_mtl.ipynb",
+        "Obstacles in multi-task learning: imbalance, interference, gradient surgery",
+    ),
+    Notebook(
+        "11_choosing.ipynb",
+        "Choosing between transfer and multi-task learning: a decision map and an advisor",
+    ),
+    Notebook(
+        "12_infographic.ipynb",
+        "The infographic: the course on one page, every number read from a results file",
+    ),
 ]
 
 
@@ -104,15 +142,26 @@ def _course_table() -> str:
         return "not measured" if v is None else f"{v:g}"
 
     rows = ["| notebook | topic | minutes, 2-core CPU (quick) | minutes, GPU (full) |", "|---|---|---|---|"]
-    rows += [f"| {nb.stem} | {nb.title} | {cell(nb.cpu_minutes)} | {cell(nb.gpu_minutes, nb.gpu_estimate)} |"
-             for nb in COURSE]
+    rows += [
+        f"| {nb.stem} | {nb.title} | {cell(nb.cpu_minutes)} | {cell(nb.gpu_minutes, nb.gpu_estimate)} |"
+        for nb in COURSE
+    ]
     return "\n".join(rows)
 
 
-TABLE_START, TABLE_END = "<!-- course-table: generated by `python -m companion runtimes` -->", "<!-- /course-table -->"
+TABLE_START, TABLE_END = (
+    "<!-- course-table: generated by `python -m companion runtimes` -->",
+    "<!-- /course-table -->",
+)
 TEACHING = REPO / "docs" / "teaching.md"
-PLAN_START, PLAN_END = "<!-- teaching-table: generated by `python -m companion runtimes` -->", "<!-- /teaching-table -->"
-LIST_START, LIST_END = "<!-- exercise-list: generated by `python -m companion runtimes` -->", "<!-- /exercise-list -->"
+PLAN_START, PLAN_END = (
+    "<!-- teaching-table: generated by `python -m companion runtimes` -->",
+    "<!-- /teaching-table -->",
+)
+LIST_START, LIST_END = (
+    "<!-- exercise-list: generated by `python -m companion runtimes` -->",
+    "<!-- /exercise-list -->",
+)
 
 
 def _teaching_table(times: dict | None = None) -> str:
@@ -175,13 +224,19 @@ def sync_runtimes(files: list[str] | None = None) -> list[str]:
         head = data["cells"][0]
         text = head["source"] if isinstance(head["source"], str) else "".join(head["source"])
         line = expected_time(nb)
-        new = re.sub(r"\*\*Expected time\.\*\*.*?(?=\n\n|\Z)", lambda _, line=line: line, text, count=1, flags=re.S)
+        new = re.sub(
+            r"\*\*Expected time\.\*\*.*?(?=\n\n|\Z)", lambda _, line=line: line, text, count=1, flags=re.S
+        )
         if new != text:
             head["source"] = new
-            atomic_write(path, lambda f, d=data: f.write((json.dumps(d, indent=1, ensure_ascii=False) + "\n").encode()))
+            atomic_write(
+                path, lambda f, d=data: f.write((json.dumps(d, indent=1, ensure_ascii=False) + "\n").encode())
+            )
             changed.append(nb.file)
-    docs = [(REPO / "README.md", [(TABLE_START, TABLE_END, _course_table)]),
-            (TEACHING, [(PLAN_START, PLAN_END, _teaching_table), (LIST_START, LIST_END, _exercise_list)])]
+    docs = [
+        (REPO / "README.md", [(TABLE_START, TABLE_END, _course_table)]),
+        (TEACHING, [(PLAN_START, PLAN_END, _teaching_table), (LIST_START, LIST_END, _exercise_list)]),
+    ]
     for doc, parts in docs:
         if not doc.exists():
             continue
@@ -199,8 +254,11 @@ def record_runtime(stem: str, wall_s: float, cpu_s: float, scale: str, device: s
     """Keep one measured run of a committed notebook in notebooks/runtimes.json (under "gpu" or "cpu")."""
     data = runtimes()
     data.setdefault(stem, {})["gpu" if device == "cuda" else "cpu"] = {
-        "wall_s": round(wall_s, 1), "cpu_s": round(cpu_s, 1), "load": round(os.getloadavg()[0], 2),
-        "cores": os.cpu_count(), "scale": scale,
+        "wall_s": round(wall_s, 1),
+        "cpu_s": round(cpu_s, 1),
+        "load": round(os.getloadavg()[0], 2),
+        "cores": os.cpu_count(),
+        "scale": scale,
     }
     text = json.dumps(dict(sorted(data.items())), indent=1) + "\n"
     atomic_write(RUNTIMES, lambda f: f.write(text.encode()))
@@ -216,14 +274,18 @@ def _not_found(name: str, folder: Path, count: int) -> ValueError:
     from .params import in_checkout  # looked up at call time
 
     if not folder.is_dir():
-        why = "it does not exist" + ("" if in_checkout() else ": this companion is installed, not a checkout of the course")
+        why = "it does not exist" + (
+            "" if in_checkout() else ": this companion is installed, not a checkout of the course"
+        )
         return ValueError(
             f"cannot find notebook {name!r}: looked in {folder} ({why}); pass the notebook's path "
             f"(python -m companion run path/to/00_start_here.ipynb) or set COMPANION_NOTEBOOKS to the folder "
             f"holding the course notebooks"
         )
     known = ", ".join(nb.file for nb in COURSE)
-    return ValueError(f"notebook {name!r} matches {count} files in {folder}; use one of: {known}, or a notebook's path")
+    return ValueError(
+        f"notebook {name!r} matches {count} files in {folder}; use one of: {known}, or a notebook's path"
+    )
 
 
 def notebooks(names: list[str] | None = None) -> list[Path]:
@@ -249,8 +311,13 @@ def notebooks(names: list[str] | None = None) -> list[Path]:
     return found
 
 
-_TYPES: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,),
-                                       "list": (list, tuple)}
+_TYPES: dict[str, tuple[type, ...]] = {
+    "int": (int,),
+    "float": (int, float),
+    "str": (str,),
+    "bool": (bool,),
+    "list": (list, tuple),
+}
 
 
 def parameters_of(path: Path) -> dict:
@@ -274,8 +341,14 @@ def validate(path: Path, params: dict) -> None:
         check(name, value)
         kind = (declared[name].get("inferred_type_name") or "").split("[")[0]
         ok = _TYPES.get(kind)
-        if ok and value is not None and (not isinstance(value, ok) or (bool not in ok and isinstance(value, bool))):
-            raise ValueError(f"{name} must be of type {declared[name]['inferred_type_name']} (as the notebook declares it), got {value!r}")
+        if (
+            ok
+            and value is not None
+            and (not isinstance(value, ok) or (bool not in ok and isinstance(value, bool)))
+        ):
+            raise ValueError(
+                f"{name} must be of type {declared[name]['inferred_type_name']} (as the notebook declares it), got {value!r}"
+            )
 
 
 def parse_value(text: str):
@@ -288,7 +361,11 @@ def parse_value(text: str):
 
 def source_hash(nb: dict) -> str:
     """Hash of all code cells' sources: the committed outputs are fresh when it matches (tests)."""
-    code = [c["source"] if isinstance(c["source"], str) else "".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]
+    code = [
+        c["source"] if isinstance(c["source"], str) else "".join(c["source"])
+        for c in nb["cells"]
+        if c["cell_type"] == "code"
+    ]
     return hashlib.sha256("\n\x00".join(code).encode()).hexdigest()[:16]
 
 
@@ -314,9 +391,15 @@ def execute(path: Path, out: Path, parameters: dict | None = None, *, progress: 
 
     out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    with _environment(MPLBACKEND="module://matplotlib_inline.backend_inline"):  # figures inline even if Agg is set
+    with _environment(
+        MPLBACKEND="module://matplotlib_inline.backend_inline"
+    ):  # figures inline even if Agg is set
         pm.execute_notebook(
-            str(path), str(out), parameters=parameters or {}, cwd=str(Path(path).parent), progress_bar=progress,
+            str(path),
+            str(out),
+            parameters=parameters or {},
+            cwd=str(Path(path).parent),
+            progress_bar=progress,
             kernel_name="python3",
         )
     seconds = time.perf_counter() - t0
@@ -364,9 +447,21 @@ def run(
             seconds = execute(path, path)
             _record(path.stem, results, seconds, _child_cpu() - cpu0)
         else:
-            results = _resolve(given["RESULTS_DIR"]) if "RESULTS_DIR" in given else out / "results" / path.stem / _tag(given)
+            results = (
+                _resolve(given["RESULTS_DIR"])
+                if "RESULTS_DIR" in given
+                else out / "results" / path.stem / _tag(given)
+            )
             given["RESULTS_DIR"] = str(results)
-            target = out / (path.stem + ("" if len(given) == 1 else "--" + _tag({k: v for k, v in given.items() if k != "RESULTS_DIR"})) + ".ipynb")
+            target = out / (
+                path.stem
+                + (
+                    ""
+                    if len(given) == 1
+                    else "--" + _tag({k: v for k, v in given.items() if k != "RESULTS_DIR"})
+                )
+                + ".ipynb"
+            )
             seconds = execute(path, target, given)
         rows.append(summary(path.stem, results, seconds))
     if inplace:
@@ -394,12 +489,26 @@ def _record(stem: str, results: Path, wall_s: float, cpu_s: float) -> None:
     import torch
 
     data = json.loads(file.read_text())
-    device = "cuda" if torch.cuda.is_available() and data.get("parameters", {}).get("DEVICE", "auto") != "cpu" else "cpu"
-    if (data.get("scale") == "quick" and device == "cpu") or (data.get("scale") == "full" and device == "cuda"):
+    device = (
+        "cuda"
+        if torch.cuda.is_available() and data.get("parameters", {}).get("DEVICE", "auto") != "cpu"
+        else "cpu"
+    )
+    if (data.get("scale") == "quick" and device == "cpu") or (
+        data.get("scale") == "full" and device == "cuda"
+    ):
         record_runtime(stem, wall_s, cpu_s, data["scale"], device)
 
 
-def sweep(name: str, param: str, values: list, *, scale: str = "auto", out: str | Path = "build", params: dict | None = None) -> list[dict]:
+def sweep(
+    name: str,
+    param: str,
+    values: list,
+    *,
+    scale: str = "auto",
+    out: str | Path = "build",
+    params: dict | None = None,
+) -> list[dict]:
     """Run one notebook once per value of one parameter (others fixed by `params`); one summary row per run.
 
     Every value is validated before the first run. A run that stops with an error is reported on stderr and
@@ -423,19 +532,38 @@ def sweep(name: str, param: str, values: list, *, scale: str = "auto", out: str 
         except Exception as err:
             if type(err).__name__ != "PapermillExecutionError":
                 raise
-            print(f"error: {path.stem} with {param}={value!r} stopped in cell {err.exec_count}: {err.ename}: "
-                  f"{err.evalue}", file=sys.stderr)
-            rows.append({"notebook": path.stem, "minutes": round((time.perf_counter() - t0) / 60, 2), "held": 0,
-                         "total": 0, "failures": 1, "demos": 0, "parameters": {**fixed, param: value},
-                         "error": f"{err.ename}: {err.evalue}"})
+            print(
+                f"error: {path.stem} with {param}={value!r} stopped in cell {err.exec_count}: {err.ename}: "
+                f"{err.evalue}",
+                file=sys.stderr,
+            )
+            rows.append(
+                {
+                    "notebook": path.stem,
+                    "minutes": round((time.perf_counter() - t0) / 60, 2),
+                    "held": 0,
+                    "total": 0,
+                    "failures": 1,
+                    "demos": 0,
+                    "parameters": {**fixed, param: value},
+                    "error": f"{err.ename}: {err.evalue}",
+                }
+            )
     return rows
 
 
 def summary(notebook: str, results_dir: Path, seconds: float) -> dict:
     """Read a run's results file into a row: notebook, parameters, minutes, claims held / total, demonstrations."""
     files = sorted(Path(results_dir).glob(f"{notebook}.json"))
-    row = {"notebook": notebook, "minutes": round(seconds / 60, 2), "held": 0, "total": 0, "failures": 0,
-           "demos": 0, "parameters": {}}
+    row = {
+        "notebook": notebook,
+        "minutes": round(seconds / 60, 2),
+        "held": 0,
+        "total": 0,
+        "failures": 0,
+        "demos": 0,
+        "parameters": {},
+    }
     for f in files:
         data = json.loads(f.read_text())
         row["parameters"] = {**data.get("parameters", {}), "SCALE": data.get("scale")}

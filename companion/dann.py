@@ -110,7 +110,11 @@ class DANN(nn.Module):
         if not isinstance(target, Tensor) or target.ndim < 2 or target.shape[0] < 1:
             raise ValueError("target must be a non-empty tensor of unlabelled target images (N x C x H x W)")
         checks.integer("batch_size", batch_size, 1)
-        if isinstance(max_lambda, bool) or not isinstance(max_lambda, (int, float)) or not 0 <= max_lambda < math.inf:
+        if (
+            isinstance(max_lambda, bool)
+            or not isinstance(max_lambda, (int, float))
+            or not 0 <= max_lambda < math.inf
+        ):
             checks.fail("max_lambda", "a finite number >= 0", max_lambda)
         checks.positive("gamma", gamma)
         self.discriminator = domain_discriminator(in_features, hidden, seed=seed)

@@ -215,7 +215,11 @@ def _save_atomic(obj: object, path: Path) -> None:
 
 
 def _cached(
-    path: Path, files: dict[str, Path], build: Callable[[], dict], writable: bool, name: str = "",
+    path: Path,
+    files: dict[str, Path],
+    build: Callable[[], dict],
+    writable: bool,
+    name: str = "",
     mirror: Path | None = None,
 ) -> dict:
     """Decoded tensors from the .pt cache, else build and store them (notebook 00).

@@ -120,7 +120,9 @@ def init(device: str | torch.device = "auto") -> tuple[int, int, torch.device]:
     local = _env_int("LOCAL_RANK", 0)
     kind = pick_device(device).type
     if kind == "mps":
-        raise ValueError("DEVICE='mps' cannot train under torchrun (no distributed backend); use 'cpu' or 'auto'")
+        raise ValueError(
+            "DEVICE='mps' cannot train under torchrun (no distributed backend); use 'cpu' or 'auto'"
+        )
     dev = torch.device("cuda", local) if kind == "cuda" else torch.device("cpu")
     if not dist.is_initialized():
         if dev.type == "cuda":
@@ -132,7 +134,9 @@ def init(device: str | torch.device = "auto") -> tuple[int, int, torch.device]:
     backend = dist.get_backend()
     if (backend == "nccl") != (dev.type == "cuda"):
         wanted = "'cuda' or 'auto'" if backend == "nccl" else "'cpu'"
-        raise ValueError(f"device must be {wanted} in a process group with backend {backend!r}, got {str(dev)!r}")
+        raise ValueError(
+            f"device must be {wanted} in a process group with backend {backend!r}, got {str(dev)!r}"
+        )
     return dist.get_rank(), dist.get_world_size(), dev
 
 
@@ -214,7 +218,9 @@ def wrap(model: nn.Module, device: torch.device | None = None) -> nn.Module:
     if not active():
         return model
     dev = device if device is not None else next(model.parameters()).device
-    ids = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else None
+    ids = (
+        [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else None
+    )
     return nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
 
 
@@ -244,7 +250,9 @@ def check_balancer(balancer, model: nn.Module) -> None:
     from .mtl import GradAggregation
 
     mode = getattr(balancer, "mode", "params")
-    if isinstance(balancer, GradAggregation) and (mode == "features" or (mode == "auto" and hasattr(model, "shared"))):
+    if isinstance(balancer, GradAggregation) and (
+        mode == "features" or (mode == "auto" and hasattr(model, "shared"))
+    ):
         raise ValueError(
             f"balancer: GradAggregation(mode={mode!r}) aggregates per-sample gradients of the shared representation, "
             "which are split across processes under torchrun; pass GradAggregation(..., mode='params')"
@@ -260,7 +268,12 @@ class Sync:
     """
 
     def __init__(
-        self, model: nn.Module, params: Iterable[Tensor], *, per_task: bool, device: torch.device | None = None
+        self,
+        model: nn.Module,
+        params: Iterable[Tensor],
+        *,
+        per_task: bool,
+        device: torch.device | None = None,
     ):
         self.rank, self.world = rank(), world()
         self.is_main = self.rank == 0

@@ -138,8 +138,10 @@ def _targets(out_dir: str | Path, names: list[str] | None) -> tuple[Path, list[P
     out = Path(out_dir).expanduser().resolve()
     sources = {p.resolve().parent for p in paths} | {notebook_folder().resolve()}
     if out in sources:
-        raise ValueError(f"OUT_DIR must not be the folder of the committed notebooks, got {out_dir}; "
-                         "give another folder (e.g. build/student)")
+        raise ValueError(
+            f"OUT_DIR must not be the folder of the committed notebooks, got {out_dir}; "
+            "give another folder (e.g. build/student)"
+        )
     if out.exists() and not out.is_dir():
         raise ValueError(f"OUT_DIR must be a folder, got the file {out_dir}")
     return out, paths

@@ -420,8 +420,16 @@ def compare_models(
         test_batches = TensorBatches(xt, {t: yt[t] for t in tasks}, 1000, shuffle=False, device=dev)
         start = time.perf_counter()
         history = fit(
-            model, batches, epochs=epochs, lr=lr, seed=seed, device=dev, loss_fns=loss_fns,
-            val=test_batches if curves else None, progress=False, **extra,
+            model,
+            batches,
+            epochs=epochs,
+            lr=lr,
+            seed=seed,
+            device=dev,
+            loss_fns=loss_fns,
+            val=test_batches if curves else None,
+            progress=False,
+            **extra,
         )
         seconds = time.perf_counter() - start
         train_eval = TensorBatches(x, {t: y[t] for t in tasks}, 1000, shuffle=False, device=dev)
@@ -476,13 +484,30 @@ def size_sweep(
         for n in sizes:
             epochs = max(1, round(steps * batch_size / n))
             results = compare_models(
-                builders, (x[:n], {t: v[:n] for t, v in y.items()}), test, epochs=epochs, lr=lr,
-                batch_size=batch_size, seed=seed, device=device, loss_fns=loss_fns, fit_options=fit_options,
+                builders,
+                (x[:n], {t: v[:n] for t, v in y.items()}),
+                test,
+                epochs=epochs,
+                lr=lr,
+                batch_size=batch_size,
+                seed=seed,
+                device=device,
+                loss_fns=loss_fns,
+                fit_options=fit_options,
                 curves=n == curve_size,
             )
             for name, r in results.items():
-                rows.append({
-                    "model": name, "n": n, "seed": seed, "epochs": epochs, "params": r["params"],
-                    "seconds": r["seconds"], "train": r["train"], "test": r["test"], "history": r["history"],
-                })
+                rows.append(
+                    {
+                        "model": name,
+                        "n": n,
+                        "seed": seed,
+                        "epochs": epochs,
+                        "params": r["params"],
+                        "seconds": r["seconds"],
+                        "train": r["train"],
+                        "test": r["test"],
+                        "history": r["history"],
+                    }
+                )
     return rows

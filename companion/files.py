@@ -41,7 +41,11 @@ def stale_temporaries(path: str | os.PathLike) -> list[Path]:
     prefix, now, out = f".{path.name}.", time.time(), []
     with contextlib.suppress(OSError):
         for entry in os.scandir(path.parent):
-            if not (entry.name.startswith(prefix) and entry.name.endswith(".part") and entry.is_file(follow_symlinks=False)):
+            if not (
+                entry.name.startswith(prefix)
+                and entry.name.endswith(".part")
+                and entry.is_file(follow_symlinks=False)
+            ):
                 continue
             match = _TEMP.fullmatch(entry.name[len(prefix) : -len(".part")])
             if match is None:
@@ -53,7 +57,9 @@ def stale_temporaries(path: str | os.PathLike) -> list[Path]:
     return sorted(out)
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object], *, keep_previous: bool = False) -> Path:
+def atomic_write(
+    path: str | os.PathLike, write: Callable[[BinaryIO], object], *, keep_previous: bool = False
+) -> Path:
     """Write a file via a temp file in its folder and os.replace, so no half file is ever visible (notebook 00).
 
     With `keep_previous`, an existing file is kept as `<name>.prev` (checkpoints use it). Temporaries that

@@ -11,347 +11,89 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
+from .provenance import (  # noqa: F401  (the provenance names stay importable from here)
+    _TOKEN,
+    MAP_PANELS,
+    MISSING,
+    REDUCE_WORDS,
+    SELF,
+    WINNER_CODE,
+    Number,
+    _by_prefix,
+    _claim,
+    _key,
+    _load,
+    _map_numbers,
+    _number,
+    default_folder,
+    folder_of,
+    format_value,
+    gather,
+    headline_numbers,
+    join_path,
+    not_measured,
+    out_folder,
+    parse_path,
+    read,
+    reduced,
+    resolve,
+    short,
+    shown,
+)
 
 A4_LANDSCAPE = (11.69, 8.27)  # inches (297 x 210 mm)
-MISSING = ("skip", "run")
 # Okabe & Ito (2008): a palette that stays distinct under the common colour-vision deficiencies.
-OKABE_ITO = {"black": "#000000", "orange": "#E69F00", "sky": "#56B4E9", "green": "#009E73", "yellow": "#F0E442",
-             "blue": "#0072B2", "vermillion": "#D55E00", "purple": "#CC79A7", "grey": "#999999"}
+OKABE_ITO = {
+    "black": "#000000",
+    "orange": "#E69F00",
+    "sky": "#56B4E9",
+    "green": "#009E73",
+    "yellow": "#F0E442",
+    "blue": "#0072B2",
+    "vermillion": "#D55E00",
+    "purple": "#CC79A7",
+    "grey": "#999999",
+}
 HELD_COLOUR, NOT_HELD_COLOUR = OKABE_ITO["blue"], OKABE_ITO["vermillion"]
-SELF = "12_infographic"
 
-# ------------------------------------------------------------------------------------------- provenance
-
-
-@dataclass(frozen=True)
-class Number:
-    """One value drawn on the infographic, with where it came from.
-
-    `value` is what `path` holds in `file` (or, with `reduce="mean"`, the mean of the list it holds); `text` is how
-    the figure shows it. `file` is the results file's name (``01_definitions.json``) in the folder it was read from.
-    """
-
-    name: str
-    value: Any
-    text: str
-    file: str
-    path: str
-    reduce: str = ""
-
-    @property
-    def provenance(self) -> str:
-        where = f"{self.file}: {self.path}"
-        return f"{REDUCE_WORDS[self.reduce]} {where}" if self.reduce else where
-
-
-_TOKEN = re.compile(r'\.?([A-Za-z_][A-Za-z0-9_]*)|\[(\d+)\]|\["([^"]*)"\]')
-
-
-def parse_path(path: str) -> list[str | int]:
-    """Split a key path (``claims[0].measured.margin``, ``metrics.decision_map["labels_together/both"]``) into keys."""
-    keys: list[str | int] = []
-    pos = 0
-    while pos < len(path):
-        m = _TOKEN.match(path, pos)
-        if not m or m.end() == pos:
-            raise ValueError(f"cannot parse key path {path!r} at position {pos}")
-        keys.append(m[1] if m[1] is not None else int(m[2]) if m[2] is not None else m[3])
-        pos = m.end()
-    return keys
-
-
-def _key(k: str | int) -> str:
-    if isinstance(k, int):
-        return f"[{k}]"
-    return f".{k}" if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k) else f'["{k}"]'
-
-
-def join_path(*keys: str | int) -> str:
-    """The key path of a sequence of keys (the inverse of `parse_path`)."""
-    return "".join(_key(k) for k in keys).lstrip(".")
-
-
-def resolve(data: Any, path: str) -> Any:
-    """The value at a key path inside a loaded results file."""
-    for k in parse_path(path):
-        data = data[k]
-    return data
-
-
-def read(file: str | Path, path: str, *, name: str = "", fmt: str = "{}", reduce: str = "") -> Number:
-    """Read one number from a results file, with its provenance (the teaching example of notebook 12)."""
-    file = Path(file)
-    return _number(json.loads(file.read_text()), file.name, path, name=name or path, fmt=fmt, reduce=reduce)
-
-
-REDUCE_WORDS = {"mean": "mean of", "len": "length of", "smallest_key": "smallest key of"}
-
-
-def reduced(value: Any, reduce: str = "") -> Any:
-    """What a number shows of the value at its path: the value itself, or the mean or length of a list, or the
-    smallest (integer) key of a dict keyed by sizes."""
-    if reduce == "mean":
-        return sum(float(v) for v in value) / len(value)
-    if reduce == "len":
-        return len(value)
-    if reduce == "smallest_key":
-        return min(int(k) for k in value)
-    if reduce:
-        raise ValueError(f"reduce must be one of {['', *REDUCE_WORDS]}, got {reduce!r}")
-    return value
-
-
-def _number(data: dict, file: str, path: str, *, name: str, fmt: str, reduce: str = "") -> Number:
-    value = reduced(resolve(data, path), reduce)
-    return Number(name, value, format_value(value, fmt), file, path, reduce)
-
-
-def format_value(value: Any, fmt: str) -> str:
-    """Formats used on the figure: "pts" (a fraction as signed percentage points), "cost" (a positive fraction
-    shown as a loss of points), "pct" (a fraction as a percentage), "verdict" (held / not held), or a str.format
-    pattern."""
-    if fmt == "pts":
-        return f"{100 * float(value):+.1f} pts"
-    if fmt == "cost":
-        return f"{-100 * float(value):+.1f} pts"
-    if fmt == "pct":
-        return f"{100 * float(value):.1f}%"
-    if fmt == "verdict":
-        return "held" if value else "not held"
-    return fmt.format(value)
-
-
-# ------------------------------------------------------------------------------------------- results files
-
-
-def default_folder() -> Path:
-    """The committed results files (notebooks/results/ in a checkout)."""
-    from .course import COMMITTED_RESULTS
-
-    return COMMITTED_RESULTS
-
-
-def folder_of(text: str) -> Path:
-    """The folder a SOURCE_RESULTS_DIR parameter names: "" is the committed results (`default_folder`), a relative
-    path is read like RESULTS_DIR (inside the repository in a checkout)."""
-    from .params import _resolve
-
-    return default_folder() if not text else _resolve(text)
-
-
-def out_folder(text: str, results_dir: str | Path) -> Path:
-    """Where an OUT_DIR parameter puts the PNG and SVG: "" is RESULTS_DIR/infographic, a relative path is read
-    like RESULTS_DIR."""
-    from .params import _resolve
-
-    return Path(results_dir) / "infographic" if not text else _resolve(text)
-
-
-def shown(path: str | Path) -> str:
-    """A path as printed in notebook outputs: relative to the repository when inside it (no machine paths)."""
-    from .claims import _shown
-
-    return _shown(Path(path))
-
-
-def not_measured(files: dict[str, Path]) -> list[str]:
-    """Course notebooks (but this one) without a results file among `files`: their panels say "not yet measured"."""
-    from .course import COURSE
-
-    return [nb.stem for nb in COURSE if nb.stem != SELF and nb.stem not in files]
-
-
-def gather(folder: str | Path | None = None, *, missing: str = "skip", out: str | Path = "build/infographic",
-           notebooks: list[str] | None = None) -> dict[str, Path]:
-    """The results files the infographic draws from, {notebook stem: path}.
-
-    `folder`: where the results files are (default: the committed ones, notebooks/results/). `missing="skip"`
-    leaves a notebook without a results file out (its panels say "not yet measured"); `missing="run"` first runs
-    each course notebook (`notebooks`, default every one in `companion.COURSE` but this one) that has no results
-    file, at quick scale, through the course runner into `out`, and reads its fresh results file from there.
-    """
-    if missing not in MISSING:
-        raise ValueError(f"missing must be one of {list(MISSING)}, got {missing!r}")
-    folder = Path(folder) if folder else default_folder()
-    found = {p.stem: p for p in sorted(folder.glob("[0-9][0-9]_*.json")) if p.stem != SELF} if folder.is_dir() else {}
-    if missing == "run":
-        from . import course
-
-        wanted = notebooks if notebooks is not None else [nb.stem for nb in course.COURSE if nb.stem != SELF]
-        for stem in wanted:
-            if stem in found:
-                continue
-            course.run([stem], scale="quick", out=out)
-            runs = sorted((Path(out) / "results" / stem).rglob(f"{stem}.json"))
-            if not runs:
-                raise RuntimeError(f"running {stem} at quick scale wrote no results file under {out}")
-            found[stem] = runs[-1]
-    return dict(sorted(found.items()))
-
-
-def _load(files: dict[str, Path]) -> dict[str, dict]:
-    return {stem: json.loads(Path(p).read_text()) for stem, p in files.items()}
-
-
-def _by_prefix(data: dict[str, dict], prefix: str) -> tuple[str, dict] | None:
-    hits = [s for s in data if s.startswith(prefix + "_")]
-    return (hits[0], data[hits[0]]) if hits else None
-
-
-def _claim(results: dict, *starts: str) -> int | None:
-    """Index of the first claim whose text starts with (or contains, for words given in lower case) a phrase."""
-    for i, c in enumerate(results.get("claims", [])):
-        if any(c["claim"].startswith(s) or (s.islower() and s in c["claim"].lower()) for s in starts):
-            return i
-    return None
-
-
-def short(text: str, width: int = 100) -> str:
-    """A claim's text shortened for the scoreboard: no "Source text:" prefix, cut before its first "(" or ":"."""
-    text = re.sub(r"^Source text:\s*", "", text)
-    text = re.split(r"\s\(|:\s|,? at every seed", text, maxsplit=1)[0].rstrip(" ,;.")
-    text = text[0].upper() + text[1:] if text else text
-    return text if len(text) <= width else text[: width - 1].rstrip() + "…"
-
-
-def headline_numbers(files: dict[str, Path]) -> dict[str, Number]:
-    """Every number the infographic shows, read from the results files (`gather`), by name.
-
-    Names: ``transfer.*`` and ``shift.*`` (notebook 01), ``mtl.*`` and ``interference.*`` (06), ``forgetting.*``
-    (11, and 04's forgetting claim when its file exists), ``conflict.*`` (10), ``map.*`` (11's decision map) and
-    ``score.<stem>.<i>`` (the verdict of every source statement, in every file).
-    """
-    data = _load(files)
-    nums: dict[str, Number] = {}
-
-    def put(name: str, stem: str, path: str, fmt: str, reduce: str = "") -> None:
-        nums[name] = _number(data[stem], files[stem].name, path, name=name, fmt=fmt, reduce=reduce)
-
-    def claim_path(i: int, *keys: str | int) -> str:
-        return join_path("claims", i, *keys)
-
-    if hit := _by_prefix(data, "01"):
-        stem, d = hit
-        if (i := _claim(d, "Transfer helps with few labels")) is not None:
-            put("transfer.margin", stem, claim_path(i, "measured", "margin"), "pts")
-            put("transfer.finetune", stem, claim_path(i, "measured", "transfer"), "pct", "mean")
-            put("transfer.scratch", stem, claim_path(i, "measured", "scratch"), "pct", "mean")
-            put("transfer.seeds", stem, claim_path(i, "measured", "seeds"), "{}", "len")
-            put("transfer.held", stem, claim_path(i, "held"), "verdict")
-            if "TARGET_PER_CLASS" in d.get("parameters", {}):
-                put("transfer.per_class", stem, "parameters.TARGET_PER_CLASS", "{}")
-        if (i := _claim(d, "A covariate shift costs accuracy")) is not None:
-            put("shift.margin", stem, claim_path(i, "measured", "margin"), "cost")
-            put("shift.source", stem, claim_path(i, "measured", "on_mnist"), "pct", "mean")
-            put("shift.target", stem, claim_path(i, "measured", "on_usps"), "pct", "mean")
-            put("shift.held", stem, claim_path(i, "held"), "verdict")
-
-    if hit := _by_prefix(data, "06"):
-        stem, d = hit
-        if (i := _claim(d, "With the digit labels as auxiliary tasks")) is not None:
-            put("mtl.n", stem, claim_path(i, "measured", "hints_vs_single"), "{}", "smallest_key")
-            n = str(nums["mtl.n"].value)
-            put("mtl.margin", stem, claim_path(i, "measured", "hints_vs_single", n, "margin"), "pts")
-            put("mtl.hints", stem, claim_path(i, "measured", "test_acc", "hints", n, "mean"), "pct")
-            put("mtl.single", stem, claim_path(i, "measured", "test_acc", "single-task", n, "mean"), "pct")
-            put("mtl.held", stem, claim_path(i, "held"), "verdict")
-            if (j := _claim(d, "Multi-task learning generalises better")) is not None:
-                gains = d["claims"][j]["measured"].get("gain_points_mean", {}).get("control", {})
-                if n in gains:
-                    put("mtl.control", stem, claim_path(j, "measured", "gain_points_mean", "control", n), "{:+.1f} pts")
-        if (i := _claim(d, "Source text: tasks trained together can interfere")) is not None:
-            m = d["claims"][i]["measured"]
-            put("interference.alone", stem, claim_path(i, "measured", "left_only", "mean"), "pct")
-            put("interference.together", stem, claim_path(i, "measured", "left_plus_right", "mean"), "pct")
-            if "left_only_vs_left_plus_right" in m:
-                put("interference.margin", stem, claim_path(i, "measured", "left_only_vs_left_plus_right", "margin"),
-                    "cost")
-            put("interference.held", stem, claim_path(i, "held"), "verdict")
-
-    if hit := _by_prefix(data, "11"):
-        stem, d = hit
-        if (i := _claim(d, "Fine-tuning forgets the source task")) is not None:
-            put("forgetting.margin", stem, claim_path(i, "measured", "margin"), "pts")
-            put("forgetting.kept", stem, claim_path(i, "measured", "source_acc_pretrain_mtl"), "pct", "mean")
-            put("forgetting.finetune", stem, claim_path(i, "measured", "source_acc_finetune"), "pct", "mean")
-            put("forgetting.held", stem, claim_path(i, "held"), "verdict")
-        _map_numbers(nums, d, stem, files[stem].name)
-
-    for prefix, topic, words in (("04", "forgetting04", ("forget",)), ("10", "conflict", ("conflict",))):
-        if hit := _by_prefix(data, prefix):
-            stem, d = hit
-            if (i := _claim(d, *words)) is not None:
-                put(f"{topic}.held", stem, claim_path(i, "held"), "verdict")
-                nums[f"{topic}.claim"] = Number(f"{topic}.claim", d["claims"][i]["claim"],
-                                                short(d["claims"][i]["claim"], 72), files[stem].name,
-                                                claim_path(i, "claim"))
-                if isinstance(d["claims"][i]["measured"].get("margin"), (int, float)):
-                    put(f"{topic}.margin", stem, claim_path(i, "measured", "margin"), "pts")
-
-    for stem, d in data.items():
-        for i, c in enumerate(d.get("claims", [])):
-            if c.get("kind") == "source":
-                put(f"score.{stem}.{i}", stem, claim_path(i, "held"), "verdict")
-                nums[f"score.{stem}.{i}.text"] = Number(f"score.{stem}.{i}.text", c["claim"], short(c["claim"]),
-                                                        files[stem].name, claim_path(i, "claim"))
-    return nums
-
-
-def _map_numbers(nums: dict[str, Number], d: dict, stem: str, file: str) -> None:
-    """11's decision map (metrics.decision_map): per-class rows, column names, winners and ties of two panels."""
-    dm = d.get("metrics", {}).get("decision_map")
-    if not dm:
-        return
-    for r, n in enumerate(dm["per_class"]):
-        path = join_path("metrics", "decision_map", "per_class", r)
-        nums[f"map.per_class.{r}"] = Number(f"map.per_class.{r}", n, str(n), file, path)
-    for c, name in enumerate(dm["columns"]):
-        path = join_path("metrics", "decision_map", "columns", c)
-        nums[f"map.column.{c}"] = Number(f"map.column.{c}", name, str(name), file, path)
-    for key in MAP_PANELS:
-        if key not in dm:
-            continue
-        for r, row in enumerate(dm[key]["winner"]):
-            for c, w in enumerate(row):
-                path = join_path("metrics", "decision_map", key, "winner", r, c)
-                nums[f"map.{key}.{r}.{c}"] = Number(f"map.{key}.{r}.{c}", w, WINNER_CODE.get(w, w), file, path)
-                tie = dm[key]["tie"][r][c]
-                tpath = join_path("metrics", "decision_map", key, "tie", r, c)
-                nums[f"map.{key}.{r}.{c}.tie"] = Number(f"map.{key}.{r}.{c}.tie", tie, "tie" if tie else "", file, tpath)
-    agree = d.get("metrics", {}).get("rule_of_thumb_agreement", {})
-    for half in ("transfer_half", "multitask_half"):
-        if half in agree:
-            for k, what in enumerate(("clear", "cells")):
-                path = join_path("metrics", "rule_of_thumb_agreement", half, k)
-                nums[f"map.{half}.{what}"] = Number(f"map.{half}.{what}", agree[half][k], str(agree[half][k]), file, path)
-
-
-MAP_PANELS = {"no_labels_together/target": "other task's labels NOT available\n(judged on the target task)",
-              "labels_together/both": "all labels together, both tasks\nmust work (mean of the two)"}
-WINNER_CODE = {"alone": "alone", "probe": "probe", "finetune": "FT", "mtl": "MTL", "pretrain_mtl": "PT+MTL"}
-WINNER_COLOUR = {"alone": OKABE_ITO["grey"], "probe": OKABE_ITO["sky"], "finetune": OKABE_ITO["blue"],
-                 "mtl": OKABE_ITO["orange"], "pretrain_mtl": OKABE_ITO["vermillion"]}
-WINNER_NAME = {"alone": "the target task alone", "probe": "transfer, linear probe", "finetune": "transfer, fine-tune",
-               "mtl": "multi-task", "pretrain_mtl": "pretrain, then multi-task"}
+WINNER_COLOUR = {
+    "alone": OKABE_ITO["grey"],
+    "probe": OKABE_ITO["sky"],
+    "finetune": OKABE_ITO["blue"],
+    "mtl": OKABE_ITO["orange"],
+    "pretrain_mtl": OKABE_ITO["vermillion"],
+}
+WINNER_NAME = {
+    "alone": "the target task alone",
+    "probe": "transfer, linear probe",
+    "finetune": "transfer, fine-tune",
+    "mtl": "multi-task",
+    "pretrain_mtl": "pretrain, then multi-task",
+}
 
 # ------------------------------------------------------------------------------------------- the figure
 
 DEFINITIONS = (
-    ("Transfer learning", OKABE_ITO["blue"],
-     "Two phases, one after the other. A network first learns a source task that has plenty of labels; its "
-     "weights then become the starting point for a target task with few labels, either kept frozen under a new "
-     "head (a linear probe) or trained further (fine-tuning). Only the target task matters in the end.",
-     "source:  $\\theta_S=\\arg\\min_\\theta\\, L_S(\\theta)$\n"
-     "target:  $\\theta_T=\\arg\\min_\\theta\\, L_T(\\theta)$, starting from $\\theta_S$"),
-    ("Multi-task learning", OKABE_ITO["orange"],
-     "One phase. A single network with a shared trunk and one head per task learns several tasks at the same "
-     "time, each task's gradient shaping the shared features. It needs every task's labels during training, "
-     "and every task is meant to work at the end.",
-     "all tasks at once:  $\\theta=\\arg\\min_\\theta \\sum_t w_t\\, L_t(\\theta)$\n"
-     "(one shared trunk, one head per task)"),
+    (
+        "Transfer learning",
+        OKABE_ITO["blue"],
+        "Two phases, one after the other. A network first learns a source task that has plenty of labels; its "
+        "weights then become the starting point for a target task with few labels, either kept frozen under a new "
+        "head (a linear probe) or trained further (fine-tuning). Only the target task matters in the end.",
+        "source:  $\\theta_S=\\arg\\min_\\theta\\, L_S(\\theta)$\n"
+        "target:  $\\theta_T=\\arg\\min_\\theta\\, L_T(\\theta)$, starting from $\\theta_S$",
+    ),
+    (
+        "Multi-task learning",
+        OKABE_ITO["orange"],
+        "One phase. A single network with a shared trunk and one head per task learns several tasks at the same "
+        "time, each task's gradient shaping the shared features. It needs every task's labels during training, "
+        "and every task is meant to work at the end.",
+        "all tasks at once:  $\\theta=\\arg\\min_\\theta \\sum_t w_t\\, L_t(\\theta)$\n"
+        "(one shared trunk, one head per task)",
+    ),
 )
 
 COMPARISON = (
@@ -381,8 +123,9 @@ def _t(nums: dict[str, Number], name: str) -> str:
     return nums[name].text
 
 
-def _card(fig, rect, title: str, colour: str, headline: str | None, lines: list[str], source: str,
-          missing_note: str) -> None:
+def _card(
+    fig, rect, title: str, colour: str, headline: str | None, lines: list[str], source: str, missing_note: str
+) -> None:
     """One headline panel: title, the big number, detail lines (wrapped), and the file it came from."""
     ax = fig.add_axes(rect)
     ax.set_axis_off()
@@ -399,16 +142,26 @@ def _card(fig, rect, title: str, colour: str, headline: str | None, lines: list[
     ax.text(0.05, 0.04, source, fontsize=6, color="#555555", va="bottom", style="italic")
 
 
-def figure(nums: dict[str, Number], *, title: str = "Transfer learning vs multi-task learning: the course on one page"):
+def figure(
+    nums: dict[str, Number],
+    *,
+    title: str = "Transfer learning vs multi-task learning: the course on one page",
+):
     """Draw the infographic (A4 landscape) from `headline_numbers`: definitions, comparison table, headline cards,
     the decision map in miniature and the scoreboard of source statements. Returns the matplotlib Figure."""
     import matplotlib.pyplot as plt
 
     fig = plt.figure(figsize=A4_LANDSCAPE)
     fig.text(0.02, 0.975, title, fontsize=16, weight="bold", va="top")
-    fig.text(0.02, 0.933, "Every number on this page was measured by the course's notebooks and is read from their "
-             "results files. Margins are means over seeds, in percentage points (pts) of accuracy.",
-             fontsize=8, va="top", color="#333333")
+    fig.text(
+        0.02,
+        0.933,
+        "Every number on this page was measured by the course's notebooks and is read from their "
+        "results files. Margins are means over seeds, in percentage points (pts) of accuracy.",
+        fontsize=8,
+        va="top",
+        color="#333333",
+    )
     for k, (name, colour, text, eq) in enumerate(DEFINITIONS):
         ax = fig.add_axes((0.02 + 0.238 * k, 0.645, 0.228, 0.26))
         ax.set_axis_off()
@@ -421,8 +174,13 @@ def figure(nums: dict[str, Number], *, title: str = "Transfer learning vs multi-
     ax = fig.add_axes((0.50, 0.645, 0.485, 0.26))
     ax.set_axis_off()
     cells = [[_wrap(x, 24 if c == 0 else 36) for c, x in enumerate(r)] for r in COMPARISON[1:]]
-    table = ax.table(cellText=cells, colLabels=list(COMPARISON[0]), cellLoc="left", colWidths=[0.22, 0.39, 0.39],
-                     bbox=(0, 0, 1, 1))
+    table = ax.table(
+        cellText=cells,
+        colLabels=list(COMPARISON[0]),
+        cellLoc="left",
+        colWidths=[0.22, 0.39, 0.39],
+        bbox=(0, 0, 1, 1),
+    )
     table.auto_set_font_size(False)
     table.set_fontsize(7.3)
     for (r, c), cell in table.get_celld().items():
@@ -442,7 +200,9 @@ def figure(nums: dict[str, Number], *, title: str = "Transfer learning vs multi-
 def _cards(fig, nums: dict[str, Number]) -> None:
     """Six headline cards in two rows: transfer, covariate shift, forgetting / multi-task gain, harm, conflict."""
     w, h, gap = 0.165, 0.268, 0.01
-    spot = [(0.02 + col * (w + gap), 0.03 + (1 - row) * (h + gap), w, h) for row in range(2) for col in range(3)]
+    spot = [
+        (0.02 + col * (w + gap), 0.03 + (1 - row) * (h + gap), w, h) for row in range(2) for col in range(3)
+    ]
 
     def src(name: str) -> str:
         return f"read from {nums[name].file}" if name in nums else ""
@@ -451,54 +211,123 @@ def _cards(fig, nums: dict[str, Number]) -> None:
         return f"{what}: {_t(nums, name)} (over seeds)" if name in nums else ""
 
     have = "transfer.margin" in nums
-    _card(fig, spot[0], "Transfer gain, few labels", OKABE_ITO["blue"],
-          _t(nums, "transfer.margin") if have else None,
-          [f"fine-tuned from the source task: {_t(nums, 'transfer.finetune')}",
-           f"same network from scratch: {_t(nums, 'transfer.scratch')}",
-           (f"{_t(nums, 'transfer.per_class')} target labels per class, " if "transfer.per_class" in nums else "")
-           + f"{_t(nums, 'transfer.seeds')} seeds", verdict("transfer.held")] if have else [],
-          src("transfer.margin"), "notebook 01 (definitions) has no results file yet")
+    _card(
+        fig,
+        spot[0],
+        "Transfer gain, few labels",
+        OKABE_ITO["blue"],
+        _t(nums, "transfer.margin") if have else None,
+        [
+            f"fine-tuned from the source task: {_t(nums, 'transfer.finetune')}",
+            f"same network from scratch: {_t(nums, 'transfer.scratch')}",
+            (
+                f"{_t(nums, 'transfer.per_class')} target labels per class, "
+                if "transfer.per_class" in nums
+                else ""
+            )
+            + f"{_t(nums, 'transfer.seeds')} seeds",
+            verdict("transfer.held"),
+        ]
+        if have
+        else [],
+        src("transfer.margin"),
+        "notebook 01 (definitions) has no results file yet",
+    )
     have = "shift.margin" in nums
-    _card(fig, spot[1], "Cost of a covariate shift", OKABE_ITO["purple"], _t(nums, "shift.margin") if have else None,
-          [f"source model on its own test digits: {_t(nums, 'shift.source')}",
-           f"the same model on digits from another scanner (same labels): {_t(nums, 'shift.target')}",
-           verdict("shift.held")] if have else [],
-          src("shift.margin"), "notebook 01 (definitions) has no results file yet")
+    _card(
+        fig,
+        spot[1],
+        "Cost of a covariate shift",
+        OKABE_ITO["purple"],
+        _t(nums, "shift.margin") if have else None,
+        [
+            f"source model on its own test digits: {_t(nums, 'shift.source')}",
+            f"the same model on digits from another scanner (same labels): {_t(nums, 'shift.target')}",
+            verdict("shift.held"),
+        ]
+        if have
+        else [],
+        src("shift.margin"),
+        "notebook 01 (definitions) has no results file yet",
+    )
     have = "forgetting.margin" in nums
-    lines = ["source-task accuracy, mean over map:", f"pretrain, then multi-task: {_t(nums, 'forgetting.kept')}",
-             f"fine-tuned on the target: {_t(nums, 'forgetting.finetune')}", verdict("forgetting.held")] if have else []
+    lines = (
+        [
+            "source-task accuracy, mean over map:",
+            f"pretrain, then multi-task: {_t(nums, 'forgetting.kept')}",
+            f"fine-tuned on the target: {_t(nums, 'forgetting.finetune')}",
+            verdict("forgetting.held"),
+        ]
+        if have
+        else []
+    )
     if "forgetting04.held" in nums:
         margin = f": {_t(nums, 'forgetting04.margin')}" if "forgetting04.margin" in nums else ""
         lines.append(f"04 · {_t(nums, 'forgetting04.claim')}{margin}, {_t(nums, 'forgetting04.held')}")
     headline = "forgetting.margin" if have else "forgetting04.margin"
     files = sorted({nums[k].file for k in ("forgetting.margin", "forgetting04.held") if k in nums})
-    _card(fig, spot[2], "Forgetting the source task", OKABE_ITO["green"],
-          _t(nums, headline) if headline in nums else None, lines,
-          "read from " + ",\n".join(files) if files else "", "notebooks 04 and 11 have no results files yet")
+    _card(
+        fig,
+        spot[2],
+        "Forgetting the source task",
+        OKABE_ITO["green"],
+        _t(nums, headline) if headline in nums else None,
+        lines,
+        "read from " + ",\n".join(files) if files else "",
+        "notebooks 04 and 11 have no results files yet",
+    )
     have = "mtl.margin" in nums
-    _card(fig, spot[3], "Multi-task gain from hints", OKABE_ITO["orange"],
-          _t(nums, "mtl.margin") if have else None,
-          [f"auxiliary digit labels as hints: {_t(nums, 'mtl.hints')}",
-           f"single-task model: {_t(nums, 'mtl.single')}",
-           f"{_t(nums, 'mtl.n')} training images", verdict("mtl.held")] if have else [],
-          src("mtl.margin"), "notebook 06 (benefits of multi-task learning) has no results file yet")
+    _card(
+        fig,
+        spot[3],
+        "Multi-task gain from hints",
+        OKABE_ITO["orange"],
+        _t(nums, "mtl.margin") if have else None,
+        [
+            f"auxiliary digit labels as hints: {_t(nums, 'mtl.hints')}",
+            f"single-task model: {_t(nums, 'mtl.single')}",
+            f"{_t(nums, 'mtl.n')} training images",
+            verdict("mtl.held"),
+        ]
+        if have
+        else [],
+        src("mtl.margin"),
+        "notebook 06 (benefits of multi-task learning) has no results file yet",
+    )
     headline = "mtl.control" if "mtl.control" in nums else "interference.margin"
     lines = []
     if "mtl.control" in nums:
         lines.append(f"auxiliary labels unrelated to the image, vs single-task ({_t(nums, 'mtl.n')} images)")
     if "interference.together" in nums:
         change = f" ({_t(nums, 'interference.margin')})" if "interference.margin" in nums else ""
-        lines.append(f"a sibling task added: left digit {_t(nums, 'interference.alone')} alone, "
-                     f"{_t(nums, 'interference.together')} together{change}")
+        lines.append(
+            f"a sibling task added: left digit {_t(nums, 'interference.alone')} alone, "
+            f"{_t(nums, 'interference.together')} together{change}"
+        )
         lines.append(verdict("interference.held", "'tasks hinder each other'"))
-    _card(fig, spot[4], "When another task may hurt", OKABE_ITO["vermillion"],
-          _t(nums, headline) if headline in nums else None, lines, src(headline),
-          "notebook 06 (benefits of multi-task learning) has no results file yet")
+    _card(
+        fig,
+        spot[4],
+        "When another task may hurt",
+        OKABE_ITO["vermillion"],
+        _t(nums, headline) if headline in nums else None,
+        lines,
+        src(headline),
+        "notebook 06 (benefits of multi-task learning) has no results file yet",
+    )
     have = "conflict.held" in nums
-    _card(fig, spot[5], "Gradient conflict, repair", OKABE_ITO["black"],
-          (_t(nums, "conflict.margin") if "conflict.margin" in nums else _t(nums, "conflict.held")) if have else None,
-          [f"'{_t(nums, 'conflict.claim')}'", verdict("conflict.held")] if have else [], src("conflict.held"),
-          "notebook 10 (obstacles in multi-task learning) has no results file yet")
+    _card(
+        fig,
+        spot[5],
+        "Gradient conflict, repair",
+        OKABE_ITO["black"],
+        (_t(nums, "conflict.margin") if "conflict.margin" in nums else _t(nums, "conflict.held"))
+        if have
+        else None,
+        [f"'{_t(nums, 'conflict.claim')}'", verdict("conflict.held")] if have else [],
+        src("conflict.held"),
+        "notebook 10 (obstacles in multi-task learning) has no results file yet",
+    )
 
 
 def _mini_map(fig, nums: dict[str, Number]) -> None:
@@ -510,8 +339,15 @@ def _mini_map(fig, nums: dict[str, Number]) -> None:
     rows = sorted(int(k.split(".")[2]) for k in nums if k.startswith("map.per_class."))
     cols = sorted(int(k.split(".")[2]) for k in nums if k.startswith("map.column."))
     if not rows or not cols:
-        fig.text(x0 - 0.01, 0.57, "not yet measured:\nnotebook 11 has no decision map\nin its results file",
-                 fontsize=8, style="italic", color="#444444", va="top")
+        fig.text(
+            x0 - 0.01,
+            0.57,
+            "not yet measured:\nnotebook 11 has no decision map\nin its results file",
+            fontsize=8,
+            style="italic",
+            color="#444444",
+            va="top",
+        )
         return
     small = len(cols) > 4 or len(rows) > 4
     for k, (key, title) in enumerate(MAP_PANELS.items()):
@@ -522,18 +358,38 @@ def _mini_map(fig, nums: dict[str, Number]) -> None:
                 if cell is None:
                     continue
                 tie = nums[f"map.{key}.{r}.{c}.tie"]
-                ax.add_patch(Rectangle((c, r), 1, 1, fc=WINNER_COLOUR.get(cell.value, "white"),
-                                       alpha=0.45 if tie.value else 1, hatch="///" if tie.value else None,
-                                       ec="white", lw=1))
+                ax.add_patch(
+                    Rectangle(
+                        (c, r),
+                        1,
+                        1,
+                        fc=WINNER_COLOUR.get(cell.value, "white"),
+                        alpha=0.45 if tie.value else 1,
+                        hatch="///" if tie.value else None,
+                        ec="white",
+                        lw=1,
+                    )
+                )
                 dark = cell.value in ("finetune", "pretrain_mtl") and not tie.value
-                ax.text(c + 0.5, r + 0.5, cell.text + ("\n" + tie.text if tie.value else ""), ha="center",
-                        va="center", fontsize=4.8 if small else 6, color="white" if dark else "black")
+                ax.text(
+                    c + 0.5,
+                    r + 0.5,
+                    cell.text + ("\n" + tie.text if tie.value else ""),
+                    ha="center",
+                    va="center",
+                    fontsize=4.8 if small else 6,
+                    color="white" if dark else "black",
+                )
         ax.set_xlim(0, len(cols))
         ax.set_ylim(len(rows), 0)
         ax.set_yticks([r + 0.5 for r in rows], [_t(nums, f"map.per_class.{r}") for r in rows], fontsize=6.5)
         if k == len(MAP_PANELS) - 1:
-            ax.set_xticks([c + 0.5 for c in cols], [_wrap(_t(nums, f"map.column.{c}"), 9) for c in cols],
-                          fontsize=5.5 if small else 6.3, rotation=30 if small else 0)
+            ax.set_xticks(
+                [c + 0.5 for c in cols],
+                [_wrap(_t(nums, f"map.column.{c}"), 9) for c in cols],
+                fontsize=5.5 if small else 6.3,
+                rotation=30 if small else 0,
+            )
         else:
             ax.set_xticks([])
         ax.tick_params(length=0)
@@ -543,15 +399,29 @@ def _mini_map(fig, nums: dict[str, Number]) -> None:
             side.set_visible(False)
     handles = [Patch(fc=WINNER_COLOUR[m], label=f"{WINNER_CODE[m]}: {WINNER_NAME[m]}") for m in WINNER_COLOUR]
     handles.append(Patch(fc="white", ec="#777777", hatch="///", label="tie: within seed noise"))
-    fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(x0 - 0.012, 0.198), ncol=1, fontsize=5.8,
-               frameon=False, handlelength=1.1, columnspacing=0.6, handletextpad=0.4, labelspacing=0.22)
+    fig.legend(
+        handles=handles,
+        loc="upper left",
+        bbox_to_anchor=(x0 - 0.012, 0.198),
+        ncol=1,
+        fontsize=5.8,
+        frameon=False,
+        handlelength=1.1,
+        columnspacing=0.6,
+        handletextpad=0.4,
+        labelspacing=0.22,
+    )
     lines = []
     if "map.transfer_half.clear" in nums:
-        lines.append(f"Rule of thumb 'transfer when the target is small and a related source exists': holds clearly "
-                     f"in {_t(nums, 'map.transfer_half.clear')} of {_t(nums, 'map.transfer_half.cells')} such cells.")
+        lines.append(
+            f"Rule of thumb 'transfer when the target is small and a related source exists': holds clearly "
+            f"in {_t(nums, 'map.transfer_half.clear')} of {_t(nums, 'map.transfer_half.cells')} such cells."
+        )
     if "map.multitask_half.clear" in nums:
-        lines.append(f"'Multi-task when related tasks are labelled together': holds clearly in "
-                     f"{_t(nums, 'map.multitask_half.clear')} of {_t(nums, 'map.multitask_half.cells')} such cells.")
+        lines.append(
+            f"'Multi-task when related tasks are labelled together': holds clearly in "
+            f"{_t(nums, 'map.multitask_half.clear')} of {_t(nums, 'map.multitask_half.cells')} such cells."
+        )
     lines.append(f"read from {nums['map.per_class.0'].file}")
     fig.text(x0 - 0.01, 0.098, "\n".join(_wrap(x, 50) for x in lines), fontsize=6, va="top", linespacing=1.2)
 
@@ -562,8 +432,15 @@ def _scoreboard(fig, nums: dict[str, Number]) -> None:
     fig.text(x0, top, "Common statements, put to the test", fontsize=9, weight="bold", va="top")
     keys = [k for k in nums if re.fullmatch(r"score\.[^.]+\.\d+", k)]
     if not keys:
-        fig.text(x0, top - 0.04, "not yet measured: no results file\nholds a source statement", fontsize=8,
-                 style="italic", color="#444444", va="top")
+        fig.text(
+            x0,
+            top - 0.04,
+            "not yet measured: no results file\nholds a source statement",
+            fontsize=8,
+            style="italic",
+            color="#444444",
+            va="top",
+        )
         return
     texts = [f"{k.split('.')[1][:2]} · " + nums[k + ".text"].text for k in keys]
     wrapped = [_wrap(t, 48) for t in texts]
@@ -574,13 +451,30 @@ def _scoreboard(fig, nums: dict[str, Number]) -> None:
     for k, text in zip(keys, wrapped):
         verdict = nums[k]
         colour = HELD_COLOUR if verdict.value else NOT_HELD_COLOUR
-        fig.text(x0, y, ("✔ " if verdict.value else "✘ ") + verdict.text, fontsize=size, color=colour, va="top",
-                 weight="bold")
+        fig.text(
+            x0,
+            y,
+            ("✔ " if verdict.value else "✘ ") + verdict.text,
+            fontsize=size,
+            color=colour,
+            va="top",
+            weight="bold",
+        )
         fig.text(x0 + 0.052, y, text, fontsize=size, va="top", linespacing=1.1)
         y -= line * (text.count("\n") + 1) + 0.005
-    fig.text(x0, 0.03, _wrap("held: our measurement agrees with the statement; not held: it does not, and the "
-                              "notebook's claims cell says why.", 62), fontsize=5.8, color="#555555", va="bottom",
-             style="italic")
+    fig.text(
+        x0,
+        0.03,
+        _wrap(
+            "held: our measurement agrees with the statement; not held: it does not, and the "
+            "notebook's claims cell says why.",
+            62,
+        ),
+        fontsize=5.8,
+        color="#555555",
+        va="bottom",
+        style="italic",
+    )
 
 
 # ------------------------------------------------------------------------------------------- checks and files
@@ -598,8 +492,9 @@ def _flat(text: str) -> str:
     return " ".join(text.split())
 
 
-def check_figure(fig, nums: dict[str, Number], folder: str | Path | None = None,
-                 files: dict[str, Path] | None = None) -> list[str]:
+def check_figure(
+    fig, nums: dict[str, Number], folder: str | Path | None = None, files: dict[str, Path] | None = None
+) -> list[str]:
     """Problems found, [] when none: each number re-read from its results file must equal its value, and its text
     must appear on the figure. `files` ({stem: path}, from `gather`) locate the files; else `folder`."""
     folder = Path(folder) if folder else default_folder()
@@ -644,5 +539,12 @@ def page_size(path: str | Path) -> tuple[float, float]:
 
 def provenance_table(nums: dict[str, Number]) -> list[dict]:
     """One row per number on the figure: name, value as drawn, file and key path (printed by notebook 12)."""
-    return [{"name": n.name, "shown": n.text, "file": n.file,
-             "path": f"{REDUCE_WORDS[n.reduce]} {n.path}" if n.reduce else n.path} for n in nums.values()]
+    return [
+        {
+            "name": n.name,
+            "shown": n.text,
+            "file": n.file,
+            "path": f"{REDUCE_WORDS[n.reduce]} {n.path}" if n.reduce else n.path,
+        }
+        for n in nums.values()
+    ]

@@ -32,7 +32,12 @@ from .train import evaluate, fit
 from .transfer import cached_source, train_dann
 
 __all__ = [
-    "ADAPTATIONS", "by_cell", "corrupt_labels", "domain_adaptation", "negative_transfer_gap", "noisy_source",
+    "ADAPTATIONS",
+    "by_cell",
+    "corrupt_labels",
+    "domain_adaptation",
+    "negative_transfer_gap",
+    "noisy_source",
     "target_sweep",
 ]
 
@@ -88,19 +93,33 @@ def noisy_source(
     """
     if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not 0 <= noise <= 1:
         raise ValueError(f"noise must be a number in [0, 1], got {noise!r}")
-    for label, value in (("epochs", epochs), ("batch_size", batch_size)) + ((("n", n),) if n is not None else ()):
+    for label, value in (("epochs", epochs), ("batch_size", batch_size)) + (
+        (("n", n),) if n is not None else ()
+    ):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{label} must be a positive integer, got {value!r}")
     if not isinstance(min_steps, int) or isinstance(min_steps, bool) or min_steps < 0:
         raise ValueError(f"min_steps must be a non-negative integer, got {min_steps!r}")
-    config = dict(model=name, dataset=dataset, noise=float(noise), n=n, epochs=epochs, min_steps=min_steps,
-                  seed=seed, lr=float(lr),
-                  batch_size=batch_size, size=size, version=_VERSION)
+    config = dict(
+        model=name,
+        dataset=dataset,
+        noise=float(noise),
+        n=n,
+        epochs=epochs,
+        min_steps=min_steps,
+        seed=seed,
+        lr=float(lr),
+        batch_size=batch_size,
+        size=size,
+        version=_VERSION,
+    )
 
     def relabel(y: Tensor, num_classes: int) -> Tensor:
         return corrupt_labels(y, float(noise), num_classes=num_classes, seed=seed)
 
-    return cached_source(config, "noisy_sources", root=root, device=device, relabel=relabel, min_steps=min_steps)
+    return cached_source(
+        config, "noisy_sources", root=root, device=device, relabel=relabel, min_steps=min_steps
+    )
 
 
 def target_sweep(
@@ -167,8 +186,13 @@ def negative_transfer_gap(scratch: Sequence[float], transfer: Sequence[float]) -
     a, b = [float(v) for v in scratch], [float(v) for v in transfer]
     hurt, helped = separated(a, b), separated(b, a)
     gaps = [x - y for x, y in zip(a, b)]
-    return {"gaps": gaps, "mean": sum(gaps) / len(gaps), "negative": hurt["held"], "positive": helped["held"],
-            "spread": hurt["spread"]}
+    return {
+        "gaps": gaps,
+        "mean": sum(gaps) / len(gaps),
+        "negative": hurt["held"],
+        "positive": helped["held"],
+        "spread": hurt["spread"],
+    }
 
 
 ADAPTATIONS = ("source_only", "dann", "finetune_few")
@@ -214,7 +238,11 @@ def domain_adaptation(
     for lr in grid:
         if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
             raise ValueError(f"lr_grid must hold positive numbers, got {lr!r}")
-    for label, value, low in (("steps", steps, 1), ("per_class", per_class, 1), ("batch_size", batch_size, 1)):
+    for label, value, low in (
+        ("steps", steps, 1),
+        ("per_class", per_class, 1),
+        ("batch_size", batch_size, 1),
+    ):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"{label} must be an integer >= {low}, got {value!r}")
     if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seed_list):
@@ -232,17 +260,43 @@ def domain_adaptation(
                 model = copy.deepcopy(source)
                 if method == "finetune_few":
                     batches = TensorBatches(xs, ys, min(batch_size, len(xs)), seed=seed, device=dev)
-                    fit(model, batches, epochs=-(-steps // len(batches)), max_steps=steps, lr=lr, seed=seed,
-                        device=dev, progress=False)
+                    fit(
+                        model,
+                        batches,
+                        epochs=-(-steps // len(batches)),
+                        max_steps=steps,
+                        lr=lr,
+                        seed=seed,
+                        device=dev,
+                        progress=False,
+                    )
                 else:
                     lam = max_lambda if method == "dann" else 0.0
-                    train_dann(model, source_data, target_pool[0], epochs=-(-steps * batch_size // len(source_data[1])),
-                               max_steps=steps, batch_size=batch_size, lr=lr, max_lambda=lam, seed=seed, device=dev,
-                               progress=False)
+                    train_dann(
+                        model,
+                        source_data,
+                        target_pool[0],
+                        epochs=-(-steps * batch_size // len(source_data[1])),
+                        max_steps=steps,
+                        batch_size=batch_size,
+                        lr=lr,
+                        max_lambda=lam,
+                        seed=seed,
+                        device=dev,
+                        progress=False,
+                    )
                 test_acc[lr] = evaluate(model, test_b, device=dev)["acc"]
                 return evaluate(model, val_b, device=dev)["acc"]
 
             best, scores = tune(run, grid, name="lr_grid")
-            rows.append({"method": method, "seed": seed, "lr": best, "val_acc": scores[best],
-                         "test_acc": test_acc[best], "val_scores": scores})
+            rows.append(
+                {
+                    "method": method,
+                    "seed": seed,
+                    "lr": best,
+                    "val_acc": scores[best],
+                    "test_acc": test_acc[best],
+                    "val_scores": scores,
+                }
+            )
     return rows

@@ -113,7 +113,9 @@ def _module_dict(mods: dict[str, nn.Module], what: str) -> nn.ModuleDict:
     return nn.ModuleDict(mods)
 
 
-param_count = count_params  # the one parameter counter (companion.models), under the name notebooks 03 and 06 use
+param_count = (
+    count_params  # the one parameter counter (companion.models), under the name notebooks 03 and 06 use
+)
 
 
 class Separate(nn.ModuleDict):
@@ -131,7 +133,9 @@ class Separate(nn.ModuleDict):
             y = model(x)
             if isinstance(y, dict):
                 if task not in y:
-                    raise ValueError(f"model for task {task!r} returned a dict without that task: {sorted(y)}")
+                    raise ValueError(
+                        f"model for task {task!r} returned a dict without that task: {sorted(y)}"
+                    )
                 y = y[task]
             out[task] = y
         return out
@@ -140,9 +144,7 @@ class Separate(nn.ModuleDict):
 def separate_models(make_model: Callable[[str], nn.Module], tasks: Iterable[str]) -> Separate:
     """One independent single-task model per task, `make_model(task)`, as a `Separate` (notebooks 03 and 04)."""
     if not callable(make_model):
-        raise ValueError(
-            f"make_model must be a callable task -> nn.Module, got {type(make_model).__name__}"
-        )
+        raise ValueError(f"make_model must be a callable task -> nn.Module, got {type(make_model).__name__}")
     models = {t: make_model(t) for t in checks.task_names("tasks", tasks)}
     return Separate(_module_dict(models, "make_model"))
 

@@ -142,7 +142,9 @@ def aggregate2(g: Tensor, method: str, *, c: float = 0.5) -> Tensor:
     (a closed form: the stationarity condition is a quadratic in w). Same results as `companion.aggregators`.
     """
     if not isinstance(g, Tensor) or g.ndim != 3 or g.shape[1] != 2:
-        raise ValueError(f"g must be an N x 2 x P tensor of two task gradients, got {getattr(g, 'shape', g)!r}")
+        raise ValueError(
+            f"g must be an N x 2 x P tensor of two task gradients, got {getattr(g, 'shape', g)!r}"
+        )
     if method not in ("mean", "mgda", "pcgrad", "upgrad", "cagrad"):
         raise ValueError(f"method must be one of mean, mgda, pcgrad, upgrad, cagrad, got {method!r}")
     if not isinstance(c, (int, float)) or isinstance(c, bool) or not c >= 0 or math.isinf(c):
@@ -222,7 +224,9 @@ def path_summary(paths: Tensor, curve: Tensor | None = None, *, on_set: float = 
     farther than `on_set` from the set (notebook 10).
     """
     if not isinstance(paths, Tensor) or paths.ndim != 3 or paths.shape[2] != 2 or len(paths) < 2:
-        raise ValueError(f"paths must be a K x N x 2 tensor with K >= 2, got {getattr(paths, 'shape', paths)!r}")
+        raise ValueError(
+            f"paths must be a K x N x 2 tensor with K >= 2, got {getattr(paths, 'shape', paths)!r}"
+        )
     p = paths.detach().double().numpy()
     curve = pareto_set() if curve is None else curve
     end = p[-1]

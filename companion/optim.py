@@ -25,7 +25,12 @@ def _make_optimizer(name, params, lr: float, weight_decay: float) -> torch.optim
     from timm.optim import create_optimizer_v2
 
     return create_optimizer_v2(
-        params, opt=_TIMM_NAMES[name], lr=lr, weight_decay=weight_decay, momentum=0.9, filter_bias_and_bn=False
+        params,
+        opt=_TIMM_NAMES[name],
+        lr=lr,
+        weight_decay=weight_decay,
+        momentum=0.9,
+        filter_bias_and_bn=False,
     )
 
 
@@ -42,10 +47,16 @@ def _make_scheduler(spec, optimizer, total_steps: int, warmup_steps: int):
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps)), False
     if spec == "onecycle":
         max_lr = [g["lr"] for g in optimizer.param_groups]
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=max(2, total_steps)), False
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=max_lr, total_steps=max(2, total_steps)
+        ), False
     from timm.scheduler import CosineLRScheduler
 
     sched = CosineLRScheduler(
-        optimizer, t_initial=max(1, total_steps), warmup_t=warmup_steps, warmup_lr_init=1e-6, t_in_epochs=False
+        optimizer,
+        t_initial=max(1, total_steps),
+        warmup_t=warmup_steps,
+        warmup_lr_init=1e-6,
+        t_in_epochs=False,
     )
     return sched, True

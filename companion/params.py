@@ -18,7 +18,12 @@ from .device import DEVICE_CHOICES, pick_device, seed_everything
 
 REPO = Path(__file__).resolve().parents[1]
 SCALES = ("quick", "full", "auto")
-_COUNTS = ("EPOCHS", "STEPS", "_SIZE", "PER_CLASS")  # name endings of sizes and epochs (0: the scale's default)
+_COUNTS = (
+    "EPOCHS",
+    "STEPS",
+    "_SIZE",
+    "PER_CLASS",
+)  # name endings of sizes and epochs (0: the scale's default)
 # Upper bounds by name, so a typo such as EPOCHS=10**9 stops in the validation cell even where a notebook
 # declares no range of its own (setup's `bounds` narrows them per notebook). First match wins.
 UPPER_BOUNDS: tuple[tuple[str, int], ...] = (
@@ -136,7 +141,12 @@ def _is_count(name: str) -> bool:
 
 def _literal(name: str, value: object) -> object:
     """A list or tuple typed as text (`-p SIZES "[1, 3]"` through papermill) becomes the literal it spells."""
-    if isinstance(value, str) and value.strip()[:1] in "[(" and value.strip() and not name.endswith(("_DIR", "_PATH")):
+    if (
+        isinstance(value, str)
+        and value.strip()[:1] in "[("
+        and value.strip()
+        and not name.endswith(("_DIR", "_PATH"))
+    ):
         with contextlib.suppress(ValueError, SyntaxError, MemoryError, RecursionError):
             parsed = ast.literal_eval(value.strip())
             if isinstance(parsed, (list, tuple)):
@@ -150,7 +160,11 @@ def _check_bounds(name: str, value: object, bounds: tuple, defaults: dict) -> No
         return  # the scale's default, chosen by the notebook's author
     values = value if isinstance(value, (list, tuple)) else [value]
     if not all(_is_int(v) and lo <= v <= hi for v in values):
-        zero = f"; 0: the scale's default (quick {defaults[name][0]}, full {defaults[name][1]})" if name in defaults else ""
+        zero = (
+            f"; 0: the scale's default (quick {defaults[name][0]}, full {defaults[name][1]})"
+            if name in defaults
+            else ""
+        )
         what = "every value" if isinstance(value, (list, tuple)) else "an integer"
         raise ParameterError(f"{name} must be {what} in {lo}..{hi} for this notebook{zero}, got {value!r}")
 
@@ -170,7 +184,9 @@ def _writable(results_dir: Path) -> None:
 
 
 def setup(
-    defaults: dict[str, tuple] | None = None, bounds: dict[str, tuple[int, int]] | None = None, **params: object
+    defaults: dict[str, tuple] | None = None,
+    bounds: dict[str, tuple[int, int]] | None = None,
+    **params: object,
 ) -> SimpleNamespace:
     """Validate a notebook's parameters, fill scale defaults, seed, pick the device (every notebook).
 
@@ -194,12 +210,19 @@ def setup(
     for name, pair in bounds.items():
         if name not in params:
             raise ParameterError(f"bounds names {name}, which is not a parameter of this notebook")
-        if not (isinstance(pair, tuple) and len(pair) == 2 and all(_is_int(b) for b in pair) and pair[0] <= pair[1]):
+        if not (
+            isinstance(pair, tuple)
+            and len(pair) == 2
+            and all(_is_int(b) for b in pair)
+            and pair[0] <= pair[1]
+        ):
             raise ParameterError(f"bounds of {name} must be a (low, high) pair of integers, got {pair!r}")
         _check_bounds(name, params[name], pair, defaults)
     for name, value in params.items():
         if _is_count(name) and value in (0, None) and name not in defaults and bounds.get(name, (1,))[0] > 0:
-            raise ParameterError(f"{name} must be a positive integer (this notebook has no scale default for 0), got {value!r}")
+            raise ParameterError(
+                f"{name} must be a positive integer (this notebook has no scale default for 0), got {value!r}"
+            )
     device = pick_device(params.get("DEVICE", "auto"))
     scale = scale_of(params.get("SCALE", "auto"), device)
     cfg = SimpleNamespace(params=dict(params), device=device, scale=scale, start=time.perf_counter())

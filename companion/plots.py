@@ -9,7 +9,9 @@ import numpy as np
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
 
-def curves(histories: dict[str, Sequence[dict]], key: str, *, ax=None, xkey: str = "epoch", ylabel: str | None = None):
+def curves(
+    histories: dict[str, Sequence[dict]], key: str, *, ax=None, xkey: str = "epoch", ylabel: str | None = None
+):
     """One line per labelled history for metric `key` against `xkey` (notebooks 00, 05, 06)."""
     ax = ax or plt.subplots(figsize=(5, 3.2))[1]
     for label, hist in histories.items():
@@ -23,14 +25,22 @@ def curves(histories: dict[str, Sequence[dict]], key: str, *, ax=None, xkey: str
     return ax
 
 
-def bars(values: dict[str, float | Sequence[float]], *, ax=None, ylabel: str = "", chance: float | None = None):
+def bars(
+    values: dict[str, float | Sequence[float]], *, ax=None, ylabel: str = "", chance: float | None = None
+):
     """Bars of means with min-max whiskers when a list of per-seed values is given (notebooks 01-11)."""
     ax = ax or plt.subplots(figsize=(5, 3.2))[1]
     names = list(values)
     data = [np.atleast_1d(np.asarray(values[k], dtype=float)) for k in names]
     means = [d.mean() for d in data]
     err = np.array([[m - d.min() for m, d in zip(means, data)], [d.max() - m for m, d in zip(means, data)]])
-    ax.bar(names, means, yerr=err if any(len(d) > 1 for d in data) else None, capsize=4, color=plt.cm.tab10.colors[: len(names)])
+    ax.bar(
+        names,
+        means,
+        yerr=err if any(len(d) > 1 for d in data) else None,
+        capsize=4,
+        color=plt.cm.tab10.colors[: len(names)],
+    )
     for i, m in enumerate(means):
         ax.text(i, m, f"{m:.3g}", ha="center", va="bottom", fontsize=9)
     if chance is not None:
@@ -170,8 +180,15 @@ def heatmaps(
     for i, (ax, m) in enumerate(zip(axes[0], mats)):
         im = ax.imshow(m, vmin=lo, vmax=hi, cmap=cmap)
         for (r, c), v in np.ndenumerate(m):
-            ax.text(c, r, format(v, fmt), ha="center", va="center", fontsize=8,
-                    color="white" if v < lo + 0.5 * (hi - lo) else "black")
+            ax.text(
+                c,
+                r,
+                format(v, fmt),
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if v < lo + 0.5 * (hi - lo) else "black",
+            )
         ax.set_xticks(range(m.shape[1]), col_labels, fontsize=8)
         ax.set_yticks(range(m.shape[0]), row_labels if i == 0 else [""] * m.shape[0], fontsize=8)
         if titles is not None:
@@ -198,6 +215,7 @@ def overlays(
     x: N×C×H×W in [0, 1]; masks: N×1×H×W (0/1 or probabilities, outlined at 0.5); points: N×2 (x, y) as
     fractions of the image side, drawn as crosses; labels: one title per image.
     """
+
     def arr(t):
         return np.asarray(t.detach().cpu() if hasattr(t, "detach") else t, dtype=float)
 

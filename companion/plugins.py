@@ -45,7 +45,9 @@ class Validate:
 
     order = -10
 
-    def __init__(self, val: Iterable, loss_fns: LossFn | dict[str, LossFn] | None = None, precision: str = "fp32"):
+    def __init__(
+        self, val: Iterable, loss_fns: LossFn | dict[str, LossFn] | None = None, precision: str = "fp32"
+    ):
         self.val, self.loss_fns, self.precision = val, loss_fns, precision
 
     def on_epoch_end(self, state: FitState) -> None:
@@ -164,17 +166,27 @@ class Checkpointer:
                 )
         state.model.load_state_dict(saved["model"])
         state.optimizer.load_state_dict(saved["optimizer"])
-        for obj, key in ((state.scheduler, "scheduler"), (state.scaler, "scaler"), (state.balancer, "balancer")):
+        for obj, key in (
+            (state.scheduler, "scheduler"),
+            (state.scaler, "scaler"),
+            (state.balancer, "balancer"),
+        ):
             if obj is not None and hasattr(obj, "load_state_dict") and saved.get(key) is not None:
                 obj.load_state_dict(saved[key])
         states, names = saved.get("callbacks") or [], saved.get("callback_names")
-        by_name = dict(zip(names, states)) if names is not None else dict(zip(_names(state.callbacks), states))
-        for cb, name in zip(state.callbacks, _names(state.callbacks)):  # files without names: matched by place
+        by_name = (
+            dict(zip(names, states)) if names is not None else dict(zip(_names(state.callbacks), states))
+        )
+        for cb, name in zip(
+            state.callbacks, _names(state.callbacks)
+        ):  # files without names: matched by place
             if by_name.get(name) is not None and hasattr(cb, "load_state_dict"):
                 cb.load_state_dict(by_name[name])
         state.history = History(saved["history"])
         state.epoch, state.step, state.skip = saved["epoch"], saved["step"], saved["batch_in_epoch"]
-        own = saved["ranks"][distributed.rank()] if world > 1 else saved  # each rank's random state, running sums
+        own = (
+            saved["ranks"][distributed.rank()] if world > 1 else saved
+        )  # each rank's random state, running sums
         running = own.get("running", {})
         state.sums, state.counts = dict(running.get("sums", {})), dict(running.get("counts", {}))
         _set_rng_state(own["rng"])
@@ -188,7 +200,9 @@ class Checkpointer:
 
     def save(self, state: FitState, epoch: int, batch_in_epoch: int, running: dict) -> None:
         """Write the state at a position: `epoch` and `batch_in_epoch` are where a resumed run starts."""
-        ranks = distributed.gather({"rng": _rng_state(), "running": running}) if distributed.world() > 1 else None
+        ranks = (
+            distributed.gather({"rng": _rng_state(), "running": running}) if distributed.world() > 1 else None
+        )
         if not distributed.is_main():
             distributed.barrier()  # rank 0 writes the checkpoint alone; the others wait for it here
             return
@@ -200,7 +214,9 @@ class Checkpointer:
                 "scheduler": state.scheduler.state_dict() if state.scheduler is not None else None,
                 "scaler": state.scaler.state_dict() if state.scaler is not None else None,
                 "balancer": state.balancer.state_dict() if hasattr(state.balancer, "state_dict") else None,
-                "callbacks": [cb.state_dict() if hasattr(cb, "state_dict") else None for cb in state.callbacks],
+                "callbacks": [
+                    cb.state_dict() if hasattr(cb, "state_dict") else None for cb in state.callbacks
+                ],
                 "callback_names": _names(state.callbacks),
                 "rng": _rng_state(),
                 "epoch": epoch,

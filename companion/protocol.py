@@ -47,7 +47,9 @@ def over_seeds(
     return out
 
 
-def delta_m(scores: Mapping[str, float], baseline: Mapping[str, float], *, lower_is_better: Iterable[str] = ()) -> float:
+def delta_m(
+    scores: Mapping[str, float], baseline: Mapping[str, float], *, lower_is_better: Iterable[str] = ()
+) -> float:
     """Mean relative change of a multi-task model against single-task baselines, in percent (notebook 10).
 
     Delta_m = 100/T * sum_t (-1)^{l_t} (M_t - B_t) / B_t over the T tasks of `baseline` (Maninis et al. 2019, the

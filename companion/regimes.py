@@ -68,8 +68,16 @@ class StepStream:
     has exactly `batch_size` examples (the last incomplete batch of an epoch is dropped).
     """
 
-    def __init__(self, x: Tensor, y: Tensor | Mapping[str, Tensor], *, steps: int, batch_size: int, seed: int,
-                 device=None):
+    def __init__(
+        self,
+        x: Tensor,
+        y: Tensor | Mapping[str, Tensor],
+        *,
+        steps: int,
+        batch_size: int,
+        seed: int,
+        device=None,
+    ):
         checks.integer("steps", steps, 1)
         checks.integer("batch_size", batch_size, 1)
         self.batches = TensorBatches(x, y, batch_size, seed=seed, device=device, drop_last=True)
@@ -146,7 +154,9 @@ def build(name: str, *, in_chans: int, num_classes: int, seed: int) -> nn.Module
         return backbone(name, in_chans=in_chans, num_classes=num_classes)
 
 
-def to_multitask(model: nn.Module, classes: Mapping[str, int], *, keep: str | None = None, seed: int = 0) -> HardSharing:
+def to_multitask(
+    model: nn.Module, classes: Mapping[str, int], *, keep: str | None = None, seed: int = 0
+) -> HardSharing:
     """A hard-sharing model on a copy of a timm model's trunk, one linear head per task (notebook 04).
 
     `keep` names the task whose head is a copy of the model's own classifier (the task it was trained on); the
@@ -158,11 +168,16 @@ def to_multitask(model: nn.Module, classes: Mapping[str, int], *, keep: str | No
         raise ValueError(f"keep must be one of the tasks {sorted(classes)}, got {keep!r}")
     old = model.get_classifier()
     if keep is not None and not (isinstance(old, nn.Linear) and old.out_features == classes[keep]):
-        raise ValueError(f"keep={keep!r}: the model's classifier must be a Linear with {classes[keep]} outputs")
+        raise ValueError(
+            f"keep={keep!r}: the model's classifier must be a Linear with {classes[keep]} outputs"
+        )
     trunk = copy.deepcopy(model)
     trunk.reset_classifier(0)
     with _seeded(seed):
-        heads = {t: copy.deepcopy(old) if t == keep else nn.Linear(trunk.num_features, k) for t, k in classes.items()}
+        heads = {
+            t: copy.deepcopy(old) if t == keep else nn.Linear(trunk.num_features, k)
+            for t, k in classes.items()
+        }
     return HardSharing(trunk, heads).to(next(model.parameters()).device)
 
 
@@ -185,8 +200,18 @@ def _fit(model, stream, *, lr, seed, monitor, device, **kw) -> None:
     fit(model, stream, epochs=1, lr=lr, seed=seed, device=device, progress=False, callbacks=cbs, **kw)
 
 
-def train_task(model: nn.Module, x: Tensor, y: Tensor, *, steps: int, lr: float = 1e-3, batch_size: int = 64,
-               seed: int = 0, monitor: Monitor | None = None, device="auto") -> int:
+def train_task(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    steps: int,
+    lr: float = 1e-3,
+    batch_size: int = 64,
+    seed: int = 0,
+    monitor: Monitor | None = None,
+    device="auto",
+) -> int:
     """Train every weight of a model on one task for `steps` AdamW steps of full batches (notebook 04).
 
     Returns the examples processed, steps x batch_size (one forward and backward pass each).
@@ -198,9 +223,21 @@ def train_task(model: nn.Module, x: Tensor, y: Tensor, *, steps: int, lr: float 
     return steps * batch_size
 
 
-def adapt_task(model: nn.Module, x: Tensor, y: Tensor, *, strategy: str, num_classes: int, steps: int,
-               lr: float = 1e-3, batch_size: int = 64, alpha: float = 0.01, seed: int = 0,
-               monitor: Monitor | None = None, device="auto") -> int:
+def adapt_task(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    strategy: str,
+    num_classes: int,
+    steps: int,
+    lr: float = 1e-3,
+    batch_size: int = 64,
+    alpha: float = 0.01,
+    seed: int = 0,
+    monitor: Monitor | None = None,
+    device="auto",
+) -> int:
     """Adapt a model trained on A to task B in place: a fresh head, then one of SEQUENTIAL (notebook 04).
 
     finetune: every weight trains. frozen: only the new head (the trunk and its BatchNorm statistics stay fixed).
@@ -230,9 +267,19 @@ def adapt_task(model: nn.Module, x: Tensor, y: Tensor, *, strategy: str, num_cla
     return steps * batch_size
 
 
-def train_multitask(model: HardSharing, x: Tensor, y: Mapping[str, Tensor], *, steps: int, lr: float = 1e-3,
-                    batch_size: int = 64, weights: Mapping[str, float] | None = None, seed: int = 0,
-                    monitor: Monitor | None = None, device="auto") -> int:
+def train_multitask(
+    model: HardSharing,
+    x: Tensor,
+    y: Mapping[str, Tensor],
+    *,
+    steps: int,
+    lr: float = 1e-3,
+    batch_size: int = 64,
+    weights: Mapping[str, float] | None = None,
+    seed: int = 0,
+    monitor: Monitor | None = None,
+    device="auto",
+) -> int:
     """Train a hard-sharing model on sum_t w_t L_t for `steps` AdamW steps; every batch carries every task's
     labels (notebook 04). Returns the examples processed, steps x batch_size: one trunk pass serves all tasks.
     """
@@ -241,7 +288,15 @@ def train_multitask(model: HardSharing, x: Tensor, y: Mapping[str, Tensor], *, s
         raise ValueError(f"y must map task names among the model's heads {sorted(model.heads)} to labels")
     dev = pick_device(device)
     stream = StepStream(x, dict(y), steps=steps, batch_size=batch_size, seed=seed, device=dev)
-    _fit(model, stream, lr=lr, seed=seed, monitor=monitor, device=dev, balancer=WeightedSum(dict(weights or {})))
+    _fit(
+        model,
+        stream,
+        lr=lr,
+        seed=seed,
+        monitor=monitor,
+        device=dev,
+        balancer=WeightedSum(dict(weights or {})),
+    )
     return steps * batch_size
 
 

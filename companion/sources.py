@@ -95,7 +95,9 @@ def cached_source(
             if state.get("config") == config:
                 model = backbone(name, in_chans=state["in_chans"], num_classes=state["num_classes"])
                 model.load_state_dict(state["model"])
-                info = dict(test_acc=state["test_acc"], steps=state.get("steps"), key=key, path=str(path), cached=True)
+                info = dict(
+                    test_acc=state["test_acc"], steps=state.get("steps"), key=key, path=str(path), cached=True
+                )
                 return model.eval(), info
         except (CheckpointError, KeyError, RuntimeError, TypeError):
             pass  # unreadable or stale: train again and overwrite it
@@ -116,10 +118,12 @@ def cached_source(
     model.cpu().eval()
     steps = len(batches) * epochs
     state = dict(
-        model=model.state_dict(), config=config, in_chans=in_chans, num_classes=num_classes, test_acc=acc,
+        model=model.state_dict(),
+        config=config,
+        in_chans=in_chans,
+        num_classes=num_classes,
+        test_acc=acc,
         steps=steps,
     )
     save_checkpoint(path, state)
     return model, dict(test_acc=acc, steps=steps, key=key, path=str(path), cached=False)
-
-

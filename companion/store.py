@@ -256,8 +256,11 @@ def available_datasets(
             where = str(next(iter(found.values())).parent) if found else ""
             if found:
                 folder = Path(where)
-                damaged = [str(folder / f) for d, f in CHECKSUMS if d == name and (folder / f).is_file()
-                           and file_ok(folder / f) is False]
+                damaged = [
+                    str(folder / f)
+                    for d, f in CHECKSUMS
+                    if d == name and (folder / f).is_file() and file_ok(folder / f) is False
+                ]
         out[name] = {
             "present": bool(where),
             "state": "corrupt" if damaged else "present" if where else "missing",
@@ -290,7 +293,9 @@ def _copy_atomic(src: Path, dst: Path) -> None:
         with open(src, "rb") as inp:
             shutil.copyfileobj(inp, Hashing(out), 1 << 20)
         if known is not None and digest.hexdigest() != known[1][1]:  # raising here keeps dst as it was
-            raise _damaged(src, known[0], "its sha256 differs from the one the course records", src.parent.parent)
+            raise _damaged(
+                src, known[0], "its sha256 differs from the one the course records", src.parent.parent
+            )
 
     atomic_write(dst, write)
 
@@ -392,10 +397,14 @@ def fetch(
                 for path in bad:  # keep the damaged bytes aside, out of the loaders' way
                     os.replace(path, path.with_name(path.name + ".damaged"))
                 kept = f" (damaged files kept as *.damaged: {', '.join(p.name for p in bad)})" if bad else ""
-                status[name] = ("downloaded" + kept) if _sources(name, folder) else "failed: download incomplete"
+                status[name] = (
+                    ("downloaded" + kept) if _sources(name, folder) else "failed: download incomplete"
+                )
             except Exception as err:  # offline, blocked or moved: report and carry on
                 reason = " ".join(f"{type(e).__name__}: {e}" for e in (err, err.__cause__) if e is not None)
-                status[name] = (_corrupt(bad) + "; " if bad else "") + "failed: " + " ".join(reason.split())[:150]
+                status[name] = (
+                    (_corrupt(bad) + "; " if bad else "") + "failed: " + " ".join(reason.split())[:150]
+                )
         else:
             bad = damaged_files(name, base)
             status[name] = _corrupt(bad) if bad else "missing"

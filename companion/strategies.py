@@ -28,7 +28,6 @@ from .transfer import _check_pair as _pair  # one check of (images, labels) pair
 __all__ = ["base_network", "copy_stages", "random_network", "summarize", "tuned_strategies"]
 
 
-
 def _epochs(n_batches: int, min_steps: int) -> int:
     """Passes over a set of n_batches batches needed for at least min_steps optimiser steps (and at least 1)."""
     return max(1, -(-min_steps // n_batches))
@@ -85,18 +84,36 @@ def tuned_strategies(
         for strategy in names:
             test_acc: dict[float, float] = {}
 
-            def run(lr: float, strategy=strategy, batches=batches, n_epochs=n_epochs, seed=seed, test_acc=test_acc):
+            def run(
+                lr: float, strategy=strategy, batches=batches, n_epochs=n_epochs, seed=seed, test_acc=test_acc
+            ):
                 model = copy.deepcopy(source)
                 adapt(
-                    model, strategy, batches, epochs=max(n_epochs, 2) if strategy == "lp_ft" else n_epochs,
-                    num_classes=num_classes, bn=bn, lr=lr, seed=seed, device=dev, progress=False,
+                    model,
+                    strategy,
+                    batches,
+                    epochs=max(n_epochs, 2) if strategy == "lp_ft" else n_epochs,
+                    num_classes=num_classes,
+                    bn=bn,
+                    lr=lr,
+                    seed=seed,
+                    device=dev,
+                    progress=False,
                 )
                 test_acc[lr] = evaluate(model, test_batches, device=dev)["acc"]
                 return evaluate(model, val_batches, device=dev)["acc"]
 
             best, scores = tune(run, grid, name="lr_grid")
-            rows.append(dict(strategy=strategy, seed=seed, lr=best, val_acc=scores[best], test_acc=test_acc[best],
-                             val_scores=scores))
+            rows.append(
+                dict(
+                    strategy=strategy,
+                    seed=seed,
+                    lr=best,
+                    val_acc=scores[best],
+                    test_acc=test_acc[best],
+                    val_scores=scores,
+                )
+            )
     return rows
 
 
@@ -105,7 +122,9 @@ def summarize(rows: Iterable[dict], value: str = "test_acc") -> dict[str, list[f
     out: dict[str, list[float]] = {}
     for row in rows:
         if "strategy" not in row or value not in row:
-            raise ValueError(f"every row must have 'strategy' and {value!r} entries, got one with {sorted(row)}")
+            raise ValueError(
+                f"every row must have 'strategy' and {value!r} entries, got one with {sorted(row)}"
+            )
         out.setdefault(row["strategy"], []).append(float(row[value]))
     return out
 
@@ -142,9 +161,19 @@ def copy_stages(
     batches = TensorBatches(x, y, min(batch_size, len(x)), seed=seed, device=dev)
     target, _ = prepare(copy.deepcopy(source), "scratch", num_classes=num_classes, seed=seed)
     transfer_blocks(source, target, n, freeze=frozen, bn=bn)
-    fit(target, batches, epochs=_epochs(len(batches), min_steps), lr=lr, param_groups=layer_groups(target, lr),
-        seed=seed, device=dev, progress=False)
-    return evaluate(target, TensorBatches(*_pair("test", test), 512, shuffle=False, device=dev), device=dev)["acc"]
+    fit(
+        target,
+        batches,
+        epochs=_epochs(len(batches), min_steps),
+        lr=lr,
+        param_groups=layer_groups(target, lr),
+        seed=seed,
+        device=dev,
+        progress=False,
+    )
+    return evaluate(target, TensorBatches(*_pair("test", test), 512, shuffle=False, device=dev), device=dev)[
+        "acc"
+    ]
 
 
 def base_network(
@@ -168,8 +197,16 @@ def base_network(
     num_classes = int(y.max()) + 1
     model, groups = prepare(copy.deepcopy(like), "scratch", num_classes=num_classes, lr=lr, seed=seed + 1000)
     batches = TensorBatches(x, y, min(batch_size, len(x)), seed=seed + 1000, device=dev)
-    fit(model, batches, epochs=_epochs(len(batches), min_steps), lr=lr, param_groups=groups, seed=seed + 1000,
-        device=dev, progress=False)
+    fit(
+        model,
+        batches,
+        epochs=_epochs(len(batches), min_steps),
+        lr=lr,
+        param_groups=groups,
+        seed=seed + 1000,
+        device=dev,
+        progress=False,
+    )
     return model.cpu().eval()
 
 

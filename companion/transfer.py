@@ -408,7 +408,9 @@ def adapt(
     if strategy == "gradual":
         return gradual(model, train, val, epochs=epochs, **common, **fit_kw)
     if strategy == "lp_ft":
-        probe = max(1, epochs // 2) if probe_epochs is None else checks.integer("probe_epochs", probe_epochs, 1)
+        probe = (
+            max(1, epochs // 2) if probe_epochs is None else checks.integer("probe_epochs", probe_epochs, 1)
+        )
         if epochs - probe < 1:
             raise ValueError(f"epochs must exceed probe_epochs ({probe}) for strategy='lp_ft', got {epochs}")
         return lp_ft(
@@ -518,7 +520,8 @@ def forgetting(
 _MOVED = {
     **dict.fromkeys(("cached_source", "source_model"), "sources"),
     **dict.fromkeys(
-        ("DANN", "GradientReversal", "dann_lambda", "domain_discriminator", "grad_reverse", "train_dann"), "dann"
+        ("DANN", "GradientReversal", "dann_lambda", "domain_discriminator", "grad_reverse", "train_dann"),
+        "dann",
     ),
     **dict.fromkeys(
         ("_Chunks", "block_sweep", "group_rows", "label_efficiency", "labels_to_reach", "probe_accuracy"),

@@ -241,11 +241,15 @@ def leep(source_probs, labels) -> float:
     """
     theta = _array(source_probs, "source_probs", (2,), finite=False)
     codes, num = _classes(labels, len(theta))
-    low = theta.min()  # the one pass over the input: NaN propagates, -inf is < 0, +inf shows in the sums below
+    low = (
+        theta.min()
+    )  # the one pass over the input: NaN propagates, -inf is < 0, +inf shows in the sums below
     if math.isnan(low):
         raise ValueError("source_probs must be finite (no NaN or inf)")
     if low < 0:
-        raise ValueError("source_probs must be probabilities: non-negative rows that sum to 1 (apply softmax)")
+        raise ValueError(
+            "source_probs must be probabilities: non-negative rows that sum to 1 (apply softmax)"
+        )
     joint = _one_hot(codes, num).T @ theta  # n * P(y, z), (target classes, source classes)
     marginal = joint.sum(axis=0)
     cond = np.divide(joint, marginal, out=np.zeros_like(joint), where=marginal > 0)  # P(y | z)
@@ -256,7 +260,9 @@ def leep(source_probs, labels) -> float:
     if not np.isfinite(rows).all():
         raise ValueError("source_probs must be finite (no NaN or inf)")
     if not np.allclose(rows, 1.0, atol=1e-3):
-        raise ValueError("source_probs must be probabilities: non-negative rows that sum to 1 (apply softmax)")
+        raise ValueError(
+            "source_probs must be probabilities: non-negative rows that sum to 1 (apply softmax)"
+        )
     eep = pred[codes, np.arange(len(theta))]  # each sample's own target label
     return float(np.mean(np.log(eep)))
 

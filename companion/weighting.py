@@ -79,11 +79,17 @@ class Traced:
 
     def __init__(self, balancer):
         if isinstance(balancer, torch.nn.Module):
-            raise ValueError("balancer: an nn.Module balancer cannot be traced (fit trains its parameters directly)")
+            raise ValueError(
+                "balancer: an nn.Module balancer cannot be traced (fit trains its parameters directly)"
+            )
         if not hasattr(balancer, "backward"):
-            raise ValueError(f"balancer must be an object with a backward method, got {type(balancer).__name__}")
+            raise ValueError(
+                f"balancer must be an object with a backward method, got {type(balancer).__name__}"
+            )
         self.inner = balancer
-        self.per_task_grads = bool(getattr(balancer, "per_task_grads", False))  # as the wrapped one (torchrun)
+        self.per_task_grads = bool(
+            getattr(balancer, "per_task_grads", False)
+        )  # as the wrapped one (torchrun)
         self.trace: list[dict[str, float]] = []
 
     def backward(self, losses: dict[str, Tensor], ctx: StepContext) -> dict[str, float]:
@@ -98,7 +104,9 @@ class Traced:
     def series(self, key: str) -> list[float]:
         """The value of `key` at every traced step (ValueError if it was never logged)."""
         if not any(key in row for row in self.trace):
-            raise ValueError(f"key: {key!r} was never logged; logged keys: {sorted({k for r in self.trace for k in r})}")
+            raise ValueError(
+                f"key: {key!r} was never logged; logged keys: {sorted({k for r in self.trace for k in r})}"
+            )
         return [row.get(key, float("nan")) for row in self.trace]
 
 
@@ -117,7 +125,9 @@ def tune_each(
         raise ValueError("grids must be a non-empty mapping method -> list of values (or None)")
     sizes = {len(g) for g in grids.values() if g}
     if len(sizes) > 1:
-        raise ValueError(f"grids: every tuned method must get the same number of tries, got sizes {sorted(sizes)}")
+        raise ValueError(
+            f"grids: every tuned method must get the same number of tries, got sizes {sorted(sizes)}"
+        )
     out = {}
     for method, grid in grids.items():
         values = list(grid) if grid else [None]
@@ -134,13 +144,17 @@ def log_loss_score(losses: Mapping[str, float]) -> float:
     """
     if not losses:
         raise ValueError("losses must have at least one task loss")
-    bad = {t: v for t, v in losses.items() if not (isinstance(v, (int, float)) and v > 0 and math.isfinite(v))}
+    bad = {
+        t: v for t, v in losses.items() if not (isinstance(v, (int, float)) and v > 0 and math.isfinite(v))
+    }
     if bad:
         raise ValueError(f"losses must be finite positive numbers, got {bad}")
     return -sum(math.log(v) for v in losses.values())
 
 
-def scene_scores(out: Mapping[str, Tensor], target: Mapping[str, Tensor], box_unit: float = 1.0) -> dict[str, float]:
+def scene_scores(
+    out: Mapping[str, Tensor], target: Mapping[str, Tensor], box_unit: float = 1.0
+) -> dict[str, float]:
     """Test scores of a road-scene perception model (notebook 08): class accuracy, box error, mask IoU.
 
     `out` holds the model's outputs (`cls` logits, `box` in units of `box_unit` per image side, `mask` logits);

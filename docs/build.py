@@ -83,7 +83,9 @@ def stage_notebook(nb: course.Notebook, src: Path, dst: Path) -> dict:
             out.get("data", {}).pop(WIDGET_MIME, None)
         cells.append(cell)
         if i == 0:
-            cells.append({"cell_type": "markdown", "id": "site-run-note", "metadata": {}, "source": run_note(nb)})
+            cells.append(
+                {"cell_type": "markdown", "id": "site-run-note", "metadata": {}, "source": run_note(nb)}
+            )
     data["cells"] = cells
     dst.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
     return data
@@ -107,7 +109,9 @@ def minutes(value: float | None) -> str:
 def front_parts(infographic: bool) -> dict[str, str]:
     """The generated pieces of the front page, all from companion.course (titles, order, measured runtimes)."""
     stems = [f"notebooks/{nb.stem}" for nb in course.COURSE]
-    course_map = "\n".join(f"{i}. {{doc}}`{nb.title} <{s}>`" for i, (nb, s) in enumerate(zip(course.COURSE, stems)))
+    course_map = "\n".join(
+        f"{i}. {{doc}}`{nb.title} <{s}>`" for i, (nb, s) in enumerate(zip(course.COURSE, stems))
+    )
     rows = ["| notebook | topic | minutes, 2-core CPU (quick) | minutes, GPU (full) |", "|---|---|---|---|"]
     rows += [
         f"| {{doc}}`{nb.stem} <{s}>` | {nb.title} | {minutes(nb.cpu_minutes)} | {minutes(nb.gpu_minutes)} |"
@@ -134,7 +138,9 @@ def public_modules() -> list[str]:
 def api_parts() -> dict[str, str]:
     mods = public_modules()
     table = "```{eval-rst}\n.. autosummary::\n\n" + "".join(f"   companion.{m}\n" for m in mods) + "```\n"
-    sections = "".join(f"\n## `companion.{m}`\n\n```{{eval-rst}}\n.. automodule:: companion.{m}\n```\n" for m in mods)
+    sections = "".join(
+        f"\n## `companion.{m}`\n\n```{{eval-rst}}\n.. automodule:: companion.{m}\n```\n" for m in mods
+    )
     return {"MODULE_TABLE": table, "MODULES": sections}
 
 
@@ -156,8 +162,11 @@ def vendor_mathjax() -> Path | None:
     VENDOR.mkdir(parents=True, exist_ok=True)
     tgz = VENDOR / f"mathjax-{MATHJAX}.tgz"
     if not tgz.exists():
-        done = subprocess.run([npm, "pack", f"mathjax@{MATHJAX}", "--pack-destination", str(VENDOR)],
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            [npm, "pack", f"mathjax@{MATHJAX}", "--pack-destination", str(VENDOR)],
+            capture_output=True,
+            text=True,
+        )
         if done.returncode != 0 or not tgz.exists():
             return None
     tmp = VENDOR / f"mathjax-{MATHJAX}.partial"
@@ -203,8 +212,11 @@ def stage() -> None:
 
 def site_pages(site: Path) -> list[str]:
     """The site's pages (paths relative to `site`), without the theme's template fragments under _static/."""
-    return sorted(p.relative_to(site).as_posix() for p in site.rglob("*.html")
-                  if not p.relative_to(site).parts[0].startswith("_"))
+    return sorted(
+        p.relative_to(site).as_posix()
+        for p in site.rglob("*.html")
+        if not p.relative_to(site).parts[0].startswith("_")
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -216,8 +228,22 @@ def main(argv: list[str] | None = None) -> int:
     stage()
     shutil.rmtree(args.out, ignore_errors=True)
     log = STAGE / "warnings.txt"
-    cmd = [sys.executable, "-m", "sphinx", "-b", "html", "-q", "-E", "-d", str(STAGE / ".doctrees"), "-w", str(log),
-           *(["-W", "--keep-going"] if args.strict else []), str(STAGE), str(args.out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "sphinx",
+        "-b",
+        "html",
+        "-q",
+        "-E",
+        "-d",
+        str(STAGE / ".doctrees"),
+        "-w",
+        str(log),
+        *(["-W", "--keep-going"] if args.strict else []),
+        str(STAGE),
+        str(args.out),
+    ]
     code = subprocess.run(cmd, cwd=REPO).returncode
     for nb in course.COURSE:  # the download button serves the notebook as committed, not the staged copy
         source = args.out / "_sources" / "notebooks" / nb.file
@@ -225,8 +251,10 @@ def main(argv: list[str] | None = None) -> int:
             shutil.copy2(course.NOTEBOOK_DIR / nb.file, source)
     warnings = sum(1 for line in log.read_text().splitlines() if ": WARNING:" in line or ": ERROR:" in line)
     pages = len(site_pages(args.out)) if args.out.exists() else 0
-    print(f"site: {pages} pages in {args.out.relative_to(REPO) if args.out.is_relative_to(REPO) else args.out} "
-          f"({time.perf_counter() - start:.0f} s, {warnings} Sphinx warning(s), listed in {log.relative_to(REPO)})")
+    print(
+        f"site: {pages} pages in {args.out.relative_to(REPO) if args.out.is_relative_to(REPO) else args.out} "
+        f"({time.perf_counter() - start:.0f} s, {warnings} Sphinx warning(s), listed in {log.relative_to(REPO)})"
+    )
     return code
 
 

@@ -77,8 +77,13 @@ def _escape_docstring(app, what, name, obj, options, lines: list[str]) -> None:
     for line in lines:
         # a line indented deeper than the one before it continues that paragraph (an aligned formula), unless it
         # continues a list item or a literal block: RST would read it as a definition list
-        if line.strip() and prev.strip() and _indent(line) > _indent(prev) and not prev.rstrip().endswith("::") \
-                and not prev.lstrip().startswith(("- ", "* ")):
+        if (
+            line.strip()
+            and prev.strip()
+            and _indent(line) > _indent(prev)
+            and not prev.rstrip().endswith("::")
+            and not prev.lstrip().startswith(("- ", "* "))
+        ):
             line = " " * _indent(prev) + line.lstrip()
         out.append(_plain(line))
         prev = line if line.strip() else prev
@@ -87,6 +92,7 @@ def _escape_docstring(app, what, name, obj, options, lines: list[str]) -> None:
 
 def setup(app):
     app.connect("autodoc-process-docstring", _escape_docstring)
+
 
 # The theme's light/dark switch starts at "auto": left empty, the theme logs a console error on a first visit.
 html_context = {"default_mode": "auto"}

@@ -9,11 +9,24 @@ from companion.advice import SMALL, Recommendation, advise, decision_map, map_su
 
 def _map(probe=(0.6, 0.62, 0.61), alone=(0.3, 0.31, 0.29), mtl=(0.59, 0.63, 0.6)):
     """A hand-made sweep result: one synthetic column (r=1), one row (1 per class), three seeds."""
-    cell = {m: {"target": list(v), "source": [0.9, 0.9, 0.9]} for m, v in
-            {"alone": alone, "probe": probe, "finetune": alone, "mtl": mtl, "pretrain_mtl": alone}.items()}
+    cell = {
+        m: {"target": list(v), "source": [0.9, 0.9, 0.9]}
+        for m, v in {
+            "alone": alone,
+            "probe": probe,
+            "finetune": alone,
+            "mtl": mtl,
+            "pretrain_mtl": alone,
+        }.items()
+    }
     cell["finetune"]["source"] = [0.4, 0.4, 0.4]
-    return {"columns": [{"name": "r=1", "relatedness": 1.0}], "per_class": [1], "seeds": [0, 1, 2],
-            "methods": ["alone", "probe", "finetune", "mtl", "pretrain_mtl"], "scores": {"r=1": {"1": cell}}}
+    return {
+        "columns": [{"name": "r=1", "relatedness": 1.0}],
+        "per_class": [1],
+        "seeds": [0, 1, 2],
+        "methods": ["alone", "probe", "finetune", "mtl", "pretrain_mtl"],
+        "scores": {"r=1": {"1": cell}},
+    }
 
 
 def test_decision_map_winner_margin_and_tie():
@@ -31,13 +44,31 @@ def test_decision_map_winner_margin_and_tie():
 def test_rules_clear_cases():
     common = {"source_examples": 10_000}
     assert advise(target_per_class=2, labels_together=False, relatedness=0.9, **common).approach == "probe"
-    assert advise(target_per_class=20, labels_together=False, relatedness=0.9, **common).approach == "finetune"
+    assert (
+        advise(target_per_class=20, labels_together=False, relatedness=0.9, **common).approach == "finetune"
+    )
     assert advise(target_per_class=20, labels_together=False, relatedness=0.1, **common).approach == "alone"
-    assert advise(target_per_class=500, labels_together=True, relatedness=0.8, source_must_work=True,
-                  **common).approach == "pretrain_mtl"
-    assert advise(target_per_class=500, labels_together=True, relatedness=0.8, source_must_work=True,
-                  compute="low", **common).approach == "mtl"
-    assert advise(target_per_class=5, source_examples=0, labels_together=False, relatedness=1.0).approach == "alone"
+    assert (
+        advise(
+            target_per_class=500, labels_together=True, relatedness=0.8, source_must_work=True, **common
+        ).approach
+        == "pretrain_mtl"
+    )
+    assert (
+        advise(
+            target_per_class=500,
+            labels_together=True,
+            relatedness=0.8,
+            source_must_work=True,
+            compute="low",
+            **common,
+        ).approach
+        == "mtl"
+    )
+    assert (
+        advise(target_per_class=5, source_examples=0, labels_together=False, relatedness=1.0).approach
+        == "alone"
+    )
 
 
 def test_rules_boundaries():
@@ -53,13 +84,21 @@ def test_rules_boundaries():
 
 
 def test_map_backs_or_overrides_the_rule():
-    rec = advise(target_per_class=1, source_examples=1000, labels_together=False, relatedness=1.0, measurements=_map())
+    rec = advise(
+        target_per_class=1, source_examples=1000, labels_together=False, relatedness=1.0, measurements=_map()
+    )
     assert rec.approach == "probe" and rec.backed_by_measurements
     ev = [e for e in rec.evidence if e]
     assert ev[0]["winner"] == "probe" and ev[0]["margin_points"] == pytest.approx(31.0) and not ev[0]["tie"]
     # The rule says fine-tune for 20 per class; the nearest cell (1 per class) has probe as a clear winner.
-    over = advise(target_per_class=20, source_examples=1000, labels_together=False, relatedness=0.9,
-                  measurements=_map(), compute="high")
+    over = advise(
+        target_per_class=20,
+        source_examples=1000,
+        labels_together=False,
+        relatedness=0.9,
+        measurements=_map(),
+        compute="high",
+    )
     assert over.approach == "probe" and "disagrees" in " ".join(over.reasons)
     plain = advise(target_per_class=1, source_examples=1000, labels_together=False, relatedness=1.0)
     assert isinstance(plain, Recommendation) and not plain.backed_by_measurements

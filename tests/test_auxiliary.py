@@ -58,19 +58,36 @@ def _data(seed: int):
 
 
 def _model(tasks):
-    return HardSharing(nn.Sequential(nn.Linear(4, 8), nn.ReLU()), {t: head("classification", 8, 2) for t in tasks})
+    return HardSharing(
+        nn.Sequential(nn.Linear(4, 8), nn.ReLU()), {t: head("classification", 8, 2) for t in tasks}
+    )
 
 
 def test_auxiliary_sweep_rows_and_curves():
     builders = {"single": lambda: _model(["main"]), "multi": lambda: _model(["main", "aux"])}
-    rows = auxiliary_sweep(builders, _data, [20, 60], [0, 1], main="main", steps=8, batch_size=10, lr=1e-2,
-                           device="cpu", curve_size=60, eval_every=2)
+    rows = auxiliary_sweep(
+        builders,
+        _data,
+        [20, 60],
+        [0, 1],
+        main="main",
+        steps=8,
+        batch_size=10,
+        lr=1e-2,
+        device="cpu",
+        curve_size=60,
+        eval_every=2,
+    )
     assert len(rows) == 2 * 2 * 2
     at_curve = [r for r in rows if r["n"] == 60]
-    assert all(r["curve"]["steps"][0] == 0 and len(r["curve"]["steps"]) == len(r["curve"]["acc"]) for r in at_curve)
+    assert all(
+        r["curve"]["steps"][0] == 0 and len(r["curve"]["steps"]) == len(r["curve"]["acc"]) for r in at_curve
+    )
     assert all(r["curve"]["steps"] == [] for r in rows if r["n"] == 20)
     assert {r["epochs"] for r in rows if r["n"] == 20} == {4}  # round(8 * 10 / 20)
-    again = auxiliary_sweep(builders, _data, [20], [0], main="main", steps=8, batch_size=10, lr=1e-2, device="cpu")
+    again = auxiliary_sweep(
+        builders, _data, [20], [0], main="main", steps=8, batch_size=10, lr=1e-2, device="cpu"
+    )
     assert again[0]["test"]["acc/main"] == rows[0]["test"]["acc/main"]  # seeded: the same run twice
     with pytest.raises(ValueError, match="main"):
         auxiliary_sweep(builders, _data, [20], [0], main="nope", steps=8, device="cpu")

@@ -60,7 +60,13 @@ def test_gpu_check_dry_run_passes_on_cpu(tmp_path):
     assert saved["failed"] == [] and report["failed"] == []
     variants = saved["variants"]
     assert "skipped" in variants["fp16_autocast_gradscaler"] and "skipped" in variants["pinned_memory"]
-    for name in ("fp32_device_resident", "bf16_autocast", "upgrad_aggregation_bf16", "channels_last", "compile_on"):
+    for name in (
+        "fp32_device_resident",
+        "bf16_autocast",
+        "upgrad_aggregation_bf16",
+        "channels_last",
+        "compile_on",
+    ):
         assert variants[name]["ok"] and variants[name]["images_per_s"] > 0
         assert variants[name]["relative_error"] <= variants[name]["tolerance"]
 
@@ -74,29 +80,54 @@ def test_bad_arguments_stop_with_a_message(tmp_path):
 
 
 def _notebook(cells: list[tuple[str, float]]) -> dict:
-    return {"cells": [{"cell_type": "code", "source": src, "metadata": {"papermill": {"duration": sec}}}
-                      for src, sec in cells], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    return {
+        "cells": [
+            {"cell_type": "code", "source": src, "metadata": {"papermill": {"duration": sec}}}
+            for src, sec in cells
+        ],
+        "metadata": {},
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
 
 
 def test_fullscale_bounds_follow_the_parameters_a_cell_depends_on(tmp_path):
     from benchmarks import fullscale
 
-    nb = _notebook([
-        ("N_TRAIN: int = 0\nEPOCHS: int = 0", 0.0),
-        ('cfg = setup(N_TRAIN=N_TRAIN, EPOCHS=EPOCHS, IMAGE_SIZE=16, N_TEST=N_TEST,\n'
-         '            defaults={"N_TRAIN": (100, 400), "EPOCHS": (2, 6), "IMAGE_SIZE": (16, 32), "N_TEST": (10, 90)})', 1.0),
-        ("x = load(cfg.N_TRAIN, cfg.IMAGE_SIZE)\ntest = load(cfg.N_TEST)", 2.0),  # low 4 * 4 = 16 (N_TEST left out)
-        ("model = train(x, epochs=cfg.EPOCHS)", 10.0),  # low 3; high 3 * 16 = 48 (x carries N_TRAIN, IMAGE_SIZE)
-        ("acc = score(model, test)", 1.0),  # low 1; high 48 (model carries everything it was trained with)
-    ])
+    nb = _notebook(
+        [
+            ("N_TRAIN: int = 0\nEPOCHS: int = 0", 0.0),
+            (
+                "cfg = setup(N_TRAIN=N_TRAIN, EPOCHS=EPOCHS, IMAGE_SIZE=16, N_TEST=N_TEST,\n"
+                '            defaults={"N_TRAIN": (100, 400), "EPOCHS": (2, 6), "IMAGE_SIZE": (16, 32), "N_TEST": (10, 90)})',
+                1.0,
+            ),
+            (
+                "x = load(cfg.N_TRAIN, cfg.IMAGE_SIZE)\ntest = load(cfg.N_TEST)",
+                2.0,
+            ),  # low 4 * 4 = 16 (N_TEST left out)
+            (
+                "model = train(x, epochs=cfg.EPOCHS)",
+                10.0,
+            ),  # low 3; high 3 * 16 = 48 (x carries N_TRAIN, IMAGE_SIZE)
+            (
+                "acc = score(model, test)",
+                1.0,
+            ),  # low 1; high 48 (model carries everything it was trained with)
+        ]
+    )
     path = tmp_path / "00_x.ipynb"
     path.write_text(json.dumps(nb))
     row = fullscale.notebook_estimate(path)
     assert row["quick_cpu_s"] == pytest.approx(14.0)
     assert row["full_cpu_s"]["low"] == pytest.approx(1.0 + 2 * 16 + 10 * 3 + 1 * 1)
     assert row["full_cpu_s"]["high"] == pytest.approx(1.0 + 2 * 16 + 10 * 48 + 1 * 48)
-    assert [c["reached"] for c in row["heavy_cells"]] == [[], [], ["IMAGE_SIZE", "N_TRAIN"],
-                                                         ["EPOCHS", "IMAGE_SIZE", "N_TEST", "N_TRAIN"]]
+    assert [c["reached"] for c in row["heavy_cells"]] == [
+        [],
+        [],
+        ["IMAGE_SIZE", "N_TRAIN"],
+        ["EPOCHS", "IMAGE_SIZE", "N_TEST", "N_TRAIN"],
+    ]
 
 
 def test_fullscale_speedup_is_bounded_by_launches_and_flops():

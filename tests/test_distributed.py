@@ -94,13 +94,23 @@ SCRIPT = textwrap.dedent(
 )
 
 needs_gloo = pytest.mark.skipif(
-    not (dist.is_available() and dist.is_gloo_available()), reason="torch.distributed with gloo is not available"
+    not (dist.is_available() and dist.is_gloo_available()),
+    reason="torch.distributed with gloo is not available",
 )
 
 
 def torchrun(script: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone", str(script), *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--standalone",
+        str(script),
+        *args,
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     if check and proc.returncode != 0:
         pytest.fail(f"torchrun failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
@@ -170,7 +180,9 @@ def test_shards_of_a_batch_are_disjoint_equal_and_make_up_the_batch():
             assert torch.equal(torch.cat([s[1]["b"] for s in shards]), yb["b"])
     odd = TensorBatches(x[:42], y["a"][:42], 8, seed=5)  # last batch of 2 cannot feed 4 processes: dropped
     assert len(odd) == 6 and len(odd.shard(0, 4)) == 5
-    assert len(TensorBatches(x[:43], y["a"][:43], 8).shard(1, 2)) == 6  # last batch of 3: 1 each, one left out
+    assert (
+        len(TensorBatches(x[:43], y["a"][:43], 8).shard(1, 2)) == 6
+    )  # last batch of 3: 1 each, one left out
 
 
 @pytest.mark.parametrize(

@@ -40,21 +40,27 @@ STUB = 'def double(x: int) -> int:\n    """Twice x."""\n    # your code here\n  
 
 def _toy() -> nbformat.NotebookNode:
     """A small executed instructor edition: prompt, stub, solution, check, questions with their solutions."""
-    nb = new_notebook(cells=[
-        new_markdown_cell("# Toy\n\n**Goal.** Test the editions."),
-        _tagged('SEED: int = 0  # seed\nSCALE: str = "quick"\nRESULTS_DIR: str = "r"', "parameters", count=1),
-        _tagged("print('setup')", "", count=2, text="setup\n"),
-        new_markdown_cell("### Exercise (code): double a number\nWrite `double`."),
-        _tagged(STUB, "exercise", count=3),
-        _tagged("def double(x: int) -> int:\n    return 2 * x", "solution", count=4),
-        _tagged("print(double(21))", "exercise", count=5, text="42\n"),
-        _tagged("print('after')", "", count=6, text="after\n"),
-        new_markdown_cell("## Exercises\n1. Is 2 * 21 even? Say why.\n2. Try `x = 1.5`. What does\n   `double` return?"),
-        _tagged("**Solution.** Yes.", "solution", code=False),
-        new_markdown_cell("3. A third question, in its own cell."),
-        _tagged("1. not an exercise: a numbered list in a solution", "solution", code=False),
-        new_markdown_cell("## Summary\n1. not an exercise either"),
-    ])
+    nb = new_notebook(
+        cells=[
+            new_markdown_cell("# Toy\n\n**Goal.** Test the editions."),
+            _tagged(
+                'SEED: int = 0  # seed\nSCALE: str = "quick"\nRESULTS_DIR: str = "r"', "parameters", count=1
+            ),
+            _tagged("print('setup')", "", count=2, text="setup\n"),
+            new_markdown_cell("### Exercise (code): double a number\nWrite `double`."),
+            _tagged(STUB, "exercise", count=3),
+            _tagged("def double(x: int) -> int:\n    return 2 * x", "solution", count=4),
+            _tagged("print(double(21))", "exercise", count=5, text="42\n"),
+            _tagged("print('after')", "", count=6, text="after\n"),
+            new_markdown_cell(
+                "## Exercises\n1. Is 2 * 21 even? Say why.\n2. Try `x = 1.5`. What does\n   `double` return?"
+            ),
+            _tagged("**Solution.** Yes.", "solution", code=False),
+            new_markdown_cell("3. A third question, in its own cell."),
+            _tagged("1. not an exercise: a numbered list in a solution", "solution", code=False),
+            new_markdown_cell("## Summary\n1. not an exercise either"),
+        ]
+    )
     nb.metadata["companion"] = {"source_hash": "0123456789abcdef"}
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.validate(nb)
@@ -78,7 +84,9 @@ def test_student_removes_solutions_and_clears_exercise_outputs_only():
         else:
             assert new == orig, "every other cell is kept as it was, outputs included"
     assert "companion" not in out.metadata, "the freshness stamp no longer matches, so it is dropped"
-    assert {k: v for k, v in out.metadata.items()} == {k: v for k, v in nb.metadata.items() if k != "companion"}
+    assert {k: v for k, v in out.metadata.items()} == {
+        k: v for k, v in nb.metadata.items() if k != "companion"
+    }
 
 
 def test_student_keeps_other_companion_metadata():
@@ -94,7 +102,11 @@ def test_exercises_lists_code_prompts_and_numbered_questions():
         "Exercise 2: Try `x = 1.5`.",
         "Exercise 3: A third question, in its own cell.",
     ]
-    inline = new_notebook(cells=[new_markdown_cell("## Reading\ntext\n\n## Exercises\n1. Only one. More text.\n\n## Next\n2. no")])
+    inline = new_notebook(
+        cells=[
+            new_markdown_cell("## Reading\ntext\n\n## Exercises\n1. Only one. More text.\n\n## Next\n2. no")
+        ]
+    )
     assert editions.exercises(inline) == ["Exercise 1: Only one."]
 
 
@@ -109,13 +121,18 @@ def test_toy_student_edition_stops_at_its_exercise(tmp_path):
 
 def test_write_student_refuses_the_committed_folder_and_writes_atomically(tmp_path):
     for folder in (NOTEBOOK_DIR, f"{NOTEBOOK_DIR}/", NOTEBOOK_DIR / "results" / ".."):
-        with pytest.raises(ValueError, match=r"^OUT_DIR must not be the folder of the committed notebooks") as err:
+        with pytest.raises(
+            ValueError, match=r"^OUT_DIR must not be the folder of the committed notebooks"
+        ) as err:
             editions.write_student(folder, ["00"])
         assert "\n" not in str(err.value)
     assert main(["student", str(NOTEBOOK_DIR), "00"]) == 2
     written = editions.write_student(tmp_path / "out", ["00", "12"])
     assert [p.name for p in written] == ["00_start_here.ipynb", "12_infographic.ipynb"]
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["00_start_here.ipynb", "12_infographic.ipynb"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "00_start_here.ipynb",
+        "12_infographic.ipynb",
+    ]
     committed = json.loads((NOTEBOOK_DIR / "00_start_here.ipynb").read_text())
     assert json.loads(written[0].read_text()) == editions.student(committed, name="00_start_here.ipynb")
     copied = editions.write_instructor(tmp_path / "instructor", ["00"])
@@ -148,7 +165,9 @@ def test_student_edition_of_committed_notebook(file):
     out = editions.student(nb, name=file)
     assert not any("solution" in _tags(c) for c in out["cells"]), "no solution cell in the student edition"
     assert all(c["outputs"] == [] and c["execution_count"] is None for c in _exercise_code(out))
-    assert _exercise_code(nb), f"{file}: no code cell tagged 'exercise' (EXERCISES.md: one code exercise per notebook)"
+    assert _exercise_code(nb), (
+        f"{file}: no code cell tagged 'exercise' (EXERCISES.md: one code exercise per notebook)"
+    )
     cells = nb["cells"]
     for i, cell in enumerate(cells):
         stub = DEFINES.search(_src(cell)) and "raise NotImplementedError" in _src(cell)
@@ -157,7 +176,9 @@ def test_student_edition_of_committed_notebook(file):
             assert after is not None and after["cell_type"] == "code" and "solution" in _tags(after), (
                 f"{file}: the exercise stub in cell {i} must be followed directly by its solution code cell"
             )
-    assert any("(code)" in title for title in editions.exercises(nb)), f"{file}: no '### Exercise (code): ...' prompt"
+    assert any("(code)" in title for title in editions.exercises(nb)), (
+        f"{file}: no '### Exercise (code): ...' prompt"
+    )
 
 
 def _execute(path: Path, tmp_path: Path):
@@ -166,14 +187,22 @@ def _execute(path: Path, tmp_path: Path):
     out = tmp_path / "executed.ipynb"
     params = {"SEED": 0, "SCALE": "quick", "RESULTS_DIR": str(tmp_path / "results")}
     with pytest.raises(pm.PapermillExecutionError) as err:
-        pm.execute_notebook(str(path), str(out), parameters=params, cwd=str(NOTEBOOK_DIR), kernel_name="python3",
-                            progress_bar=False)
+        pm.execute_notebook(
+            str(path),
+            str(out),
+            parameters=params,
+            cwd=str(NOTEBOOK_DIR),
+            kernel_name="python3",
+            progress_bar=False,
+        )
     return err.value, json.loads(out.read_text())
 
 
 def _failing(executed: dict) -> list[str]:
     """Sources of the executed cells that carry an error output, after checking each is tagged `exercise`."""
-    failing = [c for c in executed["cells"] if any(o.get("output_type") == "error" for o in c.get("outputs", []))]
+    failing = [
+        c for c in executed["cells"] if any(o.get("output_type") == "error" for o in c.get("outputs", []))
+    ]
     assert all("exercise" in _tags(c) for c in failing), "an error outside an exercise cell"
     return [_src(c) for c in failing]
 
@@ -182,7 +211,9 @@ def _failing(executed: dict) -> list[str]:
 @pytest.mark.parametrize("file", FILES)
 def test_student_edition_stops_at_an_exercise(file, tmp_path):
     nb = _committed(file)
-    assert _exercise_code(nb), f"{file}: no code cell tagged 'exercise', so its student edition would run to the end"
+    assert _exercise_code(nb), (
+        f"{file}: no code cell tagged 'exercise', so its student edition would run to the end"
+    )
     src = tmp_path / file
     src.write_text(json.dumps(editions.student(nb, name=file)))
     error, executed = _execute(src, tmp_path)
@@ -236,15 +267,22 @@ def test_sync_runtimes_rewrites_the_teaching_plan(tmp_path, monkeypatch):
     (tmp_path / "notebooks").mkdir()
     for nb in COURSE:
         shutil.copy(NOTEBOOK_DIR / nb.file, tmp_path / "notebooks" / nb.file)
-    times = {"03_multitask_approaches": {"gpu": {"wall_s": 30.0, "cpu_s": 20.0, "load": 0.5, "cores": 16, "scale": "full"}}}
+    times = {
+        "03_multitask_approaches": {
+            "gpu": {"wall_s": 30.0, "cpu_s": 20.0, "load": 0.5, "cores": 16, "scale": "full"}
+        }
+    }
     (tmp_path / "notebooks" / "runtimes.json").write_text(json.dumps(times))
     (tmp_path / "docs").mkdir()
     plan = f"# Plan\n\n{course.PLAN_START}\nstale\n{course.PLAN_END}\n\n{course.LIST_START}\n{course.LIST_END}\nend\n"
     (tmp_path / "docs" / "teaching.md").write_text(plan)
     (tmp_path / "README.md").write_text("no table here\n")
-    for name, value in (("REPO", tmp_path), ("NOTEBOOK_DIR", tmp_path / "notebooks"),
-                        ("RUNTIMES", tmp_path / "notebooks" / "runtimes.json"),
-                        ("TEACHING", tmp_path / "docs" / "teaching.md")):
+    for name, value in (
+        ("REPO", tmp_path),
+        ("NOTEBOOK_DIR", tmp_path / "notebooks"),
+        ("RUNTIMES", tmp_path / "notebooks" / "runtimes.json"),
+        ("TEACHING", tmp_path / "docs" / "teaching.md"),
+    ):
         monkeypatch.setattr(course, name, value)
     assert "docs/teaching.md" in course.sync_runtimes()
     text = (tmp_path / "docs" / "teaching.md").read_text()

@@ -21,59 +21,135 @@ def _claim(text, measured, held=True, kind="course", note=""):
 
 
 def _file(stem, claims, metrics=None, parameters=None):
-    return {"notebook": stem, "parameters": {"SEED": 0, **(parameters or {})}, "scale": "quick",
-            "metrics": metrics or {}, "claims": claims, "demonstrations": [], "runtime_s": 1.0}
+    return {
+        "notebook": stem,
+        "parameters": {"SEED": 0, **(parameters or {})},
+        "scale": "quick",
+        "metrics": metrics or {},
+        "claims": claims,
+        "demonstrations": [],
+        "runtime_s": 1.0,
+    }
 
 
 def fake_results(folder: Path, gain: float = 0.158944) -> Path:
     """Results files shaped like those of notebooks 01, 03, 06 and 11 (values chosen for the test)."""
     folder.mkdir(parents=True, exist_ok=True)
     files = {
-        "01_definitions": _file("01_definitions", [
-            _claim("Transfer helps with few labels: with 10 USPS labels per class, fine-tuning ...",
-                   {"held": True, "margin": gain, "spread": 0.04, "seeds": [0, 1, 2],
-                    "transfer": [0.746886, 0.764823, 0.756851], "scratch": [0.593921, 0.620827, 0.576981]}),
-            _claim("A covariate shift costs accuracy: the MNIST model ...",
-                   {"margin": 0.586512, "on_mnist": [0.8915, 0.9435, 0.9345], "on_usps": [0.226, 0.412, 0.371]}),
-        ], parameters={"TARGET_PER_CLASS": 7}),
-        "03_multitask_approaches": _file("03_multitask_approaches", [
-            _claim("Hard sharing reaches the accuracy of separate single-task models with about 1/T of their "
-                   "parameters (read: ...)", {"x": 1}, held=False, kind="source", note="capacity"),
-            _claim("Multi-task learning reduces overfitting compared with single-task learning (train-test gap)",
-                   {"x": 2}, held=True, kind="source"),
-        ]),
-        "06_benefits_of_mtl": _file("06_benefits_of_mtl", [
-            _claim("With the digit labels as auxiliary tasks (hints), the model is more accurate ...",
-                   {"test_acc": {"single-task": {"200": {"mean": 0.41}, "800": {"mean": 0.62}},
-                                 "hints": {"200": {"mean": 0.57}, "800": {"mean": 0.71}}},
-                    "hints_vs_single": {"800": {"margin": 0.09}, "200": {"margin": 0.16}}}),
-            _claim("Source text: tasks trained together can interfere and hinder each other (read: ...)",
-                   {"left_only": {"mean": 0.802}, "left_plus_right": {"mean": 0.795},
-                    "left_only_vs_left_plus_right": {"margin": 0.007}}, held=False, kind="source", note="noise"),
-            _claim("Multi-task learning generalises better than single-task learning (read: ...)",
-                   {"gain_points_mean": {"hints": {"200": 16.0}, "control": {"200": -2.35}}}, held=False,
-                   kind="source", note="depends"),
-        ]),
-        "11_choosing": _file("11_choosing", [
-            _claim("Fine-tuning forgets the source task, multi-task training keeps it: ...",
-                   {"source_acc_pretrain_mtl": [0.9, 0.92, 0.91], "source_acc_finetune": [0.5, 0.55, 0.45],
-                    "margin": 0.41}),
-            _claim("Transfer is the choice when a large related source exists and the target task has few labels",
-                   {}, held=True, kind="source"),
-        ], metrics={
-            "decision_map": {
-                "per_class": [1, 10, 100], "columns": ["r=0", "fashion coarse->fine"], "seeds": [0, 1, 2],
-                "no_labels_together/target": {"winner": [["alone", "probe"], ["alone", "finetune"],
-                                                         ["alone", "finetune"]],
-                                              "margin": [[0.0, 0.1], [0.0, 0.2], [0.0, 0.01]],
-                                              "tie": [[True, False], [False, False], [False, True]]},
-                "labels_together/both": {"winner": [["mtl", "pretrain_mtl"], ["mtl", "pretrain_mtl"],
-                                                    ["alone", "mtl"]],
-                                         "margin": [[0.1, 0.1], [0.1, 0.1], [0.0, 0.1]],
-                                         "tie": [[False, False], [False, False], [True, False]]},
+        "01_definitions": _file(
+            "01_definitions",
+            [
+                _claim(
+                    "Transfer helps with few labels: with 10 USPS labels per class, fine-tuning ...",
+                    {
+                        "held": True,
+                        "margin": gain,
+                        "spread": 0.04,
+                        "seeds": [0, 1, 2],
+                        "transfer": [0.746886, 0.764823, 0.756851],
+                        "scratch": [0.593921, 0.620827, 0.576981],
+                    },
+                ),
+                _claim(
+                    "A covariate shift costs accuracy: the MNIST model ...",
+                    {
+                        "margin": 0.586512,
+                        "on_mnist": [0.8915, 0.9435, 0.9345],
+                        "on_usps": [0.226, 0.412, 0.371],
+                    },
+                ),
+            ],
+            parameters={"TARGET_PER_CLASS": 7},
+        ),
+        "03_multitask_approaches": _file(
+            "03_multitask_approaches",
+            [
+                _claim(
+                    "Hard sharing reaches the accuracy of separate single-task models with about 1/T of their "
+                    "parameters (read: ...)",
+                    {"x": 1},
+                    held=False,
+                    kind="source",
+                    note="capacity",
+                ),
+                _claim(
+                    "Multi-task learning reduces overfitting compared with single-task learning (train-test gap)",
+                    {"x": 2},
+                    held=True,
+                    kind="source",
+                ),
+            ],
+        ),
+        "06_benefits_of_mtl": _file(
+            "06_benefits_of_mtl",
+            [
+                _claim(
+                    "With the digit labels as auxiliary tasks (hints), the model is more accurate ...",
+                    {
+                        "test_acc": {
+                            "single-task": {"200": {"mean": 0.41}, "800": {"mean": 0.62}},
+                            "hints": {"200": {"mean": 0.57}, "800": {"mean": 0.71}},
+                        },
+                        "hints_vs_single": {"800": {"margin": 0.09}, "200": {"margin": 0.16}},
+                    },
+                ),
+                _claim(
+                    "Source text: tasks trained together can interfere and hinder each other (read: ...)",
+                    {
+                        "left_only": {"mean": 0.802},
+                        "left_plus_right": {"mean": 0.795},
+                        "left_only_vs_left_plus_right": {"margin": 0.007},
+                    },
+                    held=False,
+                    kind="source",
+                    note="noise",
+                ),
+                _claim(
+                    "Multi-task learning generalises better than single-task learning (read: ...)",
+                    {"gain_points_mean": {"hints": {"200": 16.0}, "control": {"200": -2.35}}},
+                    held=False,
+                    kind="source",
+                    note="depends",
+                ),
+            ],
+        ),
+        "11_choosing": _file(
+            "11_choosing",
+            [
+                _claim(
+                    "Fine-tuning forgets the source task, multi-task training keeps it: ...",
+                    {
+                        "source_acc_pretrain_mtl": [0.9, 0.92, 0.91],
+                        "source_acc_finetune": [0.5, 0.55, 0.45],
+                        "margin": 0.41,
+                    },
+                ),
+                _claim(
+                    "Transfer is the choice when a large related source exists and the target task has few labels",
+                    {},
+                    held=True,
+                    kind="source",
+                ),
+            ],
+            metrics={
+                "decision_map": {
+                    "per_class": [1, 10, 100],
+                    "columns": ["r=0", "fashion coarse->fine"],
+                    "seeds": [0, 1, 2],
+                    "no_labels_together/target": {
+                        "winner": [["alone", "probe"], ["alone", "finetune"], ["alone", "finetune"]],
+                        "margin": [[0.0, 0.1], [0.0, 0.2], [0.0, 0.01]],
+                        "tie": [[True, False], [False, False], [False, True]],
+                    },
+                    "labels_together/both": {
+                        "winner": [["mtl", "pretrain_mtl"], ["mtl", "pretrain_mtl"], ["alone", "mtl"]],
+                        "margin": [[0.1, 0.1], [0.1, 0.1], [0.0, 0.1]],
+                        "tie": [[False, False], [False, False], [True, False]],
+                    },
+                },
+                "rule_of_thumb_agreement": {"transfer_half": [2, 4], "multitask_half": [5, 6]},
             },
-            "rule_of_thumb_agreement": {"transfer_half": [2, 4], "multitask_half": [5, 6]},
-        }),
+        ),
     }
     for stem, data in files.items():
         (folder / f"{stem}.json").write_text(json.dumps(data))
@@ -122,7 +198,9 @@ def test_numbers_read_the_claims_they_name(drawn):
     assert nums["transfer.margin"].path == "claims[0].measured.margin"
     assert nums["transfer.per_class"].text == "7" and nums["transfer.seeds"].text == "3"
     assert nums["shift.margin"].text == "-58.7 pts"
-    assert nums["mtl.n"].value == 200 and nums["mtl.margin"].text == "+16.0 pts"  # the smallest size, not "800"
+    assert (
+        nums["mtl.n"].value == 200 and nums["mtl.margin"].text == "+16.0 pts"
+    )  # the smallest size, not "800"
     assert nums["mtl.control"].text == "-2.4 pts" or nums["mtl.control"].text == "-2.3 pts"
     assert nums["forgetting.margin"].text == "+41.0 pts"
     assert nums["forgetting.kept"].text == "91.0%"
@@ -131,10 +209,16 @@ def test_numbers_read_the_claims_they_name(drawn):
     assert nums["map.transfer_half.clear"].value == 2
     # every source statement, in every file, has its verdict; course claims do not
     verdicts = {k: n.text for k, n in nums.items() if re.fullmatch(r"score\.[^.]+\.\d+", k)}
-    assert verdicts == {"score.03_multitask_approaches.0": "not held", "score.03_multitask_approaches.1": "held",
-                        "score.06_benefits_of_mtl.1": "not held", "score.06_benefits_of_mtl.2": "not held",
-                        "score.11_choosing.1": "held"}
-    assert "conflict.held" not in nums and "forgetting04.held" not in nums  # no 10 or 04 results: not measured
+    assert verdicts == {
+        "score.03_multitask_approaches.0": "not held",
+        "score.03_multitask_approaches.1": "held",
+        "score.06_benefits_of_mtl.1": "not held",
+        "score.06_benefits_of_mtl.2": "not held",
+        "score.11_choosing.1": "held",
+    }
+    assert (
+        "conflict.held" not in nums and "forgetting04.held" not in nums
+    )  # no 10 or 04 results: not measured
 
 
 def test_every_number_on_the_figure_equals_its_file(drawn):
@@ -202,7 +286,9 @@ def test_missing_run_calls_the_runner_at_quick_scale(tmp_path, monkeypatch):
     folder = fake_results(tmp_path / "have")
     (folder / "11_choosing.json").unlink()
     (folder / "12_infographic.json").write_text("{}")  # its own results file is never drawn from
-    files = ig.gather(folder, missing="run", out=tmp_path / "runs", notebooks=["01_definitions", "11_choosing"])
+    files = ig.gather(
+        folder, missing="run", out=tmp_path / "runs", notebooks=["01_definitions", "11_choosing"]
+    )
     assert calls == [(["11_choosing"], "quick")]
     assert files["11_choosing"].is_relative_to(tmp_path / "runs") and "12_infographic" not in files
     assert ig.gather(folder)  # skip: what is there

@@ -61,8 +61,11 @@ def test_negative_transfer_gap_reference():
 
 
 def test_by_cell_groups_seeds_in_order():
-    rows = [dict(source="a", strategy="s", seed=0, test_acc=0.5), dict(source="a", strategy="s", seed=1, test_acc=0.6),
-            dict(source="b", strategy="s", seed=0, test_acc=0.1)]
+    rows = [
+        dict(source="a", strategy="s", seed=0, test_acc=0.5),
+        dict(source="a", strategy="s", seed=1, test_acc=0.6),
+        dict(source="b", strategy="s", seed=0, test_acc=0.1),
+    ]
     assert by_cell(rows, "source", "strategy") == {("a", "s"): [0.5, 0.6], ("b", "s"): [0.1]}
     with pytest.raises(ValueError, match="missing|entries"):
         by_cell(rows, "per_class")
@@ -73,24 +76,31 @@ def test_target_sweep_rows_and_transform():
     x = torch.rand(60, 1, 16, 16)
     y = torch.arange(60) % 3
     net = backbone("course_cnn_s", in_chans=1, num_classes=3)
-    kw = dict(per_class=[2, 4], strategies=["linear_probe"], seeds=[0, 1], lr_grid=[1e-2], min_steps=1,
-              device="cpu")
+    kw = dict(
+        per_class=[2, 4], strategies=["linear_probe"], seeds=[0, 1], lr_grid=[1e-2], min_steps=1, device="cpu"
+    )
     rows = target_sweep({"net": net}, (x, y), (x[:9], y[:9]), (x[:9], y[:9]), **kw)
     assert len(rows) == 2 * 2 * 2  # sizes x (scratch + one source) x seeds
     assert {(r["source"], r["strategy"]) for r in rows} == {("none", "scratch"), ("net", "linear_probe")}
     assert sorted({r["per_class"] for r in rows}) == [2, 4]
     # a transform that blanks every image leaves a constant input: every prediction is one class, 3/9 correct
-    flat = target_sweep({"net": net}, (x, y), (x[:9], y[:9]), (x[:9], y[:9]), transform=torch.zeros_like,
-                        scratch=False, **kw)
+    flat = target_sweep(
+        {"net": net}, (x, y), (x[:9], y[:9]), (x[:9], y[:9]), transform=torch.zeros_like, scratch=False, **kw
+    )
     assert all(r["test_acc"] == pytest.approx(1 / 3) for r in flat)
 
 
 def test_noisy_source_is_cached_and_steps_matched(tmp_path, monkeypatch):
-    monkeypatch.setattr("companion.sources.data_root", lambda: tmp_path)  # where sources.cached_source keeps it
-    model, info = noisy_source("course_cnn_s", "mnist", noise=0.5, n=3, epochs=1, min_steps=5, size=16, device="cpu")
+    monkeypatch.setattr(
+        "companion.sources.data_root", lambda: tmp_path
+    )  # where sources.cached_source keeps it
+    model, info = noisy_source(
+        "course_cnn_s", "mnist", noise=0.5, n=3, epochs=1, min_steps=5, size=16, device="cpu"
+    )
     assert info["steps"] == 5 and not info["cached"]  # 30 images: one batch of 128 per pass, 5 passes
-    again, info2 = noisy_source("course_cnn_s", "mnist", noise=0.5, n=3, epochs=1, min_steps=5, size=16,
-                                device="cpu")
+    again, info2 = noisy_source(
+        "course_cnn_s", "mnist", noise=0.5, n=3, epochs=1, min_steps=5, size=16, device="cpu"
+    )
     assert info2["cached"] and info2["test_acc"] == info["test_acc"] and info2["steps"] == 5
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
     assert len(list((tmp_path / "cache" / "noisy_sources").glob("*.pt"))) == 1
@@ -130,8 +140,17 @@ def test_dann_at_lambda_zero_is_class_loss_training_bit_for_bit():
         out, losses = dann.loss_step(model, x, y, state)
         return out, {"main": losses["main"]}
 
-    fit(b, TensorBatches(*src, 16, seed=3), epochs=2, lr=1e-2, seed=3, device="cpu", progress=False,
-        callbacks=[dann], loss_step=class_only)
+    fit(
+        b,
+        TensorBatches(*src, 16, seed=3),
+        epochs=2,
+        lr=1e-2,
+        seed=3,
+        device="cpu",
+        progress=False,
+        callbacks=[dann],
+        loss_step=class_only,
+    )
     assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
     transfer.train_dann(c, src, tgt, max_lambda=1.0, **kw)  # the reversed gradient does change the trunk
     assert not all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), c.state_dict().values()))
@@ -143,10 +162,13 @@ def test_domain_adaptation_never_reads_target_labels_outside_the_few():
     kw = dict(seeds=[0, 1], lr_grid=[1e-3, 1e-2], steps=3, per_class=2, batch_size=8, device="cpu")
     rows = domain_adaptation(net, src, (xt, yt), (xt[:9], yt[:9]), (xt[:12], yt[:12]), **kw)
     assert [(r["method"], r["seed"]) for r in rows] == [(m, s) for s in (0, 1) for m in ADAPTATIONS]
-    assert all(r["lr"] in (1e-3, 1e-2) and r["val_scores"][r["lr"]] == max(r["val_scores"].values()) for r in rows)
+    assert all(
+        r["lr"] in (1e-3, 1e-2) and r["val_scores"][r["lr"]] == max(r["val_scores"].values()) for r in rows
+    )
     shuffled = yt[torch.randperm(len(yt), generator=torch.Generator().manual_seed(5))]
-    again = domain_adaptation(net, src, (xt, shuffled), (xt[:9], yt[:9]), (xt[:12], yt[:12]),
-                              methods=["source_only", "dann"], **kw)
+    again = domain_adaptation(
+        net, src, (xt, shuffled), (xt[:9], yt[:9]), (xt[:12], yt[:12]), methods=["source_only", "dann"], **kw
+    )
     unsupervised = [r for r in rows if r["method"] != "finetune_few"]
     assert [r["test_acc"] for r in again] == [r["test_acc"] for r in unsupervised]  # pool labels unused
     with pytest.raises(ValueError, match="methods"):

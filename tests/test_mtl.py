@@ -354,7 +354,9 @@ def many_task_model(n_tasks: int, kind: str):
     torch.manual_seed(n_tasks)
     if kind == "hard":
         trunk = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 12), nn.ReLU())
-        return HardSharing(trunk, {f"t{i}": head("regression", 12, 1, hidden=5 * (i % 2)) for i in range(n_tasks)})
+        return HardSharing(
+            trunk, {f"t{i}": head("regression", 12, 1, hidden=5 * (i % 2)) for i in range(n_tasks)}
+        )
     stem = nn.Sequential(nn.Linear(8, 10), nn.ReLU())  # MMoE: the stem also feeds the gates, outside `shared`
     return MMoE(10, {f"t{i}": head("regression", 6, 1) for i in range(n_tasks)}, 3, 6, stem=stem)
 
@@ -614,8 +616,9 @@ def test_compare_models_trains_each_on_its_tasks_with_same_seed():
     assert res["hard"]["test"]["loss/a"] == pytest.approx(res["again"]["test"]["loss/a"], rel=1e-6)
     assert res["hard"]["history"][-1]["train_loss"] < res["hard"]["history"][0]["train_loss"]
     assert res["hard"]["train"]["loss/a"] < res["hard"]["history"][0]["train_loss/a"]
-    curved = compare_models({"hard": lambda: hard_model(0)}, train, test, **kw, curves=True,
-                            fit_options={"scheduler": "cosine"})
+    curved = compare_models(
+        {"hard": lambda: hard_model(0)}, train, test, **kw, curves=True, fit_options={"scheduler": "cosine"}
+    )
     assert len(curved["hard"]["history"].series("val_loss/a")) == 3
     assert curved["hard"]["history"][-1]["lr"] < 1e-3  # the cosine schedule reached every model
     assert curved["hard"]["test"]["loss/a"] == pytest.approx(curved["hard"]["history"][-1]["val_loss/a"])
@@ -634,11 +637,24 @@ def test_size_sweep_rows_epochs_and_nested_subsets():
         return (x[:80], {t: v[:80] for t, v in y.items()}), (x[80:], {t: v[80:] for t, v in y.items()})
 
     rows = size_sweep(
-        {"hard": lambda: hard_model(0)}, data, [20, 80], [0, 1], steps=8, batch_size=10, lr=1e-2,
-        device="cpu", loss_fns=MSE, curve_size=80,
+        {"hard": lambda: hard_model(0)},
+        data,
+        [20, 80],
+        [0, 1],
+        steps=8,
+        batch_size=10,
+        lr=1e-2,
+        device="cpu",
+        loss_fns=MSE,
+        curve_size=80,
     )
     assert seen == [0, 1]
-    assert [(r["seed"], r["n"], r["epochs"]) for r in rows] == [(0, 20, 4), (0, 80, 1), (1, 20, 4), (1, 80, 1)]
+    assert [(r["seed"], r["n"], r["epochs"]) for r in rows] == [
+        (0, 20, 4),
+        (0, 80, 1),
+        (1, 20, 4),
+        (1, 80, 1),
+    ]
     assert all(r["model"] == "hard" and "loss/a" in r["test"] for r in rows)
     assert "val_loss/a" in rows[1]["history"][-1] and "val_loss/a" not in rows[0]["history"][-1]
     with pytest.raises(ValueError, match="exceeds the pool"):

@@ -63,7 +63,9 @@ def test_loss_reference_values():
 @pytest.mark.parametrize("method", ["mean", "mgda", "pcgrad", "upgrad", "cagrad"])
 def test_aggregate2_matches_the_general_aggregators(method):
     gen = torch.Generator().manual_seed(0)
-    g = torch.randn(200, 2, 5, generator=gen, dtype=F64) * (0.1 + 3 * torch.rand(200, 2, 1, generator=gen, dtype=F64))
+    g = torch.randn(200, 2, 5, generator=gen, dtype=F64) * (
+        0.1 + 3 * torch.rand(200, 2, 1, generator=gen, dtype=F64)
+    )
     g[:20, 1] = -0.5 * g[:20, 0]  # exactly opposed pairs
     g[20:40, 1] = 2.0 * g[20:40, 0]  # parallel pairs
     out = aggregate2(g, method, c=0.5)
@@ -122,8 +124,10 @@ def test_paths_reproduce_the_papers_picture():
     the Pareto set (x1 = 0) from all three, MGDA reaches the set at a start-dependent point."""
     steps = 30_000
     curve = pareto_set()
-    run = {m: path_summary(toy_paths(m, steps=steps, lr=100 / steps, record_every=1000), curve)
-           for m in ("mean", "cagrad", "mgda")}
+    run = {
+        m: path_summary(toy_paths(m, steps=steps, lr=100 / steps, record_every=1000), curve)
+        for m in ("mean", "cagrad", "mgda")
+    }
     assert [r["stalled"] for r in run["mean"]] == [True, False, True]
     assert all(r["distance"] < 0.05 and abs(r["end"][0]) < 0.05 for r in run["cagrad"])
     assert not any(r["stalled"] for r in run["mgda"])
@@ -135,7 +139,9 @@ def test_paths_validate_and_are_deterministic():
     a = toy_paths("famo", steps=200, record_every=50)
     b = toy_paths("famo", steps=200, record_every=50)
     assert a.shape == (5, 3, 2) and torch.equal(a, b)
-    assert torch.equal(toy_paths("mean", steps=200, record_every=200), toy_paths("mean", steps=200, lr=0.5, record_every=200))
+    assert torch.equal(
+        toy_paths("mean", steps=200, record_every=200), toy_paths("mean", steps=200, lr=0.5, record_every=200)
+    )
     with pytest.raises(ValueError):
         toy_paths("sgd")
     with pytest.raises(ValueError):

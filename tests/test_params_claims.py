@@ -26,7 +26,11 @@ from companion.params import ParameterError, check, scale_of, setup
         ("N_TRAIN", "many", "N_TRAIN must be a non-negative integer"),
         ("LABEL_FRACTION", 1.5, "LABEL_FRACTION must be a number in (0, 1], got 1.5"),
         ("LR", 0, "LR must be a positive number, got 0"),
-        ("MODEL", "resnet_9000", "MODEL must be a timm model name (see timm.list_models('pattern*')), got 'resnet_9000'"),
+        (
+            "MODEL",
+            "resnet_9000",
+            "MODEL must be a timm model name (see timm.list_models('pattern*')), got 'resnet_9000'",
+        ),
         ("SEEDS", [], "SEEDS must be a non-empty list of non-negative integers, got []"),
         ("DATA_DIR", 3, "DATA_DIR must be a folder path as a string"),
     ],
@@ -44,13 +48,32 @@ def test_unknown_dataset_is_refused():
     check("DATASET", "digits")
 
 
-@pytest.mark.parametrize(("name", "value"), [("SEED", 0), ("EPOCHS", 0), ("EPOCHS", None), ("LABEL_FRACTION", 1.0), ("MODEL", "resnet18"), ("MODEL", "course_cnn_s"), ("SEEDS", [0, 1])])
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("SEED", 0),
+        ("EPOCHS", 0),
+        ("EPOCHS", None),
+        ("LABEL_FRACTION", 1.0),
+        ("MODEL", "resnet18"),
+        ("MODEL", "course_cnn_s"),
+        ("SEEDS", [0, 1]),
+    ],
+)
 def test_good_parameters_pass(name, value):
     check(name, value)
 
 
 def test_setup_fills_scale_defaults_and_resolves_paths(tmp_path):
-    cfg = setup(SEED=1, DEVICE="cpu", SCALE="quick", EPOCHS=0, N_TRAIN=500, RESULTS_DIR=str(tmp_path), defaults={"EPOCHS": (2, 9), "N_TRAIN": (100, 1000)})
+    cfg = setup(
+        SEED=1,
+        DEVICE="cpu",
+        SCALE="quick",
+        EPOCHS=0,
+        N_TRAIN=500,
+        RESULTS_DIR=str(tmp_path),
+        defaults={"EPOCHS": (2, 9), "N_TRAIN": (100, 1000)},
+    )
     assert (cfg.EPOCHS, cfg.N_TRAIN, cfg.scale, cfg.device.type) == (2, 500, "quick", "cpu")
     assert cfg.results_dir == tmp_path
     assert cfg.params["EPOCHS"] == 0  # the results file records what was asked for
@@ -67,7 +90,9 @@ def test_scale_auto_is_quick_without_gpu():
 
 
 def test_pick_device_auto_and_errors():
-    expected = "cuda" if torch.cuda.is_available() else ("mps" if torch.backends.mps.is_available() else "cpu")
+    expected = (
+        "cuda" if torch.cuda.is_available() else ("mps" if torch.backends.mps.is_available() else "cpu")
+    )
     assert pick_device("auto").type == expected
     assert pick_device("cpu") == torch.device("cpu")
     if not torch.cuda.is_available():
@@ -87,7 +112,9 @@ def test_seed_everything_reproduces_all_generators():
 def test_env_report_names_versions_and_device():
     report = env_report("cpu")
     assert report["device"] == "cpu"
-    assert report["torch"] == torch.__version__.split("+")[0] or report["torch"].startswith(torch.__version__[:4])
+    assert report["torch"] == torch.__version__.split("+")[0] or report["torch"].startswith(
+        torch.__version__[:4]
+    )
     assert isinstance(report["datasets"], dict) and report["datasets"]["digits"] is True
 
 
@@ -95,12 +122,28 @@ def test_claims_file_round_trip_and_strict_mode(tmp_path, capsys):
     cfg = setup(SEED=3, DEVICE="cpu", RESULTS_DIR=str(tmp_path))
     c = Claims("99_demo", cfg)
     c.check("A held claim", {"acc": torch.tensor(0.91234567)}, True)
-    c.check("A source statement we contradict", {"gap": np.float32(-0.5)}, False, kind="source", note="at small data MTL overfits more here")
+    c.check(
+        "A source statement we contradict",
+        {"gap": np.float32(-0.5)},
+        False,
+        kind="source",
+        note="at small data MTL overfits more here",
+    )
     c.metric("curve", np.array([1.0, 2.0]))
     path = c.report(strict=True)  # a contradicted source statement with a note is a finding, not a failure
     data = json.loads(path.read_text())
-    assert data["notebook"] == "99_demo" and data["parameters"] == {"SEED": 3, "DEVICE": "cpu", "RESULTS_DIR": str(tmp_path)}
-    assert data["claims"][0] == {"claim": "A held claim", "kind": "course", "measured": {"acc": 0.912346}, "held": True, "note": ""}
+    assert data["notebook"] == "99_demo" and data["parameters"] == {
+        "SEED": 3,
+        "DEVICE": "cpu",
+        "RESULTS_DIR": str(tmp_path),
+    }
+    assert data["claims"][0] == {
+        "claim": "A held claim",
+        "kind": "course",
+        "measured": {"acc": 0.912346},
+        "held": True,
+        "note": "",
+    }
     assert data["claims"][1]["held"] is False and data["metrics"]["curve"] == [1.0, 2.0]
     assert data["runtime_s"] >= 0
     assert "[HELD    ] (course) A held claim" in capsys.readouterr().out
@@ -151,8 +194,8 @@ def test_separated_needs_every_seed_and_a_margin_above_the_spread():
 
     clear = separated([0.90, 0.91, 0.92], [0.80, 0.82, 0.81])
     assert clear["held"] and abs(clear["margin"] - 0.10) < 1e-9 and abs(clear["spread"] - 0.02) < 1e-9
-    assert not separated([0.90, 0.79, 0.92], [0.80, 0.82, 0.81])["held"]      # one seed goes the other way
-    assert not separated([0.90, 0.84, 0.97], [0.80, 0.82, 0.81])["held"]      # margin 0.06 < spread 0.13
+    assert not separated([0.90, 0.79, 0.92], [0.80, 0.82, 0.81])["held"]  # one seed goes the other way
+    assert not separated([0.90, 0.84, 0.97], [0.80, 0.82, 0.81])["held"]  # margin 0.06 < spread 0.13
     with pytest.raises(ValueError, match="equally long"):
         separated([1.0], [0.5, 0.4])
 
@@ -161,7 +204,7 @@ def test_tune_picks_the_best_validation_score_and_over_seeds_stacks():
     from companion.protocol import over_seeds, tune
 
     best, scores = tune(lambda lr: {1e-3: 0.7, 3e-3: 0.9, 1e-2: 0.9}[lr], [1e-3, 3e-3, 1e-2], name="lr")
-    assert best == 3e-3 and scores[1e-2] == 0.9                              # ties keep the earlier value
+    assert best == 3e-3 and scores[1e-2] == 0.9  # ties keep the earlier value
     with pytest.raises(ValueError, match="lr grid"):
         tune(lambda v: 0.0, [], name="lr")
     runs = over_seeds(lambda s: {"acc": 0.5 + s / 10, "loss": float(s)}, [0, 1, 2])
@@ -174,12 +217,15 @@ def test_delta_m_matches_the_papers_formula_on_hand_values():
     from companion.protocol import delta_m
 
     # accuracy 0.90 vs 0.80 (+12.5 %), error 0.30 vs 0.40 (lower is better: +25 %): mean +18.75 %
-    assert delta_m({"acc": 0.90, "err": 0.30}, {"acc": 0.80, "err": 0.40}, lower_is_better=["err"]) == pytest.approx(18.75)
+    assert delta_m(
+        {"acc": 0.90, "err": 0.30}, {"acc": 0.80, "err": 0.40}, lower_is_better=["err"]
+    ) == pytest.approx(18.75)
     assert delta_m({"a": 0.5, "b": 0.5}, {"a": 0.5, "b": 0.5}) == 0.0
     assert delta_m({"a": 0.45}, {"a": 0.5}) == pytest.approx(-10.0)
     # a scale of a task's metric cancels: millimetres or metres give the same Delta_m
     assert delta_m({"mm": 300.0}, {"mm": 400.0}, lower_is_better=["mm"]) == pytest.approx(
-        delta_m({"mm": 0.3}, {"mm": 0.4}, lower_is_better=["mm"]))
+        delta_m({"mm": 0.3}, {"mm": 0.4}, lower_is_better=["mm"])
+    )
     with pytest.raises(ValueError, match="scores must have every task"):
         delta_m({"a": 1.0}, {"a": 1.0, "b": 1.0})
     with pytest.raises(ValueError, match="lower_is_better must name"):

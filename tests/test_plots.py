@@ -14,7 +14,10 @@ from companion.plots import bars, curves, images, pipelines  # noqa: E402
 
 
 def test_curves_plot_each_history_against_epochs():
-    hist = {"a": [{"epoch": 1, "loss": 2.0}, {"epoch": 2, "loss": 1.5}], "b": [{"epoch": 1, "loss": 3.0}, {"epoch": 2}]}
+    hist = {
+        "a": [{"epoch": 1, "loss": 2.0}, {"epoch": 2, "loss": 1.5}],
+        "b": [{"epoch": 1, "loss": 3.0}, {"epoch": 2}],
+    }
     ax = curves(hist, "loss")
     lines = {ln.get_label(): (list(ln.get_xdata()), list(ln.get_ydata())) for ln in ax.get_lines()}
     assert lines == {"a": ([1, 2], [2.0, 1.5]), "b": ([1], [3.0])}
@@ -41,4 +44,7 @@ def test_pipelines_diagram_has_both_panels():
     fig = pipelines()
     boxes = [sum(isinstance(p, FancyBboxPatch) for p in ax.patches) for ax in fig.axes]
     assert boxes == [5, 5]
-    assert [ax.get_title() for ax in fig.axes] == ["Transfer learning: sequential", "Multi-task learning: parallel"]
+    assert [ax.get_title() for ax in fig.axes] == [
+        "Transfer learning: sequential",
+        "Multi-task learning: parallel",
+    ]

@@ -110,7 +110,10 @@ def test_mode_is_inferred_from_the_monitor_unless_given():
         (lambda: EarlyStopping(2, mode="up"), "mode must be None, 'min' or 'max', got 'up'"),
         (lambda: RestoreBest(mode="lower"), "mode must be None, 'min' or 'max', got 'lower'"),
         (lambda: Checkpointer("ck.pt", every=0), "every must be None or a positive integer, got 0"),
-        (lambda: Checkpointer("ck.pt", resume="best"), "resume must be 'latest' or 'latest-good', got 'best'"),
+        (
+            lambda: Checkpointer("ck.pt", resume="best"),
+            "resume must be 'latest' or 'latest-good', got 'best'",
+        ),
     ],
 )
 def test_bad_plugin_arguments_are_refused(make, message):
@@ -119,7 +122,9 @@ def test_bad_plugin_arguments_are_refused(make, message):
 
 
 def test_a_monitor_missing_from_the_row_is_named():
-    with pytest.raises(ValueError, match=r"monitor='val_loss' is not in the history row; available: \['score'\]"):
+    with pytest.raises(
+        ValueError, match=r"monitor='val_loss' is not in the history row; available: \['score'\]"
+    ):
         stops_after(EarlyStopping(1), [1.0], key="score")
 
 
@@ -127,14 +132,37 @@ def test_early_stopping_in_fit_follows_a_callbacks_metric_whatever_the_list_orde
     x, y = blobs()
     scores = [1, 3, 2, 2.5, 0, 4, 5, 6]
     stopper = EarlyStopping(3, monitor="score", mode="max")  # listed first; runs after Script (order 20)
-    hist = fit(net(), TensorBatches(x, y, 16), epochs=8, callbacks=[stopper, Script(scores)], device="cpu",
-               progress=False)
+    hist = fit(
+        net(),
+        TensorBatches(x, y, 16),
+        epochs=8,
+        callbacks=[stopper, Script(scores)],
+        device="cpu",
+        progress=False,
+    )
     assert len(hist) == 5 and hist.series("score") == [1, 3, 2, 2.5, 0]
-    hist = fit(net(), TensorBatches(x, y, 16), epochs=8, early_stop=3, monitor="score", callbacks=[Script(scores)],
-               device="cpu", progress=False)  # the facade, mode inferred "min": 1 is never beaten
+    hist = fit(
+        net(),
+        TensorBatches(x, y, 16),
+        epochs=8,
+        early_stop=3,
+        monitor="score",
+        callbacks=[Script(scores)],
+        device="cpu",
+        progress=False,
+    )  # the facade, mode inferred "min": 1 is never beaten
     assert len(hist) == 4
-    hist = fit(net(), TensorBatches(x, y, 16), epochs=8, early_stop=3, monitor="score", mode="max",
-               callbacks=[Script(scores)], device="cpu", progress=False)
+    hist = fit(
+        net(),
+        TensorBatches(x, y, 16),
+        epochs=8,
+        early_stop=3,
+        monitor="score",
+        mode="max",
+        callbacks=[Script(scores)],
+        device="cpu",
+        progress=False,
+    )
     assert len(hist) == 5
 
 
@@ -145,8 +173,15 @@ def test_stop_set_by_a_callback_during_a_step_closes_the_epoch_there():
                 state.stop = True
 
     x, y = blobs()
-    hist = fit(net(), TensorBatches(x, y, 16), epochs=5, val=TensorBatches(x, y, 64), callbacks=[StopAt()],
-               device="cpu", progress=False)
+    hist = fit(
+        net(),
+        TensorBatches(x, y, 16),
+        epochs=5,
+        val=TensorBatches(x, y, 64),
+        callbacks=[StopAt()],
+        device="cpu",
+        progress=False,
+    )
     assert [r["step"] for r in hist] == [4, 6] and "val_loss" in hist.last
 
 
@@ -157,13 +192,30 @@ def test_stop_set_by_a_callback_during_a_step_closes_the_epoch_there():
 def test_restore_best_ends_on_the_best_epochs_weights(mode, scores, best):
     x, y = blobs()
     snaps, model = Snapshots(), net()
-    fit(model, TensorBatches(x, y, 16), epochs=4, lr=0.05, device="cpu", progress=False,
-        callbacks=[RestoreBest("score", mode), Script(scores), snaps])
+    fit(
+        model,
+        TensorBatches(x, y, 16),
+        epochs=4,
+        lr=0.05,
+        device="cpu",
+        progress=False,
+        callbacks=[RestoreBest("score", mode), Script(scores), snaps],
+    )
     assert same_weights(model, snaps.weights[best])
     assert not same_weights(model, snaps.weights[-1])
     facade = net()
-    fit(facade, TensorBatches(x, y, 16), epochs=4, lr=0.05, restore_best=True, monitor="score", mode=mode,
-        callbacks=[Script(scores)], device="cpu", progress=False)
+    fit(
+        facade,
+        TensorBatches(x, y, 16),
+        epochs=4,
+        lr=0.05,
+        restore_best=True,
+        monitor="score",
+        mode=mode,
+        callbacks=[Script(scores)],
+        device="cpu",
+        progress=False,
+    )
     assert same_weights(facade, model)
 
 
@@ -176,8 +228,16 @@ def test_restore_best_survives_a_resume_after_its_best_epoch(tmp_path):
         cbs = [Script(scores), Crash(crash_at), RestoreBest("score")]
         if ckpt is not None:
             cbs.append(Checkpointer(ckpt))
-        fit(model, TensorBatches(x, y, 16, seed=1), epochs=4, lr=0.05, seed=2, callbacks=cbs, device="cpu",
-            progress=False)
+        fit(
+            model,
+            TensorBatches(x, y, 16, seed=1),
+            epochs=4,
+            lr=0.05,
+            seed=2,
+            callbacks=cbs,
+            device="cpu",
+            progress=False,
+        )
         return model
 
     reference = run(None, None)
@@ -197,8 +257,17 @@ def test_checkpointer_resumes_mid_epoch_to_bit_identical_weights_and_history(tmp
     def run(crash_at, ckpt=None):
         model = net()
         cbs = [Crash(crash_at)] + ([Checkpointer(ckpt, every=3)] if ckpt else [])
-        hist = fit(model, TensorBatches(x, y, 16, seed=1), epochs=3, lr=0.02, scheduler="cosine", seed=5,
-                   callbacks=cbs, device="cpu", progress=False)
+        hist = fit(
+            model,
+            TensorBatches(x, y, 16, seed=1),
+            epochs=3,
+            lr=0.02,
+            scheduler="cosine",
+            seed=5,
+            callbacks=cbs,
+            device="cpu",
+            progress=False,
+        )
         return model, rows(hist)
 
     reference, ref_rows = run(None)
@@ -227,8 +296,14 @@ def test_checkpointer_writes_atomically_a_failed_write_keeps_the_last_good_file(
                 monkeypatch.setattr(torch, "save", broken)
 
     with pytest.raises(OSError, match="disk full"):
-        fit(net(), TensorBatches(x, y, 16), epochs=2, callbacks=[BreakDiskInEpoch2(), Checkpointer(path)],
-            device="cpu", progress=False)
+        fit(
+            net(),
+            TensorBatches(x, y, 16),
+            epochs=2,
+            callbacks=[BreakDiskInEpoch2(), Checkpointer(path)],
+            device="cpu",
+            progress=False,
+        )
     monkeypatch.setattr(torch, "save", real_save)
     assert load_checkpoint(path)["epoch"] == 1  # the epoch-1 checkpoint, whole
     assert [p.name for p in tmp_path.iterdir()] == ["ck.pt"]
@@ -239,8 +314,14 @@ def test_checkpoint_of_another_run_is_refused_by_the_plugin(tmp_path):
     path = tmp_path / "ck.pt"
     fit(nn.Linear(2, 2), TensorBatches(x, y, 8), callbacks=[Checkpointer(path)], device="cpu", progress=False)
     with pytest.raises(ValueError, match="written with seed=0, this run has seed=1"):
-        fit(nn.Linear(2, 2), TensorBatches(x, y, 8), seed=1, callbacks=[Checkpointer(path)], device="cpu",
-            progress=False)
+        fit(
+            nn.Linear(2, 2),
+            TensorBatches(x, y, 8),
+            seed=1,
+            callbacks=[Checkpointer(path)],
+            device="cpu",
+            progress=False,
+        )
 
 
 def test_a_callbacks_state_finds_it_on_resume_when_plugins_are_added_around_it(tmp_path):
@@ -260,12 +341,26 @@ def test_a_callbacks_state_finds_it_on_resume_when_plugins_are_added_around_it(t
     x, y = blobs()
     path = tmp_path / "ck.pt"
     with pytest.raises(KeyboardInterrupt):
-        fit(net(), TensorBatches(x, y, 16), epochs=3, callbacks=[Counter(), Crash(6), Checkpointer(path, every=1)],
-            device="cpu", progress=False)
+        fit(
+            net(),
+            TensorBatches(x, y, 16),
+            epochs=3,
+            callbacks=[Counter(), Crash(6), Checkpointer(path, every=1)],
+            device="cpu",
+            progress=False,
+        )
     assert load_checkpoint(path)["callback_names"] == ["Counter#0", "Crash#0", "_Record#0", "Checkpointer#0"]
     counter = Counter()
-    fit(net(), TensorBatches(x, y, 16), epochs=3, val=TensorBatches(x, y, 64), early_stop=5,  # two plug-ins more
-        callbacks=[counter, Crash(None), Checkpointer(path, every=1)], device="cpu", progress=False)
+    fit(
+        net(),
+        TensorBatches(x, y, 16),
+        epochs=3,
+        val=TensorBatches(x, y, 64),
+        early_stop=5,  # two plug-ins more
+        callbacks=[counter, Crash(None), Checkpointer(path, every=1)],
+        device="cpu",
+        progress=False,
+    )
     assert counter.steps == 12  # 5 counted before the crash (step 6 was not checkpointed), 7 after
 
 
@@ -276,26 +371,49 @@ def test_validate_adds_evaluates_entries_to_each_row():
     x, y = blobs()
     val = TensorBatches(x[:40], y[:40], 16, shuffle=False)
     snaps, model = Snapshots(), net()
-    hist = fit(model, TensorBatches(x, y, 16), epochs=2, lr=0.05, callbacks=[snaps, Validate(val)], device="cpu",
-               progress=False)
+    hist = fit(
+        model,
+        TensorBatches(x, y, 16),
+        epochs=2,
+        lr=0.05,
+        callbacks=[snaps, Validate(val)],
+        device="cpu",
+        progress=False,
+    )
     for row, weights in zip(hist, snaps.weights, strict=True):
         probe = net()
         probe.load_state_dict(weights)
         expected = evaluate(probe, val, device="cpu")
-        assert {k: row[k] for k in row if k.startswith("val_")} == {f"val_{k}": v for k, v in expected.items()}
+        assert {k: row[k] for k in row if k.startswith("val_")} == {
+            f"val_{k}": v for k, v in expected.items()
+        }
     facade = fit(net(), TensorBatches(x, y, 16), epochs=2, lr=0.05, val=val, device="cpu", progress=False)
     assert rows(facade) == rows(hist)
 
 
 def test_keywords_and_plugins_in_any_order_train_the_same(tmp_path):
     x, y = blobs()
-    val = TensorBatches(x, 1 - y, 64, shuffle=False)  # flipped labels: val_loss rises, early stopping triggers
+    val = TensorBatches(
+        x, 1 - y, 64, shuffle=False
+    )  # flipped labels: val_loss rises, early stopping triggers
     a, b = net(), net()
     kw = dict(epochs=20, lr=0.05, seed=3, device="cpu", progress=False)
-    ha = fit(a, TensorBatches(x, y, 16, seed=1), val=val, early_stop=2, restore_best=True,
-             checkpoint=tmp_path / "a.pt", checkpoint_every=5, **kw)
-    hb = fit(b, TensorBatches(x, y, 16, seed=1), callbacks=[Checkpointer(tmp_path / "b.pt", every=5),
-             RestoreBest(), EarlyStopping(2), Validate(val)], **kw)
+    ha = fit(
+        a,
+        TensorBatches(x, y, 16, seed=1),
+        val=val,
+        early_stop=2,
+        restore_best=True,
+        checkpoint=tmp_path / "a.pt",
+        checkpoint_every=5,
+        **kw,
+    )
+    hb = fit(
+        b,
+        TensorBatches(x, y, 16, seed=1),
+        callbacks=[Checkpointer(tmp_path / "b.pt", every=5), RestoreBest(), EarlyStopping(2), Validate(val)],
+        **kw,
+    )
     assert rows(ha) == rows(hb) and len(ha) == 3 and same_weights(a, b)
     sa, sb = load_checkpoint(tmp_path / "a.pt"), load_checkpoint(tmp_path / "b.pt")
     assert all(torch.equal(v, sb["model"][k]) for k, v in sa["model"].items())

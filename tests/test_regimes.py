@@ -55,13 +55,15 @@ def _trained(seed: int = 0, steps: int = 6):
 
 def test_step_stream_yields_exactly_steps_full_batches_across_epochs():
     x, y = torch.arange(10.0).view(10, 1), torch.arange(10)
-    stream = StepStream(x, y, steps=7, batch_size=4, seed=3)  # 2 full batches per epoch: 7 steps span 4 epochs
+    stream = StepStream(
+        x, y, steps=7, batch_size=4, seed=3
+    )  # 2 full batches per epoch: 7 steps span 4 epochs
     batches = list(stream)
     assert len(stream) == 7 and len(batches) == 7
     assert all(bx.shape[0] == 4 and by.shape[0] == 4 for bx, by in batches)
     # reference values: epoch e's order is TensorBatches' permutation for (seed, e), last partial batch dropped
     ref = TensorBatches(x, y, 4, seed=3, drop_last=True)
-    expected = [ref.order(e)[i * 4:(i + 1) * 4] for e in range(4) for i in range(2)][:7]
+    expected = [ref.order(e)[i * 4 : (i + 1) * 4] for e in range(4) for i in range(2)][:7]
     assert [b[1].tolist() for b in batches] == [e.tolist() for e in expected]
     assert stream.epochs_started == 4
 
@@ -75,7 +77,9 @@ def test_step_stream_continues_across_passes_and_is_seeded():
     joined = [b[1] for b in first + list(two)]
     assert [b.tolist() for b in joined] == [b[1].tolist() for b in one]
     again = StepStream(x, y, steps=9, batch_size=3, seed=1)
-    assert [b[1].tolist() for b in again] == [b[1].tolist() for b in StepStream(x, y, steps=9, batch_size=3, seed=1)]
+    assert [b[1].tolist() for b in again] == [
+        b[1].tolist() for b in StepStream(x, y, steps=9, batch_size=3, seed=1)
+    ]
     other = StepStream(x, y, steps=9, batch_size=3, seed=2)
     assert [b[1].tolist() for b in other] != [b[1].tolist() for b in again]
 
@@ -109,8 +113,21 @@ def test_monitor_counts_steps_across_both_lp_ft_phases():
         return {"moved": float(sum((now[k].float() - start[k].float()).abs().sum() for k in start))}
 
     mon = Monitor(moved, 1, offset=10)
-    assert adapt_task(model, x, y % 2, strategy="lp_ft", num_classes=2, steps=6, batch_size=8, lr=1e-2,
-                      monitor=mon, device="cpu") == 48
+    assert (
+        adapt_task(
+            model,
+            x,
+            y % 2,
+            strategy="lp_ft",
+            num_classes=2,
+            steps=6,
+            batch_size=8,
+            lr=1e-2,
+            monitor=mon,
+            device="cpu",
+        )
+        == 48
+    )
     assert [r["step"] for r in mon.rows] == list(range(10, 17))
     # phase 1 (3 steps) trains the head only; phase 2 releases the trunk
     assert [r["moved"] == 0 for r in mon.rows] == [True] * 4 + [False] * 3
@@ -122,7 +139,9 @@ def test_frozen_adaptation_keeps_the_trunk_and_a_exactly():
     head_a = copy.deepcopy(model.get_classifier())
     acc_a = head_accuracy(model, head_a, x, y)
     start = _trunk_state(model)
-    adapt_task(model, x, y % 2, strategy="frozen", num_classes=2, steps=5, batch_size=8, lr=1e-2, device="cpu")
+    adapt_task(
+        model, x, y % 2, strategy="frozen", num_classes=2, steps=5, batch_size=8, lr=1e-2, device="cpu"
+    )
     end = _trunk_state(model)
     assert start.keys() == end.keys() and any("running_mean" in k for k in start)
     assert all(torch.equal(start[k], end[k]) for k in start)  # weights and BatchNorm statistics, bit for bit
@@ -137,8 +156,18 @@ def test_finetune_forgets_and_l2sp_stays_closer_to_the_start():
     for strategy in ("finetune", "l2sp"):
         model, x, y = _trained()
         start = _trunk_state(model)
-        adapt_task(model, x, y % 2, strategy=strategy, num_classes=2, steps=8, batch_size=8, lr=1e-2, alpha=100.0,
-                   device="cpu")
+        adapt_task(
+            model,
+            x,
+            y % 2,
+            strategy=strategy,
+            num_classes=2,
+            steps=8,
+            batch_size=8,
+            lr=1e-2,
+            alpha=100.0,
+            device="cpu",
+        )
         end = _trunk_state(model)
         distance[strategy] = sum(float((end[k] - start[k]).pow(2).sum()) for k in start if "running" not in k)
     assert distance["finetune"] > 0
@@ -198,7 +227,9 @@ def test_to_and_from_multitask_preserve_the_trunk_outputs():
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
     # fresh heads are drawn from the seed
     again = to_multitask(model, {"A": 4, "B": 2}, keep="A", seed=5)
-    assert torch.equal(again.heads["B"].weight, to_multitask(model, {"A": 4, "B": 2}, keep="A", seed=5).heads["B"].weight)
+    assert torch.equal(
+        again.heads["B"].weight, to_multitask(model, {"A": 4, "B": 2}, keep="A", seed=5).heads["B"].weight
+    )
 
 
 def test_to_multitask_checks_the_kept_head():

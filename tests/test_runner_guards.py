@@ -32,12 +32,16 @@ def test_bad_values_and_repeated_parameters_stop_before_any_run(capsys, monkeypa
     with pytest.raises(SystemExit):
         main(["sweep", str(NB), "-p", "SEED", "0", "1", "-p", "TARGET_EPOCHS", "1"])
     assert "sweep takes one -p" in capsys.readouterr().err
-    assert main(["sweep", str(NB), "-p", "SEED", "0", "1", "-1"]) == 2  # the bad last value stops the first run
+    assert (
+        main(["sweep", str(NB), "-p", "SEED", "0", "1", "-1"]) == 2
+    )  # the bad last value stops the first run
     assert "SEED must be a non-negative integer, got -1" in capsys.readouterr().err
 
 
 def test_list_parameters_from_the_command_line_are_literals(tmp_path):
-    assert __import__("companion.__main__", fromlist=["_params"])._params([["SIZES", "[1, 3]"]]) == {"SIZES": [1, 3]}
+    assert __import__("companion.__main__", fromlist=["_params"])._params([["SIZES", "[1, 3]"]]) == {
+        "SIZES": [1, 3]
+    }
     cfg = setup(SIZES="[1, 3]", RESULTS_DIR=str(tmp_path))
     assert cfg.SIZES == [1, 3]
     with pytest.raises(ParameterError, match=r"SIZES must be a non-empty list .*-p SIZES '\[1, 3\]'"):
@@ -48,13 +52,21 @@ def test_unwritable_results_dir_bounds_and_zero_stop_in_setup(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     t0 = time.perf_counter()
-    with pytest.raises(ParameterError, match="^RESULTS_DIR must be a folder this process can create and write to"):
+    with pytest.raises(
+        ParameterError, match="^RESULTS_DIR must be a folder this process can create and write to"
+    ):
         setup(SEED=0, RESULTS_DIR=str(blocker / "results"))
     with pytest.raises(ParameterError, match="EPOCHS must be at most 1,000"):
         setup(EPOCHS=10**9, RESULTS_DIR=str(tmp_path), defaults={"EPOCHS": (3, 5)})
-    with pytest.raises(ParameterError, match=r"EPOCHS must be an integer in 1\.\.200 for this notebook; 0: the scale's default \(quick 3, full 5\), got 500"):
+    with pytest.raises(
+        ParameterError,
+        match=r"EPOCHS must be an integer in 1\.\.200 for this notebook; 0: the scale's default \(quick 3, full 5\), got 500",
+    ):
         setup(EPOCHS=500, RESULTS_DIR=str(tmp_path), defaults={"EPOCHS": (3, 5)}, bounds={"EPOCHS": (1, 200)})
-    with pytest.raises(ParameterError, match="TARGET_PER_CLASS must be a positive integer \\(this notebook has no scale default for 0\\)"):
+    with pytest.raises(
+        ParameterError,
+        match="TARGET_PER_CLASS must be a positive integer \\(this notebook has no scale default for 0\\)",
+    ):
         setup(TARGET_PER_CLASS=0, RESULTS_DIR=str(tmp_path))
     assert setup(N_AUX=0, RESULTS_DIR=str(tmp_path), bounds={"N_AUX": (0, 3)}).N_AUX == 0
     assert time.perf_counter() - t0 < 5
@@ -126,9 +138,14 @@ def test_damaged_data_file_load_error_names_file_and_repair(tmp_path, monkeypatc
 
     import numpy as np
 
-    raw = tmp_path / "mnist" / "MNIST" / "raw"  # torchvision layout: no checksum, the decoder finds the damage
+    raw = (
+        tmp_path / "mnist" / "MNIST" / "raw"
+    )  # torchvision layout: no checksum, the decoder finds the damage
     raw.mkdir(parents=True)
-    for stem, arr in (("t10k-images-idx3-ubyte", np.zeros((4, 28, 28), np.uint8)), ("t10k-labels-idx1-ubyte", np.zeros(4, np.uint8))):
+    for stem, arr in (
+        ("t10k-images-idx3-ubyte", np.zeros((4, 28, 28), np.uint8)),
+        ("t10k-labels-idx1-ubyte", np.zeros(4, np.uint8)),
+    ):
         header = bytes([0, 0, 8, arr.ndim]) + b"".join(int(s).to_bytes(4, "big") for s in arr.shape)
         (raw / f"{stem}.gz").write_bytes(gzip.compress(header + arr.tobytes()))
     images = raw / "t10k-images-idx3-ubyte.gz"
@@ -137,23 +154,36 @@ def test_damaged_data_file_load_error_names_file_and_repair(tmp_path, monkeypatc
     with pytest.raises(D.DamagedFileError) as info:
         D.load_dataset("mnist", root=tmp_path)
     msg = str(info.value)
-    assert str(images) in msg and "is damaged (EOFError" in msg and "python -m companion data fetch mnist" in msg
+    assert (
+        str(images) in msg and "is damaged (EOFError" in msg and "python -m companion data fetch mnist" in msg
+    )
     assert "\n" not in msg
 
 
 TINY = {
     "cells": [
-        {"cell_type": "code", "metadata": {"tags": ["parameters"]}, "execution_count": None, "outputs": [], "source":
-         'SEED: int = 0  # seed\nDEVICE: str = "auto"  # device\nSCALE: str = "auto"  # scale\n'
-         'DATA_DIR: str = ""  # data\nRESULTS_DIR: str = "results"  # results\n'},
-        {"cell_type": "code", "metadata": {}, "execution_count": None, "outputs": [], "source":
-         "import companion\nfrom companion import Claims, setup\n"
-         "cfg = setup(SEED=SEED, DEVICE=DEVICE, SCALE=SCALE, DATA_DIR=DATA_DIR, RESULTS_DIR=RESULTS_DIR)\n"
-         "claims = Claims('tiny', cfg)\nclaims.demonstrate('one is one', {'one': 1}, True)\n"
-         "print('package at', companion.__file__)\nclaims.report()\n"},
+        {
+            "cell_type": "code",
+            "metadata": {"tags": ["parameters"]},
+            "execution_count": None,
+            "outputs": [],
+            "source": 'SEED: int = 0  # seed\nDEVICE: str = "auto"  # device\nSCALE: str = "auto"  # scale\n'
+            'DATA_DIR: str = ""  # data\nRESULTS_DIR: str = "results"  # results\n',
+        },
+        {
+            "cell_type": "code",
+            "metadata": {},
+            "execution_count": None,
+            "outputs": [],
+            "source": "import companion\nfrom companion import Claims, setup\n"
+            "cfg = setup(SEED=SEED, DEVICE=DEVICE, SCALE=SCALE, DATA_DIR=DATA_DIR, RESULTS_DIR=RESULTS_DIR)\n"
+            "claims = Claims('tiny', cfg)\nclaims.demonstrate('one is one', {'one': 1}, True)\n"
+            "print('package at', companion.__file__)\nclaims.report()\n",
+        },
     ],
     "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
-    "nbformat": 4, "nbformat_minor": 5,
+    "nbformat": 4,
+    "nbformat_minor": 5,
 }
 
 
@@ -167,21 +197,42 @@ def test_an_installed_copy_runs_a_notebook_by_path(tmp_path):
     import sys
 
     site = tmp_path / "site-packages"
-    shutil.copytree(course.REPO / "companion", site / "companion", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        course.REPO / "companion", site / "companion", ignore=shutil.ignore_patterns("__pycache__")
+    )
     nb = tmp_path / "work" / "tiny.ipynb"
     nb.parent.mkdir()
     nb.write_text(json.dumps(TINY))
-    env = {**os.environ, "PYTHONPATH": str(site), "XDG_DATA_HOME": str(tmp_path / "xdg"), "COMPANION_DATA": ""}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(site),
+        "XDG_DATA_HOME": str(tmp_path / "xdg"),
+        "COMPANION_DATA": "",
+    }
     env.pop("COMPANION_NOTEBOOKS", None)
-    proc = subprocess.run([sys.executable, "-m", "companion", "run", str(nb), "--out", str(tmp_path / "out")],
-                          cwd=tmp_path / "work", env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "companion", "run", str(nb), "--out", str(tmp_path / "out")],
+        cwd=tmp_path / "work",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     executed = (tmp_path / "out" / "tiny.ipynb").read_text()
     assert f"package at {site / 'companion' / '__init__.py'}" in executed.replace("\\n", "\n")
-    assert json.loads((tmp_path / "out" / "results" / "tiny" / "default" / "tiny.json").read_text())["demonstrations"]
+    assert json.loads((tmp_path / "out" / "results" / "tiny" / "default" / "tiny.json").read_text())[
+        "demonstrations"
+    ]
     assert not (site / "results").exists() and not (site / "data").exists()
-    proc = subprocess.run([sys.executable, "-m", "companion", "run", "00"], cwd=tmp_path / "work", env=env,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "companion", "run", "00"],
+        cwd=tmp_path / "work",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode != 0 and "installed, not a checkout" in proc.stderr
 
 
@@ -192,7 +243,9 @@ def test_the_runner_leaves_the_callers_environment_as_it_was(tmp_path, monkeypat
 
     def fake_execute(src, dst, **kw):  # records what the kernel would inherit, writes a minimal notebook
         seen["backend"] = os.environ.get("MPLBACKEND")
-        (tmp_path / "out.ipynb").write_text('{"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}')
+        (tmp_path / "out.ipynb").write_text(
+            '{"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}'
+        )
 
     monkeypatch.setattr(pm, "execute_notebook", fake_execute)
     monkeypatch.setenv("MPLBACKEND", "Agg")

@@ -28,13 +28,17 @@ def committed_claims(file: str) -> list[dict]:
     """The claims printed by the committed notebook's claims cell: [{"claim", "kind", "held", "measured"}]."""
     nb = json.loads((NOTEBOOK_DIR / file).read_text())
     cell = [c for c in nb["cells"] if c["cell_type"] == "code"][-1]
-    text = "".join("".join(o.get("text", "")) for o in cell.get("outputs", []) if o.get("output_type") == "stream")
+    text = "".join(
+        "".join(o.get("text", "")) for o in cell.get("outputs", []) if o.get("output_type") == "stream"
+    )
     lines, found = text.splitlines(), []
     for i, line in enumerate(lines):
         m = _LINE.match(line)
         if m:
             measured = lines[i + 1].strip().removeprefix("measured: ")
-            found.append({"held": m[1] == "HELD", "kind": m[2], "claim": m[3], "measured": json.loads(measured)})
+            found.append(
+                {"held": m[1] == "HELD", "kind": m[2], "claim": m[3], "measured": json.loads(measured)}
+            )
     return found
 
 
@@ -47,11 +51,28 @@ def test_committed_claims_are_parsed():
 @pytest.mark.parametrize("file", [nb.file for nb in COURSE])
 def test_claims_hold_and_move_at_another_seed(file, tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "companion", "run", f"notebooks/{file}", "-p", "SEED", str(OTHER_SEED),
-         "--scale", "quick", "--out", str(tmp_path)],
-        cwd=REPO, capture_output=True, text=True, timeout=1800,
+        [
+            sys.executable,
+            "-m",
+            "companion",
+            "run",
+            f"notebooks/{file}",
+            "-p",
+            "SEED",
+            str(OTHER_SEED),
+            "--scale",
+            "quick",
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=1800,
     )
-    assert proc.returncode == 0, f"{file} at SEED={OTHER_SEED}: a course claim failed or the run broke\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 0, (
+        f"{file} at SEED={OTHER_SEED}: a course claim failed or the run broke\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+    )
     stem = Path(file).stem
     assert (tmp_path / f"{stem}--SCALE=quick-SEED={OTHER_SEED}.ipynb").exists()
     files = list((tmp_path / "results").rglob(f"{stem}.json"))
@@ -59,9 +80,12 @@ def test_claims_hold_and_move_at_another_seed(file, tmp_path):
     rerun = json.loads(files[0].read_text())
     assert rerun["parameters"]["SEED"] == OTHER_SEED and rerun["scale"] == "quick"
     committed = committed_claims(file)
-    assert len(committed) == len(rerun["claims"]), f"{file}: committed outputs list other claims; re-execute it"
+    assert len(committed) == len(rerun["claims"]), (
+        f"{file}: committed outputs list other claims; re-execute it"
+    )
     frozen = [
-        c["claim"] for c, c0 in zip(rerun["claims"], committed)
+        c["claim"]
+        for c, c0 in zip(rerun["claims"], committed)
         if not c.get("deterministic") and c["measured"] == c0["measured"]
     ]
     assert not frozen, (

@@ -55,8 +55,9 @@ def _unavailable(reason: str) -> None:
 def site() -> Path:
     """build/site/, built with docs/build.py when missing or when COMPANION_SITE_REBUILD=1 asks."""
     if not (SITE / "index.html").exists() or os.environ.get("COMPANION_SITE_REBUILD") == "1":
-        done = subprocess.run([sys.executable, str(REPO / "docs" / "build.py")], cwd=REPO,
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            [sys.executable, str(REPO / "docs" / "build.py")], cwd=REPO, capture_output=True, text=True
+        )
         assert done.returncode == 0, f"docs/build.py failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     assert (SITE / "index.html").exists()
     return SITE
@@ -90,8 +91,14 @@ def browser():
         _unavailable("selenium is not installed (pip install selenium)")
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1400,1000", "--hide-scrollbars"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1400,1000",
+        "--hide-scrollbars",
+    ):
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
@@ -102,8 +109,11 @@ def browser():
 
 def _pages(site: Path) -> list[str]:
     """Every page of the site: the theme's template fragments under _static/ are not pages."""
-    return sorted(p.relative_to(site).as_posix() for p in site.rglob("*.html")
-                  if not p.relative_to(site).parts[0].startswith("_"))
+    return sorted(
+        p.relative_to(site).as_posix()
+        for p in site.rglob("*.html")
+        if not p.relative_to(site).parts[0].startswith("_")
+    )
 
 
 def _target(site: Path, base: str, href: str) -> tuple[Path, str] | None:
@@ -147,10 +157,14 @@ def test_site_in_browser(site: Path, server: str, browser) -> None:
         undecoded = _visit(browser, f"{server}/{page}")
         errors += [f"{page}: image not decoded: {src}" for src in undecoded]
         images_checked += browser.execute_script("return document.images.length")
-        errors += [f"{page}: console {e['level']}: {e['message']}" for e in browser.get_log("browser")
-                   if e["level"] == "SEVERE"]
+        errors += [
+            f"{page}: console {e['level']}: {e['message']}"
+            for e in browser.get_log("browser")
+            if e["level"] == "SEVERE"
+        ]
         hrefs = browser.execute_script(
-            "return Array.from(document.querySelectorAll('a[href]')).map(a => a.href);")
+            "return Array.from(document.querySelectorAll('a[href]')).map(a => a.href);"
+        )
         for href in set(hrefs):
             target = _target(site, server, href)
             if target is None:
@@ -162,16 +176,25 @@ def test_site_in_browser(site: Path, server: str, browser) -> None:
             elif fragment and file.suffix == ".html" and not _has_anchor(file, fragment, cache):
                 errors.append(f"{page}: link to a missing anchor: {href}")
         if page == "index.html":
-            srcs = browser.execute_script("return Array.from(document.images).map(i => i.getAttribute('src'));")
-            assert any("course_infographic" in s for s in srcs), "the front page does not show the infographic"
+            srcs = browser.execute_script(
+                "return Array.from(document.images).map(i => i.getAttribute('src'));"
+            )
+            assert any("course_infographic" in s for s in srcs), (
+                "the front page does not show the infographic"
+            )
     print(f"site: {len(pages)} pages, {images_checked} images, {links_checked} internal links checked")
     assert not errors, f"{len(errors)} problem(s):\n" + "\n".join(errors[:40])
 
     SHOTS.mkdir(parents=True, exist_ok=True)
     browser.set_window_size(1400, 1600)
-    for page, name, scroll_to in (("index.html", "front.png", None), (NOTEBOOK_SHOT, "notebook.png", ".cell_output img")):
+    for page, name, scroll_to in (
+        ("index.html", "front.png", None),
+        (NOTEBOOK_SHOT, "notebook.png", ".cell_output img"),
+    ):
         _visit(browser, f"{server}/{page}")
-        if scroll_to:  # the notebook page from its first figure on: a figure, then the text and outputs after it
+        if (
+            scroll_to
+        ):  # the notebook page from its first figure on: a figure, then the text and outputs after it
             browser.execute_script(f"document.querySelector('{scroll_to}').scrollIntoView();")
         assert browser.save_screenshot(str(SHOTS / name)), f"could not save {SHOTS / name}"
         assert (SHOTS / name).stat().st_size > 10_000, f"{SHOTS / name} looks empty"

@@ -39,9 +39,25 @@ def test_tuned_strategies_picks_each_rate_on_validation_and_reports_its_test_acc
         return real(model, strategy, batches, **kw)
 
     monkeypatch.setattr(S, "adapt", spy)
-    rows = S.tuned_strategies(_model(), train, val, test, strategies=["finetune", "lp_ft"], lr_grid=[1e-3, 1e-2],
-                              seeds=[0, 1], per_class=2, min_steps=4, batch_size=3, device="cpu")
-    assert [(r["strategy"], r["seed"]) for r in rows] == [("finetune", 0), ("lp_ft", 0), ("finetune", 1), ("lp_ft", 1)]
+    rows = S.tuned_strategies(
+        _model(),
+        train,
+        val,
+        test,
+        strategies=["finetune", "lp_ft"],
+        lr_grid=[1e-3, 1e-2],
+        seeds=[0, 1],
+        per_class=2,
+        min_steps=4,
+        batch_size=3,
+        device="cpu",
+    )
+    assert [(r["strategy"], r["seed"]) for r in rows] == [
+        ("finetune", 0),
+        ("lp_ft", 0),
+        ("finetune", 1),
+        ("lp_ft", 1),
+    ]
     # every strategy x rate x seed ran once, with the same images per seed and the same step budget
     assert len(calls) == 8
     assert [c[1] for c in calls[:4]] == [1e-3, 1e-2, 1e-3, 1e-2]
@@ -51,26 +67,52 @@ def test_tuned_strategies_picks_each_rate_on_validation_and_reports_its_test_acc
     for r in rows:
         best = max(r["val_scores"].values())
         assert r["val_acc"] == best
-        assert r["lr"] == min(lr for lr, v in r["val_scores"].items() if v == best)  # ties keep the earlier rate
+        assert r["lr"] == min(
+            lr for lr, v in r["val_scores"].items() if v == best
+        )  # ties keep the earlier rate
         assert 0 <= r["test_acc"] <= 1
 
 
 def test_tuned_strategies_test_accuracy_is_that_of_the_chosen_run():
     train, val, test = _data(30, 0), _data(12, 1), _data(12, 2)
-    (row,) = S.tuned_strategies(_model(), train, val, test, strategies=["finetune"], lr_grid=[3e-3], seeds=[0],
-                                per_class=2, min_steps=4, batch_size=3, device="cpu")
+    (row,) = S.tuned_strategies(
+        _model(),
+        train,
+        val,
+        test,
+        strategies=["finetune"],
+        lr_grid=[3e-3],
+        seeds=[0],
+        per_class=2,
+        min_steps=4,
+        batch_size=3,
+        device="cpu",
+    )
     # rebuild the same run by hand
     from companion.transfer import adapt
 
     xs, ys = subsample_per_class(*train, 2, seed=0)
     model = copy.deepcopy(_model())
-    adapt(model, "finetune", TensorBatches(xs, ys, 3, seed=0), epochs=2, num_classes=3, lr=3e-3, seed=0,
-          device="cpu", progress=False)
+    adapt(
+        model,
+        "finetune",
+        TensorBatches(xs, ys, 3, seed=0),
+        epochs=2,
+        num_classes=3,
+        lr=3e-3,
+        seed=0,
+        device="cpu",
+        progress=False,
+    )
     assert row["test_acc"] == evaluate(model, TensorBatches(*test, 512, shuffle=False), device="cpu")["acc"]
 
 
 def test_summarize_stacks_per_seed_values():
-    rows = [{"strategy": "a", "test_acc": 0.5}, {"strategy": "b", "test_acc": 0.25}, {"strategy": "a", "test_acc": 1}]
+    rows = [
+        {"strategy": "a", "test_acc": 0.5},
+        {"strategy": "b", "test_acc": 0.25},
+        {"strategy": "a", "test_acc": 1},
+    ]
     assert S.summarize(rows) == {"a": [0.5, 1.0], "b": [0.25]}
     with pytest.raises(ValueError, match="every row must have"):
         S.summarize([{"strategy": "a"}])
@@ -103,8 +145,12 @@ def test_random_and_base_networks():
     like = _model(0)
     r1, r2 = S.random_network(like, seed=1), S.random_network(like, seed=1)
     assert all(torch.equal(a, b) for a, b in zip(r1.state_dict().values(), r2.state_dict().values()))
-    assert not torch.equal(stages(r1)[0][0].weight if isinstance(stages(r1)[0], nn.Sequential) else
-                           next(stages(r1)[0].parameters()), next(stages(like)[0].parameters()))
+    assert not torch.equal(
+        stages(r1)[0][0].weight
+        if isinstance(stages(r1)[0], nn.Sequential)
+        else next(stages(r1)[0].parameters()),
+        next(stages(like)[0].parameters()),
+    )
     train = _data(30, 0)
     base = S.base_network(like, train, min_steps=20, batch_size=10, lr=1e-2, seed=0, device="cpu")
     acc = evaluate(base, TensorBatches(*train, 512, shuffle=False), device="cpu")["acc"]

@@ -71,12 +71,22 @@ def test_default_loss_and_accuracy_reference_values():
 
 def test_fit_learns_single_task_and_history_has_per_task_keys():
     x, y = blobs()
-    hist = fit(nn.Linear(2, 2), TensorBatches(x, y, 32, seed=0), epochs=5, lr=0.05, val=TensorBatches(x, y, 100, shuffle=False), device="cpu", progress=False)
+    hist = fit(
+        nn.Linear(2, 2),
+        TensorBatches(x, y, 32, seed=0),
+        epochs=5,
+        lr=0.05,
+        val=TensorBatches(x, y, 100, shuffle=False),
+        device="cpu",
+        progress=False,
+    )
     assert len(hist) == 5
     assert hist.series("train_loss")[-1] < hist.series("train_loss")[0]
     assert hist.last["val_acc/main"] > 0.95
     assert hist.last["val_acc"] == hist.last["val_acc/main"]
-    assert {"epoch", "step", "lr", "train_loss/main", "train_acc/main", "val_loss/main", "time_s"} <= set(hist.last)
+    assert {"epoch", "step", "lr", "train_loss/main", "train_acc/main", "val_loss/main", "time_s"} <= set(
+        hist.last
+    )
     assert hist.last["step"] == 5 * math.ceil(400 / 32)
 
 
@@ -86,7 +96,14 @@ def test_fit_is_deterministic_for_a_seed():
     for _ in range(2):
         torch.manual_seed(123)
         model = TwoHead()
-        fit(model, TensorBatches(x, {"cls": y, "reg": x[:, 0]}, 32, seed=1), epochs=2, device="cpu", seed=7, progress=False)
+        fit(
+            model,
+            TensorBatches(x, {"cls": y, "reg": x[:, 0]}, 32, seed=1),
+            epochs=2,
+            device="cpu",
+            seed=7,
+            progress=False,
+        )
         weights.append([p.detach().clone() for p in model.parameters()])
     assert all(torch.equal(a, b) for a, b in zip(*weights))
 
@@ -113,14 +130,33 @@ def test_multitask_summed_losses_equal_manual_gradient():
 
 def test_bf16_autocast_trains_on_cpu():
     x, y = blobs()
-    hist = fit(nn.Sequential(nn.Linear(2, 32), nn.ReLU(), nn.Linear(32, 2)), TensorBatches(x, y, 32), epochs=4, lr=0.02, precision="bf16", val=TensorBatches(x, y, 400), device="cpu", progress=False)
+    hist = fit(
+        nn.Sequential(nn.Linear(2, 32), nn.ReLU(), nn.Linear(32, 2)),
+        TensorBatches(x, y, 32),
+        epochs=4,
+        lr=0.02,
+        precision="bf16",
+        val=TensorBatches(x, y, 400),
+        device="cpu",
+        progress=False,
+    )
     assert hist.last["val_acc"] > 0.95
 
 
 def test_fp16_grad_scaler_path_runs_and_unscales():
     x, y = blobs()
     model = nn.Linear(2, 2)
-    hist = fit(model, TensorBatches(x, y, 32), epochs=3, lr=0.05, precision="fp16", clip_grad=1.0, val=TensorBatches(x, y, 400), device="cpu", progress=False)
+    hist = fit(
+        model,
+        TensorBatches(x, y, 32),
+        epochs=3,
+        lr=0.05,
+        precision="fp16",
+        clip_grad=1.0,
+        val=TensorBatches(x, y, 400),
+        device="cpu",
+        progress=False,
+    )
     assert hist.last["val_acc"] > 0.95
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
@@ -134,10 +170,27 @@ def test_nan_loss_stops_with_step_and_task():
 
 def test_schedulers_follow_their_formulas():
     x, y = blobs(64)
-    hist = fit(nn.Linear(2, 2), TensorBatches(x, y, 16), epochs=2, lr=0.1, scheduler="cosine", device="cpu", progress=False)
+    hist = fit(
+        nn.Linear(2, 2),
+        TensorBatches(x, y, 16),
+        epochs=2,
+        lr=0.1,
+        scheduler="cosine",
+        device="cpu",
+        progress=False,
+    )
     assert hist[0]["lr"] == pytest.approx(0.1 * (1 + math.cos(math.pi * 4 / 8)) / 2)
     assert hist[1]["lr"] == pytest.approx(0.0, abs=1e-12)
-    hist = fit(nn.Linear(2, 2), TensorBatches(x, y, 16), epochs=2, lr=0.1, scheduler="warmup_cosine", warmup_steps=4, device="cpu", progress=False)
+    hist = fit(
+        nn.Linear(2, 2),
+        TensorBatches(x, y, 16),
+        epochs=2,
+        lr=0.1,
+        scheduler="warmup_cosine",
+        warmup_steps=4,
+        device="cpu",
+        progress=False,
+    )
     assert hist[0]["lr"] == pytest.approx(0.1 * (1 + math.cos(math.pi * 4 / 8)) / 2, rel=1e-3)
 
 
@@ -146,7 +199,15 @@ def test_param_groups_keep_their_own_learning_rates():
     model = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 2))
     groups = [{"params": model[0].parameters(), "lr": 0.001}, {"params": model[2].parameters(), "lr": 0.01}]
     opt = torch.optim.SGD(groups, lr=0.5)
-    fit(model, TensorBatches(x, y, 16), epochs=1, optimizer=opt, scheduler="cosine", device="cpu", progress=False)
+    fit(
+        model,
+        TensorBatches(x, y, 16),
+        epochs=1,
+        optimizer=opt,
+        scheduler="cosine",
+        device="cpu",
+        progress=False,
+    )
     assert [g["initial_lr"] for g in opt.param_groups] == [0.001, 0.01]
 
 
@@ -158,8 +219,11 @@ def test_an_optimizer_instance_refuses_param_groups_and_weight_decay(kwargs):
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     if kwargs.get("param_groups") == "groups":
         kwargs = {"param_groups": [{"params": list(model.parameters()), "lr": 0.5}]}
-    with pytest.raises(ValueError, match=r"optimizer must be a name .* got a SGD instance, which already holds its "
-                                         r"parameter groups; pass param_groups/weight_decay to it, or pass a name"):
+    with pytest.raises(
+        ValueError,
+        match=r"optimizer must be a name .* got a SGD instance, which already holds its "
+        r"parameter groups; pass param_groups/weight_decay to it, or pass a name",
+    ):
         fit(model, TensorBatches(x, y, 8), optimizer=opt, device="cpu", progress=False, **kwargs)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
@@ -176,8 +240,12 @@ def test_named_optimizers_from_timm_equal_torch_optim_bit_for_bit(name):
     def train(make):
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 3))
-        opt = make([{"params": list(model[0].parameters()), "lr": 0.01},
-                    {"params": list(model[2].parameters()), "weight_decay": 0.0}])
+        opt = make(
+            [
+                {"params": list(model[0].parameters()), "lr": 0.01},
+                {"params": list(model[2].parameters()), "weight_decay": 0.0},
+            ]
+        )
         g = torch.Generator().manual_seed(1)
         for _ in range(10):
             opt.zero_grad()
@@ -198,8 +266,13 @@ def _global_states():
 
 
 def _same_states(a, b) -> bool:
-    return a[0] == b[0] and a[1][0] == b[1][0] and np.array_equal(a[1][1], b[1][1]) and a[1][2:] == b[1][2:] \
+    return (
+        a[0] == b[0]
+        and a[1][0] == b[1][0]
+        and np.array_equal(a[1][1], b[1][1])
+        and a[1][2:] == b[1][2:]
         and torch.equal(a[2], b[2])
+    )
 
 
 class DrawAll:
@@ -221,8 +294,15 @@ def test_fit_leaves_the_callers_random_states_alone():
     model = TwoHead()
     before = _global_states()
     draws = DrawAll()
-    fit(model, TensorBatches(x, {"cls": y, "reg": x[:, 0]}, 16), epochs=2, seed=7, callbacks=[draws],
-        device="cpu", progress=False)
+    fit(
+        model,
+        TensorBatches(x, {"cls": y, "reg": x[:, 0]}, 16),
+        epochs=2,
+        seed=7,
+        callbacks=[draws],
+        device="cpu",
+        progress=False,
+    )
     assert _same_states(before, _global_states())
     seed_everything(7)  # inside, fit seeds exactly as seed_everything(seed + rank) did before every run
     assert draws.first == (random.random(), float(np.random.rand()), torch.rand(()).item())
@@ -232,8 +312,13 @@ def test_fit_leaves_the_callers_random_states_alone():
     bad = x.clone()
     bad[5] = float("nan")
     with pytest.raises(FloatingPointError):  # also when fit stops on an error
-        fit(model, TensorBatches(bad, y, 16, shuffle=False), callbacks=[DrawAll()], device="cpu",
-            progress=False)
+        fit(
+            model,
+            TensorBatches(bad, y, 16, shuffle=False),
+            callbacks=[DrawAll()],
+            device="cpu",
+            progress=False,
+        )
     assert _same_states(before, _global_states())
 
 
@@ -244,8 +329,15 @@ def test_two_fits_with_one_seed_agree_whatever_the_caller_draws_between():
         torch.manual_seed(0)
         model = TwoHead()
         random.random(), np.random.rand(draws + 1), torch.rand(draws + 5)  # the caller's own draws
-        hist = fit(model, TensorBatches(x, {"cls": y, "reg": x[:, 0]}, 16, seed=1), epochs=2, seed=4,
-                   callbacks=[DrawAll()], device="cpu", progress=False)
+        hist = fit(
+            model,
+            TensorBatches(x, {"cls": y, "reg": x[:, 0]}, 16, seed=1),
+            epochs=2,
+            seed=4,
+            callbacks=[DrawAll()],
+            device="cpu",
+            progress=False,
+        )
         weights.append(([p.detach().clone() for p in model.parameters()], hist.series("draw")))
     assert all(torch.equal(a, b) for a, b in zip(weights[0][0], weights[1][0]))
     assert weights[0][1] == weights[1][1]
@@ -253,9 +345,21 @@ def test_two_fits_with_one_seed_agree_whatever_the_caller_draws_between():
 
 def test_early_stopping_and_restore_best():
     x, y = blobs(64)
-    val = TensorBatches(x, 1 - y, 64, shuffle=False)  # flipped labels: validation loss rises as training succeeds
+    val = TensorBatches(
+        x, 1 - y, 64, shuffle=False
+    )  # flipped labels: validation loss rises as training succeeds
     model = nn.Linear(2, 2)
-    hist = fit(model, TensorBatches(x, y, 16), epochs=50, lr=0.05, val=val, early_stop=2, restore_best=True, device="cpu", progress=False)
+    hist = fit(
+        model,
+        TensorBatches(x, y, 16),
+        epochs=50,
+        lr=0.05,
+        val=val,
+        early_stop=2,
+        restore_best=True,
+        device="cpu",
+        progress=False,
+    )
     assert len(hist) == 3  # best at epoch 1, then two epochs without improvement
     assert hist[1]["val_loss"] > hist[0]["val_loss"] and hist[2]["val_loss"] > hist[0]["val_loss"]
     assert evaluate(model, val, device="cpu")["loss"] == pytest.approx(hist[0]["val_loss"], rel=1e-6)
@@ -328,21 +432,35 @@ def test_corrupt_checkpoint_resumes_from_the_previous_good_one_when_asked(tmp_pa
     def run(**kw):
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 2))
-        fit(model, TensorBatches(x, y, 8, seed=1), epochs=3, lr=0.01, seed=2, device="cpu", progress=False, **kw)
+        fit(
+            model,
+            TensorBatches(x, y, 8, seed=1),
+            epochs=3,
+            lr=0.01,
+            seed=2,
+            device="cpu",
+            progress=False,
+            **kw,
+        )
         return model
 
     reference = run()
     path = tmp_path / "ck.pt"
     run(checkpoint=path)  # ck.pt holds epoch 3, ck.pt.prev epoch 2
     path.write_bytes(b"\x00" * path.stat().st_size)  # same size, damaged
-    with pytest.raises(CheckpointError, match=r'previous good checkpoint is kept at .*ck.pt.prev: fit\(..., resume="latest-good"\)'):
+    with pytest.raises(
+        CheckpointError,
+        match=r'previous good checkpoint is kept at .*ck.pt.prev: fit\(..., resume="latest-good"\)',
+    ):
         run(checkpoint=path)
     with pytest.raises(ValueError, match="resume must be 'latest' or 'latest-good', got 'best'"):
         run(checkpoint=path, resume="best")
     with pytest.warns(UserWarning, match="resuming from .*ck.pt.prev"):
         resumed = run(checkpoint=path, resume="latest-good")
     for a, b in zip(reference.parameters(), resumed.parameters()):
-        assert torch.equal(a, b), "epoch 3 replayed from the epoch-2 checkpoint gives the uninterrupted weights"
+        assert torch.equal(a, b), (
+            "epoch 3 replayed from the epoch-2 checkpoint gives the uninterrupted weights"
+        )
     assert (tmp_path / "ck.pt.corrupt").read_bytes() == b"\x00" * (tmp_path / "ck.pt.corrupt").stat().st_size
     assert load_checkpoint(path)["epoch"] == 3
 
@@ -352,7 +470,15 @@ def test_resume_refuses_a_checkpoint_of_another_run(tmp_path):
     path = tmp_path / "ck.pt"
     fit(nn.Linear(2, 2), TensorBatches(x, y, 8), epochs=1, checkpoint=path, device="cpu", progress=False)
     with pytest.raises(ValueError, match="written with lr=0.001, this run has lr=0.01"):
-        fit(nn.Linear(2, 2), TensorBatches(x, y, 8), epochs=1, lr=0.01, checkpoint=path, device="cpu", progress=False)
+        fit(
+            nn.Linear(2, 2),
+            TensorBatches(x, y, 8),
+            epochs=1,
+            lr=0.01,
+            checkpoint=path,
+            device="cpu",
+            progress=False,
+        )
 
 
 SCRIPT = textwrap.dedent(
@@ -383,7 +509,9 @@ def test_sigkill_mid_run_then_resume_gives_identical_weights(tmp_path):
     script.write_text(SCRIPT)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     run = [sys.executable, str(script)]
-    subprocess.run([*run, str(tmp_path / "a.pt"), str(tmp_path / "full.pt"), "0"], check=True, env=env, timeout=300)
+    subprocess.run(
+        [*run, str(tmp_path / "a.pt"), str(tmp_path / "full.pt"), "0"], check=True, env=env, timeout=300
+    )
 
     ckpt = tmp_path / "b.pt"
     proc = subprocess.Popen([*run, str(ckpt), str(tmp_path / "resumed.pt"), "0.05"], env=env)
@@ -444,10 +572,20 @@ MT_SCRIPT = textwrap.dedent(
 @pytest.mark.parametrize(
     "name, every, die_at, resumes_at",
     [
-        ("dwa", 0, 15, (3, 12, 0)),  # killed in epoch 4: resumes from the end of epoch 3, DWA's weights moving
+        (
+            "dwa",
+            0,
+            15,
+            (3, 12, 0),
+        ),  # killed in epoch 4: resumes from the end of epoch 3, DWA's weights moving
         ("gradnorm", 0, 10, (2, 8, 0)),
         ("famo", 0, 10, (2, 8, 0)),
-        ("dwa", 3, 16, (3, 15, 3)),  # checkpoints every 3 steps, 4 per epoch: resumes after batch 3 of epoch 4
+        (
+            "dwa",
+            3,
+            16,
+            (3, 15, 3),
+        ),  # checkpoints every 3 steps, 4 per epoch: resumes after batch 3 of epoch 4
         ("famo", 3, 11, (2, 9, 1)),
     ],
 )
@@ -456,7 +594,9 @@ def test_sigkilled_balanced_multitask_run_resumes_bit_identically(tmp_path, name
     script.write_text(MT_SCRIPT)
     ckpt = tmp_path / "mt.pt"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, str(script), name, str(ckpt), str(every), str(die_at)], env=env, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(script), name, str(ckpt), str(every), str(die_at)], env=env, timeout=300
+    )
     assert proc.returncode == -signal.SIGKILL
     state = load_checkpoint(ckpt)
     assert (state["epoch"], state["step"], state["batch_in_epoch"]) == resumes_at

@@ -97,7 +97,9 @@ def slow_logme_column(f: np.ndarray, y: np.ndarray) -> float:
 
     starts = [(a, b) for a in (-1.0, 2.0) for b in (-1.0, 2.0)]
     opts = {"ftol": 1e-15, "gtol": 1e-12}
-    return -min(minimize(negative, s, method="L-BFGS-B", bounds=[(-8, 14)] * 2, options=opts).fun for s in starts)
+    return -min(
+        minimize(negative, s, method="L-BFGS-B", bounds=[(-8, 14)] * 2, options=opts).fun for s in starts
+    )
 
 
 @pytest.mark.parametrize("n, d", [(7, 10), (30, 200), (40, 8)])

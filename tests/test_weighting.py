@@ -48,7 +48,9 @@ def test_uncertainty_lr_first_step_is_adam_sign_step_with_its_own_rate():
     # Adam's first step moves each parameter by -lr * sign(grad)
     want = [-0.5 * math.copysign(1.0, g) for g in expected_grad]
     assert b.log_vars.tolist() == pytest.approx(want, abs=1e-6)
-    assert logs["w/a"] == pytest.approx(1.0) and logs["logvar/b"] == pytest.approx(0.0)  # logged before the step
+    assert logs["w/a"] == pytest.approx(1.0) and logs["logvar/b"] == pytest.approx(
+        0.0
+    )  # logged before the step
     # the network got the gradient of the plain sum (weights e^0 = 1)
     assert model.a.weight.grad is not None and model.b.weight.grad is not None
 
@@ -73,8 +75,13 @@ def test_gradnorm_floor_matches_gradnorm_when_floor_does_not_bind():
     m1, m2 = two_head_model(), two_head_model()
     g1, g2 = GradNorm(lr=0.01, layer="trunk.weight"), GradNormFloor(lr=0.01, layer="trunk.weight", floor=1e-6)
     for step in range(1, 4):
-        l1, l2 = g1.backward(losses_of(m1), StepContext(m1, step, 0)), g2.backward(losses_of(m2), StepContext(m2, step, 0))
-        assert l1["w/a"] == pytest.approx(l2["w/a"], rel=1e-6) and l1["w/b"] == pytest.approx(l2["w/b"], rel=1e-6)
+        l1, l2 = (
+            g1.backward(losses_of(m1), StepContext(m1, step, 0)),
+            g2.backward(losses_of(m2), StepContext(m2, step, 0)),
+        )
+        assert l1["w/a"] == pytest.approx(l2["w/a"], rel=1e-6) and l1["w/b"] == pytest.approx(
+            l2["w/b"], rel=1e-6
+        )
 
 
 def test_gradnorm_floor_goes_below_one_thousandth():
