@@ -35,7 +35,6 @@ from torch import Tensor, nn
 from . import checks
 from .device import pick_device
 from .models import new_head, stages
-from .optim import _make_optimizer
 from .train import History, evaluate, fit
 
 __all__ = [
@@ -319,6 +318,44 @@ def lp_ft(
     return History(_rows(probe, 0, 0, phase=1) + _rows(tune, len(probe), step, phase=2))
 
 
+class GradualUnfreezing:
+    """fit plug-in for gradual unfreezing (ULMFiT, Howard & Ruder 2018; notebooks 04, 09).
+
+    At the start of epoch e (counted from 0) the head and the top min(n, e * per_epoch) trunk stages train, the
+    rest stays frozen under the BatchNorm policy `bn`; each epoch's history row gets "unfrozen", the number of
+    trained stages. The optimiser must already hold every parameter (frozen ones get no gradient, so they do not
+    move: AdamW and SGD skip a parameter without a gradient, weight decay included), except with bn="freeze",
+    whose unfrozen BatchNorm layers bring new parameters: those join the optimiser here as new groups.
+    """
+
+    order = -20  # before validation and bookkeeping: the epoch trains and is evaluated with its stages open
+
+    def __init__(
+        self,
+        per_epoch: int = 1,
+        *,
+        bn: str = "eval",
+        lr: float = 1e-3,
+        head_lr: float | None = None,
+        layer_decay: float | None = None,
+    ):
+        self.per_epoch = checks.integer("per_epoch", per_epoch, 1)
+        self.bn = checks.choice("bn", bn, BN_POLICIES)
+        self.lr, self.head_lr, self.layer_decay, self.unfrozen = lr, head_lr, layer_decay, 0
+
+    def on_epoch_start(self, state) -> None:
+        self.unfrozen = min(len(stages(state.model)), state.epoch * self.per_epoch)
+        unfreeze_top(state.model, self.unfrozen, bn=self.bn)
+        known = {id(p) for g in state.optimizer.param_groups for p in g["params"]}
+        for g in layer_groups(state.model, self.lr, head_lr=self.head_lr, layer_decay=self.layer_decay):
+            fresh = [p for p in g["params"] if id(p) not in known]
+            if fresh:
+                state.optimizer.add_param_group({**g, "params": fresh})
+
+    def on_epoch_end(self, state) -> None:
+        state.row["unfrozen"] = self.unfrozen
+
+
 def gradual(
     model: nn.Module,
     train: Iterable,
@@ -339,46 +376,48 @@ def gradual(
 ) -> History:
     """Gradual unfreezing (ULMFiT): epoch e trains the head and the top e * per_epoch stages (notebooks 04, 09).
 
-    One fit call per epoch shares one optimiser, so its state survives; the parameters a stage brings when it
-    unfreezes join as new groups (with their layer_decay lr). Rows carry "unfrozen", the number of trained stages.
-    A fit scheduler or checkpoint would restart every epoch, so both are refused.
+    One fit call with the `GradualUnfreezing` plug-in and one optimiser holding every parameter group from the
+    start (each stage at its layer_decay rate), so schedulers and checkpoints work as in any fit call. Rows carry
+    "unfrozen", the number of trained stages. With bn="freeze" the unfrozen BatchNorm layers bring new
+    parameters mid-run, which a scheduler or a checkpoint made at the start would not know: both are refused there.
     """
     checks.integer("epochs", epochs, 1)
     checks.integer("per_epoch", per_epoch, 1)
-    for key in ("scheduler", "checkpoint", "param_groups"):
-        if key in fit_kw:
-            raise ValueError(f"{key} is not supported by gradual (one fit call per epoch); leave it out")
-    checks.choice("optimizer", optimizer, ("adamw", "adam", "sgd"))  # a name: the groups are built per epoch
+    if "param_groups" in fit_kw:
+        raise ValueError(
+            "param_groups is not supported by gradual (it builds the groups per stage); leave it out"
+        )
+    if bn == "freeze":
+        for key in ("scheduler", "checkpoint"):
+            if fit_kw.get(key) is not None:
+                raise ValueError(
+                    f"{key} is not supported by gradual with bn='freeze' (unfrozen BatchNorm layers bring new "
+                    "parameters mid-run); use bn='eval' or leave it out"
+                )
+    checks.choice("optimizer", optimizer, ("adamw", "adam", "sgd"))  # a name: fit builds it from the groups
     dev = pick_device(device)
     model, _ = prepare(model, "gradual", num_classes=num_classes, bn=bn, lr=lr, seed=seed)
     model.to(dev)
-    n, opt, rows, step = len(stages(model)), None, [], 0
-    for epoch in range(epochs):
-        k = min(n, epoch * per_epoch)
-        unfreeze_top(model, k, bn=bn)
-        groups = layer_groups(model, lr, head_lr=head_lr, layer_decay=layer_decay)
-        if opt is None:
-            opt = _make_optimizer(optimizer, groups, lr, weight_decay)
-        else:
-            known = {id(p) for g in opt.param_groups for p in g["params"]}
-            for g in groups:
-                fresh = [p for p in g["params"] if id(p) not in known]
-                if fresh:
-                    opt.add_param_group({**g, "params": fresh})
-        hist = fit(
-            model,
-            _shift(train, epoch),
-            epochs=1,
-            val=val,
-            optimizer=opt,
-            lr=lr,
-            device=dev,
-            seed=seed + epoch,
-            **fit_kw,
-        )
-        rows += _rows(hist, epoch, step, unfrozen=k)
-        step = rows[-1]["step"]
-    return History(rows)
+    if bn != "freeze":  # every stage's group exists from the start; frozen parameters just get no gradient
+        unfreeze_top(model, len(stages(model)), bn=bn)
+    groups = layer_groups(model, lr, head_lr=head_lr, layer_decay=layer_decay)
+    unfreeze_top(model, 0, bn=bn)
+    plugin = GradualUnfreezing(per_epoch, bn=bn, lr=lr, head_lr=head_lr, layer_decay=layer_decay)
+    callbacks = [*(fit_kw.pop("callbacks", None) or []), plugin]
+    return fit(
+        model,
+        train,
+        epochs=epochs,
+        val=val,
+        optimizer=optimizer,
+        lr=lr,
+        weight_decay=weight_decay,
+        param_groups=groups,
+        device=dev,
+        seed=seed,
+        callbacks=callbacks,
+        **fit_kw,
+    )
 
 
 def adapt(

@@ -147,31 +147,68 @@ def test_unfreeze_top_opens_stages_from_the_top():
         assert model.head.fc.weight.requires_grad
 
 
-def test_gradual_unfreezes_one_stage_per_epoch_with_one_optimiser(monkeypatch):
+def test_gradual_unfreezes_one_stage_per_epoch_with_one_optimiser():
     seen = []
 
-    def record(model, kw, when):
-        if when == "start":
-            seen.append(
-                (
-                    T._trainable_stages(model),
-                    id(kw["optimizer"]),
-                    [g["name"] for g in kw["optimizer"].param_groups],
-                )
-            )
+    class Spy:  # runs after GradualUnfreezing opened the epoch's stages (its order is -20)
+        def on_epoch_start(self, state):
+            trained = {id(p) for p in state.model.parameters() if p.requires_grad}
+            groups = [
+                g["name"] for g in state.optimizer.param_groups if any(id(p) in trained for p in g["params"])
+            ]
+            seen.append((T._trainable_stages(state.model), id(state.optimizer), groups))
 
-    _spy(monkeypatch, record)
     model = _model()
     frozen = _clone(nn.ModuleList(stages(model)[:2]))
     top = model.stages[2][0].conv.weight.detach().clone()
-    history = T.gradual(model, _batches(), epochs=3, num_classes=3, lr=LR, layer_decay=DECAY, **FIT)
+    history = T.gradual(
+        model, _batches(), epochs=3, num_classes=3, lr=LR, layer_decay=DECAY, callbacks=[Spy()], **FIT
+    )
     assert [s for s, _, _ in seen] == [[], [3], [2, 3]]
     assert len({o for _, o, _ in seen}) == 1
-    assert [n for _, _, n in seen] == [["head"], ["head", "stage3"], ["head", "stage3", "stage2"]]
+    assert [sorted(n) for _, _, n in seen] == [["head"], ["head", "stage3"], ["head", "stage2", "stage3"]]
     assert history.series("unfrozen") == [0, 1, 2] and history.series("epoch") == [1, 2, 3]
     assert history.series("step") == [2, 4, 6]
     assert _same(frozen, _clone(nn.ModuleList(stages(model)[:2])))  # never unfrozen: weights and stats kept
     assert not torch.equal(top, model.stages[2][0].conv.weight)
+
+
+def test_gradual_takes_a_scheduler_and_resumes_from_a_checkpoint(tmp_path):
+    def run(**kw):
+        torch.manual_seed(3)
+        model = _model()
+        history = T.gradual(
+            model,
+            _batches(),
+            epochs=3,
+            num_classes=3,
+            lr=LR,
+            layer_decay=DECAY,
+            scheduler="cosine",
+            **FIT,
+            **kw,
+        )
+        return model, history
+
+    whole, h_whole = run()
+    assert h_whole.series("lr")[-1] < LR  # the cosine schedule ran over the three epochs
+    ckpt = tmp_path / "gradual.pt"
+
+    class Killed(Exception):
+        pass
+
+    class Kill:  # stands in for a killed process: stops inside epoch 2, after the checkpoint of step 3
+        order = 40
+
+        def on_step_end(self, state):
+            if state.step == 3:
+                raise Killed
+
+    with pytest.raises(Killed):
+        run(checkpoint=ckpt, checkpoint_every=1, callbacks=[Kill()])
+    resumed, h_resumed = run(checkpoint=ckpt)
+    assert _same(_clone(whole), _clone(resumed))
+    assert h_resumed.series("unfrozen") == h_whole.series("unfrozen") == [0, 1, 2]
 
 
 def test_lp_ft_fine_tunes_from_the_probed_head(monkeypatch):
@@ -366,7 +403,7 @@ def test_source_model_trains_once_then_loads(tmp_path, monkeypatch):
         (lambda m: T.unfreeze_top(m, 5), "k"),
         (lambda m: T.transfer_blocks(m, _model(), 9), "n"),
         (lambda m: T.l2sp(m, {}, alpha=-1.0), "alpha"),
-        (lambda m: T.gradual(m, [], epochs=1, scheduler="cosine"), "scheduler"),
+        (lambda m: T.gradual(m, [], epochs=1, bn="freeze", scheduler="cosine"), "scheduler"),
         (lambda m: T.prepare(nn.Linear(2, 2), "finetune"), "model"),
     ],
 )
