@@ -5,7 +5,8 @@
 No machine here has a GPU and a full-scale CPU run takes many hours, so the full-scale runtime is estimated:
 
 1. **Measured:** each code cell's duration in the committed notebooks (papermill records it when the runner
-   executes them at quick scale on a 2-core CPU).
+   executes them at quick scale on a 2-core CPU), scaled by the run's CPU time over its wall time when the
+   machine was busier than its cores (notebooks/runtimes.json).
 2. **Scaled, within two bounds:** a cell's cost grows with the scale parameters it depends on. The *low* bound
    counts only the parameters a cell names itself (`cfg.N_TRAIN`); the *high* bound also counts those reaching
    it through variables computed in earlier statements (found by walking the notebook's syntax trees statement by
@@ -136,9 +137,23 @@ def factor(deps: set[str], defaults: dict[str, tuple[float, float]]) -> float:
     return f
 
 
-def notebook_estimate(path: Path) -> dict:
-    """Quick-scale measured seconds of one committed notebook and its full-scale CPU estimate (low and high)."""
+def busy_factor(stem: str, runtimes: dict) -> float:
+    """cpu_s / wall_s of a notebook's recorded run when the machine was busier than its cores, else 1.
+
+    Cell durations are wall times; on a machine shared with other work they include waiting. The runner records
+    the kernel's CPU time too (notebooks/runtimes.json), and the course uses it in that case (`course._minutes`).
+    """
+    run = runtimes.get(stem, {}).get("cpu") or {}
+    if run.get("load", 0) > run.get("cores", 1) and run.get("wall_s"):
+        return min(1.0, run["cpu_s"] / run["wall_s"])
+    return 1.0
+
+
+def notebook_estimate(path: Path, runtimes: dict | None = None) -> dict:
+    """Quick-scale measured seconds of one committed notebook and its full-scale CPU estimate (low and high);
+    cell durations are scaled by `busy_factor` when `runtimes` (notebooks/runtimes.json) says the run shared the CPU."""
     nb = json.loads(path.read_text())
+    busy = busy_factor(path.stem, runtimes or {})
     code = [c for c in nb["cells"] if c["cell_type"] == "code"]
     sources = ["".join(c["source"]) for c in code]
     defaults = setup_defaults(sources)
@@ -151,7 +166,7 @@ def notebook_estimate(path: Path) -> dict:
         "heavy_cells": [],
     }
     for i, (cell, d_low, d_high) in enumerate(zip(code, low, high, strict=True)):
-        seconds = float(cell.get("metadata", {}).get("papermill", {}).get("duration") or 0.0)
+        seconds = busy * float(cell.get("metadata", {}).get("papermill", {}).get("duration") or 0.0)
         f_low, f_high = factor(d_low, defaults), factor(d_high, defaults)
         row["quick_cpu_s"] += seconds
         row["full_cpu_s"]["low"] += seconds * f_low
@@ -239,7 +254,12 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     step = cpu_step()
     s = speedup(step)
-    rows = {p.stem: notebook_estimate(p) for p in sorted(Path(args.notebooks).glob("[0-9][0-9]_*.ipynb"))}
+    times = Path(args.notebooks) / "runtimes.json"
+    runtimes = json.loads(times.read_text()) if times.exists() else {}
+    rows = {
+        p.stem: notebook_estimate(p, runtimes)
+        for p in sorted(Path(args.notebooks).glob("[0-9][0-9]_*.ipynb"))
+    }
     total = {
         "quick_cpu_s": 0.0,
         "full_cpu_s": {"low": 0.0, "high": 0.0},

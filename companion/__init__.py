@@ -89,6 +89,7 @@ from .train import (
     save_checkpoint,
 )
 from .transfer import (
+    GradualUnfreezing,
     adapt,
     block_sweep,
     forgetting,

@@ -130,9 +130,10 @@ def expected_time(nb: Notebook) -> str:
     cpu, gpu, estimate = nb.cpu_minutes, nb.gpu_minutes, nb.gpu_estimate
     cpu_text = f"about {cpu:g} minutes on a 2-core CPU" if cpu is not None else "not yet measured on a CPU"
     gpu_text = f"about {gpu:g} minutes on a GPU" if gpu is not None else "not yet measured on a GPU"
+    guess = ""
     if gpu is None and estimate is not None:
-        gpu_text += f" (estimated {estimate[0]:g} to {estimate[1]:g} minutes by `benchmarks/fullscale.py`)"
-    return f'**Expected time.** Measured: {cpu_text} (`SCALE="quick"`); {gpu_text} (`SCALE="full"`).'
+        guess = f"; estimated {estimate[0]:g} to {estimate[1]:g} minutes by `benchmarks/fullscale.py`"
+    return f'**Expected time.** Measured: {cpu_text} (`SCALE="quick"`); {gpu_text} (`SCALE="full"`{guess}).'
 
 
 def _course_table() -> str:
