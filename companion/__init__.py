@@ -217,4 +217,5 @@ __all__ = [
     "RestoreBest",
     "Validate",
     "delta_m",
+    "GradualUnfreezing",
 ]
