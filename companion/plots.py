@@ -41,8 +41,10 @@ def bars(
         capsize=4,
         color=plt.cm.tab10.colors[: len(names)],
     )
-    for i, m in enumerate(means):
-        ax.text(i, m, f"{m:.3g}", ha="center", va="bottom", fontsize=9)
+    for i, (m, d) in enumerate(zip(means, data)):  # a negative bar's label goes below its lowest seed
+        ax.text(
+            i, m if m >= 0 else d.min(), f"{m:.3g}", ha="center", va="bottom" if m >= 0 else "top", fontsize=9
+        )
     if chance is not None:
         ax.axhline(chance, ls="--", c="grey", lw=1, label="chance")
         ax.legend(frameon=False)

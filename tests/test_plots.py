@@ -30,6 +30,10 @@ def test_bars_show_means_and_min_max_whiskers():
     whisker = [c for c in ax.containers if hasattr(c, "lines")][0].lines[2][0].get_segments()[0]
     assert np.allclose(whisker[:, 1], [1.0, 6.0])
     assert any(np.allclose(ln.get_ydata(), 0.5) for ln in ax.get_lines())
+    labels = {t.get_text(): (t.get_position()[1], t.get_va()) for t in ax.texts}
+    assert labels == {"3": (3.0, "bottom"), "4": (4.0, "bottom")}
+    negative = bars({"z": [-1.0, -2.0, -6.0]})  # below the lowest seed, so the whisker does not hide it
+    assert [(t.get_text(), t.get_position()[1], t.get_va()) for t in negative.texts] == [("-3", -6.0, "top")]
 
 
 def test_image_grid_shows_the_first_n_images_with_labels():
