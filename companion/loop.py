@@ -193,9 +193,10 @@ class Update:
         else:
             opt.step()
         if self.scheduler is not None:
-            self.scheduler.step_update(step) if hasattr(
-                self.scheduler, "step_update"
-            ) else self.scheduler.step()
+            if hasattr(self.scheduler, "step_update"):  # timm's schedulers count optimiser steps
+                self.scheduler.step_update(step)
+            else:
+                self.scheduler.step()
 
 
 class _Record:

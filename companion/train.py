@@ -168,9 +168,8 @@ def fit(
         sched, _ = _make_scheduler(scheduler, opt, total_steps, warmup_steps)
         scaler = torch.amp.GradScaler(dev.type) if precision == "fp16" else None
         if scaler is not None:
-            scaler.scale(
-                torch.zeros((), device=dev)
-            )  # creates the scale tensor, so balancers can read it first
+            # creates the scale tensor, so balancers can read it first
+            scaler.scale(torch.zeros((), device=dev))
         fingerprint = {
             "seed": seed,
             "lr": lr,

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from . import checks
 from .device import pick_device
 from .models import new_head, stages
+from .optim import _OPTIMIZERS
 from .train import History, evaluate, fit
 
 __all__ = [
@@ -394,7 +395,7 @@ def gradual(
                     f"{key} is not supported by gradual with bn='freeze' (unfrozen BatchNorm layers bring new "
                     "parameters mid-run); use bn='eval' or leave it out"
                 )
-    checks.choice("optimizer", optimizer, ("adamw", "adam", "sgd"))  # a name: fit builds it from the groups
+    checks.choice("optimizer", optimizer, _OPTIMIZERS)  # a name: fit builds it from the groups
     dev = pick_device(device)
     model, _ = prepare(model, "gradual", num_classes=num_classes, bn=bn, lr=lr, seed=seed)
     model.to(dev)
