@@ -5,12 +5,12 @@ Modules by concern:
 - data: store (the data folder, checksums, fetching), data (datasets, multi-task sets), batches (TensorBatches,
   loaders, splits), synthetic;
 - training: models, train (fit), loop (fit's step and loops, the Balancer and Callback contracts), evaluation
-  (losses, accuracy, evaluate), plugins (checkpointing, early stopping, validation for fit), checkpoints,
-  distributed (fit under torchrun);
+  (losses, accuracy, evaluate), plugins (checkpointing, early stopping, validation, evaluation every N steps),
+  optim (optimisers and schedules by name), checkpoints, distributed (fit under torchrun);
 - transfer: transfer (strategies, freezing, L2-SP), sources (cached source models), dann, strategies, mismatch,
   transferability;
 - multi-task: mtl (architectures), balancers (loss and gradient balancing), aggregators, objectives, weighting,
-  auxiliary;
+  auxiliary, affinity (which tasks to train together);
 - experiments: experiments (sweeps and comparisons), regimes, sweeps (the decision map's sweep), advice (the
   decision map, advise), protocol (fair comparisons, Delta_m), claims;
 - the course: params, course (the notebook runner), editions (student and instructor editions), provenance (the
@@ -20,6 +20,7 @@ The most used names are re-exported here.
 """
 
 from .advice import Recommendation, advise
+from .affinity import AffinityMeter, grouping_score, rank_splits, two_group_splits
 from .aggregators import METHODS as AGGREGATION_METHODS
 from .aggregators import aggregate, conflict, cosine_matrix, task_gradients
 from .claims import Claims
@@ -63,7 +64,7 @@ from .mtl import (
 )
 from .objectives import aggregate2, distance_to_set, pareto_set, path_summary, toy_losses, toy_paths
 from .params import ParameterError, setup
-from .plugins import Checkpointer, EarlyStopping, RestoreBest, Validate
+from .plugins import Checkpointer, EarlyStopping, EvaluateEvery, RestoreBest, Validate
 from .protocol import delta_m, over_seeds, tune
 from .regimes import (
     Monitor,
@@ -105,6 +106,10 @@ from .weighting import GradNormFloor, Traced, UncertaintyLR, log_loss_score, sce
 
 __all__ = [
     "AGGREGATION_METHODS",
+    "AffinityMeter",
+    "grouping_score",
+    "rank_splits",
+    "two_group_splits",
     "COURSE",
     "DWA",
     "FAMO",
@@ -214,6 +219,7 @@ __all__ = [
     "domain_adaptation",
     "Checkpointer",
     "EarlyStopping",
+    "EvaluateEvery",
     "RestoreBest",
     "Validate",
     "delta_m",

@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -23,6 +23,7 @@ from . import checks
 from .batches import TensorBatches, subsample_per_class
 from .device import pick_device
 from .models import count_params, stages
+from .plugins import EvaluateEvery
 from .train import evaluate, fit
 from .transfer import BN_POLICIES, STRATEGIES, _check_pair, adapt, layer_groups, prepare, transfer_blocks
 
@@ -52,37 +53,6 @@ def _lr_of(lr: float | Mapping[str, float], strategy: str) -> float:
             raise ValueError(f"lr must give a rate for strategy {strategy!r}, got rates for {sorted(lr)}")
         lr = lr[strategy]
     return checks.positive("lr", lr)
-
-
-class _Chunks:
-    """Passes of `steps` batches cut from an endless stream of epochs of `batches`, to evaluate every few steps.
-
-    fit sees each chunk as one epoch, so its per-epoch validation runs every `steps` optimiser steps; the stream
-    reshuffles (set_epoch) at every real epoch boundary and carries on across chunks and fit calls.
-    """
-
-    def __init__(self, batches: TensorBatches, steps: int):
-        self.batches, self.steps, self._pass, self._it = batches, steps, 0, None
-
-    def __len__(self) -> int:
-        return self.steps
-
-    def set_epoch(self, epoch: int) -> None:
-        """Ignored: the stream continues where the previous chunk stopped."""
-
-    def __iter__(self) -> Iterator:
-        done = 0
-        while done < self.steps:
-            if self._it is None:
-                self.batches.set_epoch(self._pass)
-                self._pass += 1
-                self._it = iter(self.batches)
-            batch = next(self._it, None)
-            if batch is None:
-                self._it = None
-                continue
-            done += 1
-            yield batch
 
 
 def label_efficiency(
@@ -133,6 +103,12 @@ def label_efficiency(
         checks.integer("eval_every", eval_every, 1)
         if val is None:
             raise ValueError("eval_every needs val: the (images, labels) to evaluate every eval_every steps")
+        several = [s for s in names if s in ("lp_ft", "gradual")]
+        if several:
+            raise ValueError(
+                f"strategies must train in one fit call when eval_every is given, got {several} (they change "
+                "phase or frozen stages per epoch); leave eval_every out for them"
+            )
     if "lp_ft" in names and epochs < 2 and min_steps < 2:
         raise ValueError(
             "epochs or min_steps must be >= 2 for strategy 'lp_ft' (a probe and a fine-tune phase)"
@@ -149,19 +125,21 @@ def label_efficiency(
             xs, ys = (x, y) if k is None else subsample_per_class(x, y, k, seed=seed)
             batches = TensorBatches(xs, ys, min(batch_size, len(xs)), seed=seed, device=dev)
             n_epochs = _epochs_for(batches, epochs, min_steps)
-            train_on = batches
-            if eval_every is not None:
-                n_epochs = -(-n_epochs * len(batches) // eval_every)
+            curve_kw = {}
+            if eval_every is not None:  # whole evaluation intervals: the run ends on an evaluation
+                steps = -(-n_epochs * len(batches) // eval_every) * eval_every
+                n_epochs, curve_kw["max_steps"] = -(-steps // len(batches)), steps
             for strategy in names:
-                if eval_every is not None:
-                    train_on = _Chunks(batches, eval_every)
+                curve = EvaluateEvery(val_batches, eval_every) if eval_every is not None else None
+                if curve is not None:
+                    curve_kw["callbacks"] = [curve]
                 model = copy.deepcopy(source)
                 t0 = time.perf_counter()
                 history = adapt(
                     model,
                     strategy,
-                    train_on,
-                    val_batches,
+                    batches,
+                    val_batches if curve is None else None,
                     epochs=max(n_epochs, 2) if strategy == "lp_ft" else n_epochs,
                     num_classes=num_classes,
                     bn=bn,
@@ -169,7 +147,9 @@ def label_efficiency(
                     seed=seed,
                     device=dev,
                     progress=False,
+                    **curve_kw,
                 )
+                history = curve.history() if curve is not None else history
                 acc = evaluate(model, test_batches, device=dev)["acc"]
                 rows.append(
                     dict(

@@ -142,7 +142,9 @@ def target_sweep(
     grid (rate chosen on `val`) and the same number of steps. With `scratch`, one extra row per size and seed
     has source "none", strategy "scratch" (it uses no source weights, only the architecture of the first
     source). `transform` (e.g. a rotation) is applied to the images of train, val and test: a shifted target.
-    Other keyword arguments (min_steps, batch_size, bn, device) go to `tuned_strategies`.
+    Other keyword arguments (min_steps, batch_size, bn, device, extra_tests) go to `tuned_strategies`;
+    `extra_tests` are used as given (never transformed): e.g. shifted test sets never trained on, whose
+    accuracies the rows gain as "test_acc/<name>".
     """
     if not sources:
         raise ValueError("sources must name at least one source network")

@@ -239,6 +239,10 @@ def stages(model: nn.Module) -> list[nn.Module]:
 
     Course CNNs: stem + stages; timm ResNets: stem + layer1..layer4; timm EfficientNets: stem + each block group
     + the 1x1 head conv. The modules share parameters with the model, so freezing a stage freezes the model.
+    Any other timm model: the coarse groups of its own `group_matcher` (what timm's layer-wise decay uses), each
+    an `nn.ModuleList` of the group's modules, the classifier left out; those stages serve freezing and
+    layer-wise rates, but need not compose forward_features (parameters held by the model itself, such as a
+    ViT's position embedding, belong to no stage).
     """
     _check_model(model)
     if isinstance(model, CourseCNN):
@@ -252,9 +256,26 @@ def stages(model: nn.Module) -> list[nn.Module]:
             *model.blocks,
             nn.Sequential(model.conv_head, model.bn2),
         ]
+    if hasattr(model, "group_matcher") and hasattr(model, "get_classifier"):
+        return _grouped_stages(model)
     raise ValueError(
-        f"model must be a course CNN, a timm ResNet or a timm EfficientNet, got {type(model).__name__}"
+        "model must be a course CNN or a timm model (one with group_matcher and get_classifier), got "
+        f"{type(model).__name__}"
     )
+
+
+def _grouped_stages(model: nn.Module) -> list[nn.Module]:
+    """Stages from timm's coarse parameter groups (`timm.models.group_modules`), the classifier's modules removed."""
+    from timm.models import group_modules
+
+    head = {id(m) for m in model.get_classifier().modules()}
+    out = []
+    for names in group_modules(model, model.group_matcher(coarse=True)).values():
+        mods = [model.get_submodule(n) for n in names if n]
+        mods = [m for m in mods if id(m) not in head]
+        if mods:
+            out.append(nn.ModuleList(mods))
+    return out
 
 
 def features(model: nn.Module, x: Tensor) -> Tensor:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 _OPTIMIZERS = ("adamw", "adam", "sgd")
-_SCHEDULERS = (None, "none", "cosine", "onecycle", "warmup_cosine")
 
 _TIMM_NAMES = {"adamw": "adamw", "adam": "adam", "sgd": "momentum"}  # timm's own "sgd" is Nesterov SGD
 
@@ -34,29 +35,41 @@ def _make_optimizer(name, params, lr: float, weight_decay: float) -> torch.optim
     )
 
 
-def _make_scheduler(spec, optimizer, total_steps: int, warmup_steps: int):
-    """torch/timm schedulers stepped once per optimisation step; returns (scheduler, is_timm)."""
-    if callable(spec):
-        sched = spec(optimizer, total_steps)
-        return sched, hasattr(sched, "step_update")
-    if spec not in _SCHEDULERS:
-        raise ValueError(f"scheduler must be one of {_SCHEDULERS[1:]} or a callable, got {spec!r}")
-    if spec in (None, "none"):
-        return None, False
-    if spec == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps)), False
-    if spec == "onecycle":
-        max_lr = [g["lr"] for g in optimizer.param_groups]
-        return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=max_lr, total_steps=max(2, total_steps)
-        ), False
+def _cosine(optimizer, total_steps: int, warmup_steps: int):
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps))
+
+
+def _onecycle(optimizer, total_steps: int, warmup_steps: int):
+    max_lr = [g["lr"] for g in optimizer.param_groups]
+    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=max(2, total_steps))
+
+
+def _warmup_cosine(optimizer, total_steps: int, warmup_steps: int):
     from timm.scheduler import CosineLRScheduler
 
-    sched = CosineLRScheduler(
+    return CosineLRScheduler(
         optimizer,
         t_initial=max(1, total_steps),
         warmup_t=warmup_steps,
         warmup_lr_init=1e-6,
         t_in_epochs=False,
     )
-    return sched, True
+
+
+# name -> factory(optimizer, total_steps, warmup_steps); every scheduler is stepped once per optimisation step
+SCHEDULERS: dict[str, Callable] = {"cosine": _cosine, "onecycle": _onecycle, "warmup_cosine": _warmup_cosine}
+_SCHEDULERS = (None, "none", *SCHEDULERS)  # what fit's `scheduler` accepts by name
+
+
+def _make_scheduler(spec, optimizer, total_steps: int, warmup_steps: int):
+    """A scheduler from the `SCHEDULERS` registry (torch's, or timm's for warm-up), or `spec(optimizer,
+    total_steps)` when callable; None for no schedule. Returns (scheduler, is_timm): timm's step per update."""
+    if callable(spec):
+        sched = spec(optimizer, total_steps)
+    elif spec in (None, "none"):
+        return None, False
+    elif spec in SCHEDULERS:
+        sched = SCHEDULERS[spec](optimizer, total_steps, warmup_steps)
+    else:
+        raise ValueError(f"scheduler must be one of {('none', *SCHEDULERS)} or a callable, got {spec!r}")
+    return sched, hasattr(sched, "step_update")

@@ -198,7 +198,9 @@ def setup(
     parameter also has a generous upper bound by name (`UPPER_BOUNDS`). RESULTS_DIR is created and
     test-written here, so an unwritable folder stops before any training.
     Returns a namespace with the parameters (UPPER_CASE, resolved), `device`, `scale`, `data_dir`,
-    `results_dir`, `params` (as given, for the results file) and `start` (for the runtime).
+    `results_dir`, `params` (as given, for the results file) and `start` (for the runtime). `data_dir` is
+    DATA_DIR resolved, or None for the default data folder: notebooks pass it on as `root=cfg.data_dir` to
+    every loader; the process environment is left as it was.
     """
     defaults, bounds = defaults or {}, bounds or {}
     params = {name: _literal(name, value) for name, value in params.items()}
@@ -231,9 +233,9 @@ def setup(
             value = defaults[name][0 if scale == "quick" else 1]
         setattr(cfg, name, value)
     data_dir = params.get("DATA_DIR") or ""
-    if data_dir:
-        os.environ["COMPANION_DATA"] = str(_resolve(data_dir))
-    cfg.data_dir = _resolve(data_dir) if data_dir else None
+    cfg.data_dir = (
+        _resolve(data_dir) if data_dir else None
+    )  # passed on as root=...; the environment is not touched
     cfg.results_dir = _resolve(params.get("RESULTS_DIR") or "results")
     _writable(cfg.results_dir)
     if "SEED" in params:

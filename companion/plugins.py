@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from . import distributed
+from . import checks, distributed
 from .train import (
     FitState,
     History,
@@ -53,6 +53,52 @@ class Validate:
     def on_epoch_end(self, state: FitState) -> None:
         scores = evaluate(state.model, self.val, self.loss_fns, device=state.device, precision=self.precision)
         state.row.update({f"val_{k}": v for k, v in scores.items()})
+
+
+class EvaluateEvery:
+    """Evaluates on `val` every `steps` optimiser steps, mid-epoch included: a convergence curve (notebook 05).
+
+    Its rows, {"epoch": k (the k-th evaluation), "step", "val_loss", "val_acc", ...}, are in `rows` and in
+    `history()`. The evaluation runs in eval mode without gradients, and every module's train/eval flag is put back
+    afterwards, so training continues exactly as it would without the plug-in. A checkpoint saves the rows.
+    """
+
+    order = -10
+
+    def __init__(
+        self,
+        val: Iterable,
+        steps: int,
+        loss_fns: LossFn | dict[str, LossFn] | None = None,
+        precision: str = "fp32",
+    ):
+        self.val, self.steps, self.loss_fns, self.precision = (
+            val,
+            checks.integer("steps", steps, 1),
+            loss_fns,
+            precision,
+        )
+        self.rows: list[dict] = []
+
+    def on_step_end(self, state: FitState) -> None:
+        if state.step % self.steps:
+            return
+        flags = [(m, m.training) for m in state.model.modules()]
+        scores = evaluate(state.model, self.val, self.loss_fns, device=state.device, precision=self.precision)
+        for module, training in flags:
+            module.training = training
+        self.rows.append(
+            {"epoch": len(self.rows) + 1, "step": state.step, **{f"val_{k}": v for k, v in scores.items()}}
+        )
+
+    def history(self) -> History:
+        return History(self.rows)
+
+    def state_dict(self) -> dict:
+        return {"rows": self.rows}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rows = list(state["rows"])
 
 
 class _Best:

@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -47,6 +47,7 @@ def tuned_strategies(
     batch_size: int = 50,
     bn: str = "eval",
     device: str | torch.device = "auto",
+    extra_tests: Mapping[str, tuple[Tensor, Tensor]] | None = None,
 ) -> list[dict]:
     """Every strategy with the same learning-rate grid, each rate chosen on `val`, reported on `test` (notebook 02).
 
@@ -55,11 +56,19 @@ def tuned_strategies(
     of optimiser steps (at least `min_steps`; LP-FT spends the first half probing, the second fine-tuning, both at
     the rate), and `protocol.tune` keeps the rate with the best validation accuracy (ties: the earlier rate).
     Keep `val` disjoint from `train`. Rows: {strategy, seed, lr (chosen), val_acc, test_acc, val_scores}.
+    `extra_tests` {name: (images, labels)}: more test sets (e.g. shifted ones never trained on, notebook 09),
+    each adapted model is also evaluated on them and rows gain "test_acc/<name>" (at the rate chosen on `val`).
     """
     x, y = _pair("train", train)
     dev = pick_device(device)
     val_batches = TensorBatches(*_pair("val", val), 512, shuffle=False, device=dev)
     test_batches = TensorBatches(*_pair("test", test), 512, shuffle=False, device=dev)
+    if extra_tests is not None and not isinstance(extra_tests, Mapping):
+        checks.fail("extra_tests", "a mapping of names to (images, labels) pairs", extra_tests)
+    extra = {
+        str(name): TensorBatches(*_pair(f"extra_tests[{name!r}]", pair), 512, shuffle=False, device=dev)
+        for name, pair in (extra_tests or {}).items()
+    }
     names, grid, seed_list = list(strategies), list(lr_grid), list(seeds)
     for label, values in (("strategies", names), ("lr_grid", grid), ("seeds", seed_list)):
         if not values:
@@ -83,9 +92,16 @@ def tuned_strategies(
         n_epochs = _epochs(len(batches), min_steps)
         for strategy in names:
             test_acc: dict[float, float] = {}
+            extra_acc: dict[float, dict[str, float]] = {}
 
             def run(
-                lr: float, strategy=strategy, batches=batches, n_epochs=n_epochs, seed=seed, test_acc=test_acc
+                lr: float,
+                strategy=strategy,
+                batches=batches,
+                n_epochs=n_epochs,
+                seed=seed,
+                test_acc=test_acc,
+                extra_acc=extra_acc,
             ):
                 model = copy.deepcopy(source)
                 adapt(
@@ -101,6 +117,9 @@ def tuned_strategies(
                     progress=False,
                 )
                 test_acc[lr] = evaluate(model, test_batches, device=dev)["acc"]
+                extra_acc[lr] = {
+                    f"test_acc/{name}": evaluate(model, b, device=dev)["acc"] for name, b in extra.items()
+                }
                 return evaluate(model, val_batches, device=dev)["acc"]
 
             best, scores = tune(run, grid, name="lr_grid")
@@ -112,6 +131,7 @@ def tuned_strategies(
                     val_acc=scores[best],
                     test_acc=test_acc[best],
                     val_scores=scores,
+                    **extra_acc[best],
                 )
             )
     return rows

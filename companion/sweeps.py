@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -98,7 +99,13 @@ def synthetic_pair(
 
 
 def fashion_pair(
-    *, seed: int, n_source: int = 2000, n_val: int = 20, n_test: int = 1000, size: int = 16
+    *,
+    seed: int,
+    n_source: int = 2000,
+    n_val: int = 20,
+    n_test: int = 1000,
+    size: int = 16,
+    root: str | os.PathLike | None = None,
 ) -> TaskPair:
     """Fashion-MNIST: coarse groups (tops, footwear, other) as the source, the 10 fine classes as the target.
 
@@ -106,8 +113,8 @@ def fashion_pair(
     """
     for name, v in (("n_source", n_source), ("n_val", n_val), ("n_test", n_test)):
         checks.integer(name, v)
-    x, y = load_dataset("fashion_mnist", "train", size=size)
-    xt, yt = load_dataset("fashion_mnist", "test", size=size)
+    x, y = load_dataset("fashion_mnist", "train", root, size=size)
+    xt, yt = load_dataset("fashion_mnist", "test", root, size=size)
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(len(y), generator=g)
     src, rest = perm[:n_source], perm[n_source:]

@@ -6,7 +6,7 @@ results to your device with `.to(device)`; `shift` works on tensors on any devic
 
 - `make_shapes`: coloured shapes with their factors (notebooks 03 and 06).
 - `make_tasks`: several classification tasks with a relatedness knob (notebooks 06, 10 and 11).
-- `shift`: rotation, inversion, noise and texture as domain shift (notebook 09).
+- `shift`: rotation, inversion, blur, noise and texture as domain shift (notebook 09).
 - `make_scenes`, `make_multilabel`: a road scene and a multi-label "scan" (notebook 08).
 """
 
@@ -224,6 +224,7 @@ def make_tasks(
     scale: tuple[float, float] = (0.15, 0.3),
     background: tuple[float, float] = (0.0, 0.4),
     noise: tuple[float, float] = (0.0, 0.05),
+    groups: Sequence[int] | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Shape images with `num_tasks` class labels whose relatedness you set (notebooks 06, 10 and 11).
 
@@ -241,6 +242,10 @@ def make_tasks(
     in expectation. Labels stay uniform over the classes for every r, and factors that no task reads
     vary freely. A network trained on one task thus learns features that serve another one as far
     as r ties their labels.
+
+    `groups` (one integer per task, e.g. (0, 1, 0, 1)) plants a group structure instead (notebook 10): each
+    group has its own shared latent, so tasks of one group agree as above and tasks of different groups are
+    independent. None (the default) is one group of all tasks, with the same tensors as before it existed.
     """
     _int(n, "n", 1)
     _int(size, "size", 8)
@@ -251,13 +256,21 @@ def make_tasks(
     if unknown or len(set(names)) != len(names):
         raise ValueError(f"factors must be distinct names from {TASK_FACTORS}, got {factors!r}")
     _int(num_tasks, "num_tasks", 1, len(names))
+    if groups is None:
+        groups = (0,) * num_tasks
+    if isinstance(groups, str) or not isinstance(groups, Sequence) or len(groups) != num_tasks:
+        raise ValueError(f"groups must be one integer >= 0 per task ({num_tasks}), got {groups!r}")
+    for k in groups:
+        _int(k, "groups (an entry)", 0)
     ranges = _ranges(scale, background, noise)
     g = _generator(seed)
     shared = torch.randint(classes, (n,), generator=g)
     tied = torch.rand(n, generator=g) < r
+    kinds = sorted(set(groups))  # the first group keeps `shared`: one group draws exactly what it always drew
+    latent = {k: shared if k == kinds[0] else torch.randint(classes, (n,), generator=g) for k in kinds}
     labels, fixed = {}, {}
-    for name in names[:num_tasks]:
-        y = torch.where(tied, shared, torch.randint(classes, (n,), generator=g))
+    for name, k in zip(names[:num_tasks], groups):
+        y = torch.where(tied, latent[k], torch.randint(classes, (n,), generator=g))
         labels[name] = y
         if name in ("shape", "colour"):
             fixed[name] = y
@@ -280,6 +293,18 @@ def _rotate(images: Tensor, degrees: float) -> Tensor:
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
+def _blur(images: Tensor, sigma: float) -> Tensor:
+    """Separable Gaussian blur of std `sigma` pixels: kernel cut at 3 std, summing to 1; edges extended."""
+    r = max(1, math.ceil(3 * sigma))
+    k = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=images.dtype, device=images.device) / sigma) ** 2)
+    k = k / k.sum()
+    n, c, h, w = images.shape
+    x = images.reshape(n * c, 1, h, w)
+    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
+    x = F.conv2d(F.pad(x, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1))
+    return x.reshape(n, c, h, w)
+
+
 def shift(
     images: Tensor,
     *,
@@ -287,14 +312,16 @@ def shift(
     invert: bool = False,
     noise: float = 0.0,
     texture: float = 0.0,
+    blur: float = 0.0,
     seed: int = 0,
 ) -> Tensor:
     """Apply a domain shift to N×C×H×W images in [0, 1] on any device, e.g. MNIST or shapes (notebook 09).
 
     In this order: `rotation` turns every image by that many degrees counter-clockwise (bilinear, edges
-    extended); `invert` maps x to 1 - x; `texture` in [0, 1] blends each image with a sinusoidal stripe
-    pattern, (1 - texture) * x + texture * stripes, the stripes (period max(H, W) / 8 pixels) having a
-    random orientation and phase per image; `noise` adds Gaussian noise of that std. The result is
+    extended); `invert` maps x to 1 - x; `blur` convolves each channel with a Gaussian of that std in pixels
+    (truncated at 3 std, normalised, edges extended; no randomness); `texture` in [0, 1] blends each image
+    with a sinusoidal stripe pattern, (1 - texture) * x + texture * stripes, the stripes (period max(H, W) / 8
+    pixels) having a random orientation and phase per image; `noise` adds Gaussian noise of that std. The result is
     clamped to [0, 1]. The input is never modified; with all knobs off the output equals the input.
     """
     if not isinstance(images, Tensor) or images.ndim != 4 or not images.is_floating_point():
@@ -308,12 +335,15 @@ def shift(
         raise ValueError(f"invert must be True or False, got {invert!r}")
     noise = _float(noise, "noise", 0.0, math.inf)
     texture = _float(texture, "texture", 0.0, 1.0)
+    blur = _float(blur, "blur", 0.0, math.inf)
     g = _generator(seed)
     n, _, h, w = images.shape
     angle, phase = _rand(n, g, 0.0, math.pi), _rand(n, g, 0.0, 2 * math.pi)  # drawn always: stable streams
     out = _rotate(images, rotation) if rotation % 360 else images
     if invert:
         out = 1 - out
+    if blur > 0:
+        out = _blur(out, blur)
     if texture > 0:
         ys, xs = torch.arange(h).view(1, h, 1).float(), torch.arange(w).view(1, 1, w).float()
         a, p = angle.view(-1, 1, 1), phase.view(-1, 1, 1)

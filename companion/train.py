@@ -101,7 +101,9 @@ def fit(
     - `checkpoint` -> `Checkpointer(checkpoint, checkpoint_every, resume)`: the full training state written
       atomically at each epoch end (and every `checkpoint_every` steps) and resumed from, mid-epoch included, so
       a killed run continues to the same weights. A corrupt checkpoint stops with its path and that of the
-      previous good one (`<name>.prev`); `resume="latest-good"` continues from that one.
+      previous good one (`<name>.prev`); `resume="latest-good"` continues from that one;
+    - no keyword: `EvaluateEvery(val, steps)` in `callbacks` scores `val` every `steps` optimiser steps, mid-epoch
+      included (a convergence curve, in its `rows`).
 
     Extension point (notebook 09), small and in the spirit of fastai's Learner events or Lightning callbacks:
 
@@ -136,11 +138,7 @@ def fit(
         mode,
         resume,
     )
-    _check_optimizer(optimizer, param_groups, weight_decay)
-    if loss_step is not None and not callable(loss_step):
-        raise ValueError(
-            f"loss_step must be a callable (model, x, y, state) -> (outputs, losses), got {loss_step!r}"
-        )
+    _check_objects(optimizer, param_groups, weight_decay, loss_step)
     rank, world, dev = distributed.init(device)
     with _own_rng(seed + rank, dev):
         model.to(dev)
@@ -166,18 +164,11 @@ def fit(
         steps_per_epoch = len(train) if hasattr(train, "__len__") else None
         total_steps = max_steps or (epochs * steps_per_epoch if steps_per_epoch else 1000)
         sched, _ = _make_scheduler(scheduler, opt, total_steps, warmup_steps)
-        scaler = torch.amp.GradScaler(dev.type) if precision == "fp16" else None
-        if scaler is not None:
-            # creates the scale tensor, so balancers can read it first
-            scaler.scale(torch.zeros((), device=dev))
-        fingerprint = {
-            "seed": seed,
-            "lr": lr,
-            "epochs": epochs,
-            "precision": precision,
-            "steps_per_epoch": steps_per_epoch,
-            **({"world_size": world} if world > 1 else {}),
-        }
+        scaler = _scaler(precision, dev)
+        fingerprint = dict(
+            seed=seed, lr=lr, epochs=epochs, precision=precision, steps_per_epoch=steps_per_epoch
+        )
+        fingerprint |= {"world_size": world} if world > 1 else {}
         state = FitState(
             model=model,
             optimizer=opt,
@@ -205,6 +196,15 @@ def fit(
             progress=progress,
         )
         return loop.run()
+
+
+def _scaler(precision: str, device: torch.device) -> torch.amp.GradScaler | None:
+    """fp16's loss scaler, its scale tensor already created so that balancers can read it first."""
+    if precision != "fp16":
+        return None
+    scaler = torch.amp.GradScaler(device.type)
+    scaler.scale(torch.zeros((), device=device))
+    return scaler
 
 
 def _shard(train: Iterable, rank: int, world: int) -> Iterable:
@@ -270,7 +270,12 @@ def _param_groups(
     return params
 
 
-def _check_optimizer(optimizer, param_groups, weight_decay) -> None:
+def _check_objects(optimizer, param_groups, weight_decay, loss_step=None) -> None:
+    """fit's optimizer (an instance brings its own groups) and loss_step (a callable)."""
+    if loss_step is not None and not callable(loss_step):
+        raise ValueError(
+            f"loss_step must be a callable (model, x, y, state) -> (outputs, losses), got {loss_step!r}"
+        )
     if isinstance(optimizer, torch.optim.Optimizer) and (param_groups is not None or weight_decay):
         raise ValueError(
             f"optimizer must be a name {_OPTIMIZERS} when param_groups or weight_decay is given, got a "

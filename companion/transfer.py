@@ -564,7 +564,7 @@ _MOVED = {
         "dann",
     ),
     **dict.fromkeys(
-        ("_Chunks", "block_sweep", "group_rows", "label_efficiency", "labels_to_reach", "probe_accuracy"),
+        ("block_sweep", "group_rows", "label_efficiency", "labels_to_reach", "probe_accuracy"),
         "experiments",
     ),
     "steps_to": "experiments",

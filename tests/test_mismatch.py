@@ -16,6 +16,7 @@ from companion.mismatch import (
     target_sweep,
 )
 from companion.models import backbone
+from companion.synthetic import shift
 
 
 def test_corrupt_labels_changes_exactly_the_fraction_to_other_classes():
@@ -175,3 +176,62 @@ def test_domain_adaptation_never_reads_target_labels_outside_the_few():
         domain_adaptation(net, src, (xt, yt), (xt, yt), (xt, yt), **{**kw, "methods": ["adabn"]})
     with pytest.raises(ValueError, match="steps"):
         domain_adaptation(net, src, (xt, yt), (xt, yt), (xt, yt), **{**kw, "steps": 0})
+
+
+def test_shift_blur_reference_values():
+    point = torch.zeros(1, 1, 9, 9)
+    point[0, 0, 4, 4] = 1.0
+    out = shift(point, blur=1.0)
+    w = torch.exp(-0.5 * torch.arange(-3.0, 4.0) ** 2)  # truncated at 3 std
+    w = w / w.sum()
+    assert torch.allclose(out[0, 0, 1:8, 1:8], torch.outer(w, w), atol=1e-7)  # separable Gaussian, sums to 1
+    assert out[0, 0, 4, 4].item() == pytest.approx(
+        0.1592411, abs=1e-6
+    )  # 1 / (1 + 2(e^-1/2 + e^-2 + e^-9/2))^2
+    assert out.sum().item() == pytest.approx(1.0)
+    flat = torch.full((2, 3, 5, 7), 0.3)
+    assert torch.allclose(shift(flat, blur=2.0), flat)  # edges extended: a constant image stays constant
+    grey = torch.full((1, 1, 9, 9), 0.5)  # no randomness: the noise stream is the same with or without blur
+    assert torch.allclose(shift(grey, blur=1.0, noise=0.05, seed=3), shift(grey, noise=0.05, seed=3))
+    assert torch.equal(shift(point, blur=0.0), point)
+    with pytest.raises(ValueError, match="^blur must be"):
+        shift(point, blur=-1.0)
+
+
+def test_extra_tests_add_accuracies_at_the_chosen_rate_and_change_nothing_else():
+    torch.manual_seed(0)
+    x = torch.rand(60, 1, 16, 16)
+    y = torch.arange(60) % 3
+    net = backbone("course_cnn_s", in_chans=1, num_classes=3)
+    test, val = (x[:30], y[:30]), (x[30:45], y[30:45])
+    kw = dict(
+        per_class=[4],
+        strategies=["linear_probe", "lp_ft"],
+        seeds=[0, 1],
+        lr_grid=[1e-3, 1e-1],
+        min_steps=4,
+        device="cpu",
+    )
+    plain = target_sweep({"net": net}, (x, y), val, test, **kw)
+    extra = {"same": test, "blank": (torch.zeros(9, 1, 16, 16), y[:9])}
+    rows = target_sweep({"net": net}, (x, y), val, test, extra_tests=extra, **kw)
+    for before, after in zip(plain, rows, strict=True):
+        assert {
+            k: v for k, v in after.items() if not k.startswith("test_acc/")
+        } == before  # defaults unchanged
+        assert after["test_acc/same"] == after["test_acc"]  # the same set, evaluated at the chosen rate
+        assert after["test_acc/blank"] == pytest.approx(1 / 3)  # one class predicted for a constant input
+    # extra tests are used as given: the transform shifts train, val and test only
+    inv = target_sweep(
+        {"net": net},
+        (x, y),
+        val,
+        test,
+        transform=lambda t: 1 - t,
+        extra_tests={"given": (1 - test[0], test[1])},
+        scratch=False,
+        **kw,
+    )
+    assert all(r["test_acc/given"] == r["test_acc"] for r in inv)
+    with pytest.raises(ValueError, match="^extra_tests must be"):
+        target_sweep({"net": net}, (x, y), val, test, extra_tests=[test], **kw)

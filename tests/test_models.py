@@ -326,6 +326,22 @@ def test_remap_by_order_renames_checks_and_fills_counters():
         M.remap_by_order(wrong, model)
 
 
+def test_stages_of_any_timm_model_follow_its_group_matcher_and_drive_unfreezing():
+    from companion.transfer import layer_groups, unfreeze_top
+
+    model = timm.create_model("convnext_atto", pretrained=False, num_classes=3)
+    parts = M.stages(
+        model
+    )  # timm's coarse groups: stem, stages.0-3, then the head's norm (the classifier is none)
+    assert len(parts) == 6 and parts[0][0] is model.stem[0] and list(parts[-1]) == [model.head.norm]
+    assert parts[-2][0] is model.stages[3].downsample[0]
+    unfreeze_top(model, 2)  # the classifier and the top two stages train, the rest is frozen
+    trained = {".".join(n.split(".")[:2]) for n, p in model.named_parameters() if p.requires_grad}
+    assert trained == {"stages.3", "head.norm", "head.fc"}
+    lrs = [(g["lr"], len(g["params"])) for g in layer_groups(model, 1.0, layer_decay=0.5)]
+    assert lrs == [(1.0, 2), (0.25, 22), (0.5, 2)]  # classifier; stage 4 of 6 at 0.5^2; stage 5 at 0.5
+
+
 # ---------------------------------------------------------------- bad input
 
 
@@ -344,7 +360,7 @@ def test_remap_by_order_renames_checks_and_fills_counters():
         (lambda: M.backbone("course_cnn_s", pretrained=True), "no published weights.*weights="),
         (
             lambda: M.stages(nn.Linear(2, 2)),
-            "model must be a course CNN, a timm ResNet or a timm EfficientNet",
+            "model must be a course CNN or a timm model",
         ),
         (lambda: M.stages("resnet10t"), "model must be a torch nn.Module"),
         (lambda: M.features(nn.Linear(2, 2), torch.zeros(1, 2)), "forward_features"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 
 import numpy as np
@@ -81,6 +82,14 @@ def test_setup_fills_scale_defaults_and_resolves_paths(tmp_path):
     assert full.EPOCHS == 9
     with pytest.raises(ParameterError, match="defaults names LR"):
         setup(EPOCHS=1, defaults={"LR": (1, 2)})
+
+
+def test_setup_resolves_data_dir_without_touching_the_environment(tmp_path, monkeypatch):
+    monkeypatch.delenv("COMPANION_DATA", raising=False)
+    before = dict(os.environ)
+    cfg = setup(DEVICE="cpu", SCALE="quick", DATA_DIR=str(tmp_path / "mydata"), RESULTS_DIR=str(tmp_path))
+    assert cfg.data_dir == tmp_path / "mydata" and dict(os.environ) == before
+    assert setup(DEVICE="cpu", SCALE="quick", DATA_DIR="", RESULTS_DIR=str(tmp_path)).data_dir is None
 
 
 def test_scale_auto_is_quick_without_gpu():

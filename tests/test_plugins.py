@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from companion.data import TensorBatches
-from companion.plugins import Checkpointer, EarlyStopping, RestoreBest, Validate, infer_mode
+from companion.plugins import Checkpointer, EarlyStopping, EvaluateEvery, RestoreBest, Validate, infer_mode
 from companion.train import StepContext, Update, WeightedSum, batch_losses, evaluate, fit, load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -389,6 +389,42 @@ def test_validate_adds_evaluates_entries_to_each_row():
         }
     facade = fit(net(), TensorBatches(x, y, 16), epochs=2, lr=0.05, val=val, device="cpu", progress=False)
     assert rows(facade) == rows(hist)
+
+
+class StepSnapshots:
+    """Keeps the model's weights after every optimiser step."""
+
+    def __init__(self):
+        self.weights = []
+
+    def on_step_end(self, state):
+        self.weights.append({k: v.detach().clone() for k, v in state.model.state_dict().items()})
+
+
+def test_evaluate_every_scores_the_weights_of_every_nth_step_and_leaves_training_alone():
+    x, y = blobs()
+    val = TensorBatches(x[:40], y[:40], 16, shuffle=False)
+    snaps, curve, model = StepSnapshots(), EvaluateEvery(val, 3), net()
+    kw = dict(
+        epochs=2, lr=0.05, device="cpu", progress=False
+    )  # 4 batches per epoch: 8 steps, crossing epochs
+    fit(model, TensorBatches(x, y, 16), callbacks=[snaps, curve], **kw)
+    assert [r["step"] for r in curve.rows] == [3, 6] and [r["epoch"] for r in curve.rows] == [1, 2]
+    for row in curve.rows:
+        probe = net()
+        probe.load_state_dict(snaps.weights[row["step"] - 1])
+        assert {k: v for k, v in row.items() if k.startswith("val_")} == {
+            f"val_{k}": v for k, v in evaluate(probe, val, device="cpu").items()
+        }
+    plain = net()  # dropout is on: a mode left in eval after an evaluation would change the weights
+    fit(plain, TensorBatches(x, y, 16), **kw)
+    assert same_weights(model, plain)
+    assert curve.history().series("val_acc") == [r["val_acc"] for r in curve.rows]
+    again = EvaluateEvery(val, 3)
+    again.load_state_dict(curve.state_dict())
+    assert again.rows == curve.rows
+    with pytest.raises(ValueError, match="steps must be"):
+        EvaluateEvery(val, 0)
 
 
 def test_keywords_and_plugins_in_any_order_train_the_same(tmp_path):

@@ -194,6 +194,19 @@ def test_schedulers_follow_their_formulas():
     assert hist[0]["lr"] == pytest.approx(0.1 * (1 + math.cos(math.pi * 4 / 8)) / 2, rel=1e-3)
 
 
+def test_a_schedule_registered_by_name_is_built_and_stepped_per_update(monkeypatch):
+    from companion import optim
+
+    def halve_every_2(optimizer, total_steps, warmup_steps):
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=2, gamma=0.5)
+
+    monkeypatch.setitem(optim.SCHEDULERS, "halve", halve_every_2)
+    x, y = blobs(64)  # 4 steps per epoch
+    hist = fit(nn.Linear(2, 2), TensorBatches(x, y, 16), epochs=2, lr=0.1, scheduler="halve", device="cpu",
+               progress=False)  # fmt: skip
+    assert hist.series("lr") == [pytest.approx(0.1 * 0.5**2), pytest.approx(0.1 * 0.5**4)]
+
+
 def test_param_groups_keep_their_own_learning_rates():
     x, y = blobs(64)
     model = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 2))

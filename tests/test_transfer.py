@@ -505,12 +505,22 @@ def test_eval_every_gives_a_convergence_curve_from_one_continuing_stream():
     )  # fmt: skip
     history = rows[0]["history"]  # 30 images in batches of 10: 2 epochs are 6 steps, evaluated every 2
     assert history.series("step") == [2, 4, 6] and all("val_acc" in r for r in history)
-    chunks = T._Chunks(TensorBatches(*_pair(), 10, seed=0), 2)
-    seen = [y for _ in range(3) for _, y in chunks]  # three chunks of two batches: exactly two epochs
-    assert torch.equal(torch.cat(seen[:3]).sort().values, torch.cat(seen[3:]).sort().values)
-    assert not torch.equal(torch.cat(seen[:3]), torch.cat(seen[3:])), "the second epoch is reshuffled"
+    plain = T.label_efficiency(
+        _model(), _pair(), _pair(12, seed=1), per_class=[None], strategies=["finetune"], epochs=2,
+        min_steps=0, batch_size=10, **RUN,
+    )  # fmt: skip
+    assert rows[0]["acc"] == plain[0]["acc"], "evaluating every 2 steps must not change the training"
+    seven = T.label_efficiency(
+        _model(), _pair(), _pair(12, seed=1), per_class=[None], strategies=["finetune"], epochs=2,
+        min_steps=0, batch_size=10, val=_pair(9, seed=2), eval_every=4, **RUN,
+    )  # fmt: skip
+    assert seven[0]["history"].series("step") == [4, 8]  # whole intervals: 6 steps round up to 8
     with pytest.raises(ValueError, match="eval_every needs val"):
         T.label_efficiency(_model(), _pair(), _pair(), per_class=[2], eval_every=2, **RUN)
+    with pytest.raises(ValueError, match="one fit call"):
+        T.label_efficiency(
+            _model(), _pair(), _pair(), per_class=[2], strategies=["lp_ft"], val=_pair(), eval_every=2, **RUN
+        )
 
 
 def test_labels_to_reach_interpolates_in_log_labels():
