@@ -289,7 +289,9 @@ def probe_accuracy(
 
     The classic probe on cached features: each feature is standardised with the training mean and std, then a
     linear layer minimises mean cross-entropy + weight_decay / 2 * |W|^2 by full-batch L-BFGS from zero weights
-    (a convex problem: the result does not depend on a seed). Runs in float64 on the CPU.
+    (a convex problem: the result does not depend on a seed). Runs in float64 on the CPU. Our own rather than
+    scikit-learn's LogisticRegression for teaching: notebook 07 writes this probe out in a few torch lines and
+    checks them against it, and an exercise of notebook 02 compares it with scikit-learn's on the same features.
     """
     checks.positive("weight_decay", weight_decay)
     checks.integer("max_iter", max_iter, 1)
