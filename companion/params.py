@@ -233,9 +233,8 @@ def setup(
             value = defaults[name][0 if scale == "quick" else 1]
         setattr(cfg, name, value)
     data_dir = params.get("DATA_DIR") or ""
-    cfg.data_dir = (
-        _resolve(data_dir) if data_dir else None
-    )  # passed on as root=...; the environment is not touched
+    # passed on as root=cfg.data_dir by the notebooks; the process environment is not touched
+    cfg.data_dir = _resolve(data_dir) if data_dir else None
     cfg.results_dir = _resolve(params.get("RESULTS_DIR") or "results")
     _writable(cfg.results_dir)
     if "SEED" in params:

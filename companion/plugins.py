@@ -72,12 +72,8 @@ class EvaluateEvery:
         loss_fns: LossFn | dict[str, LossFn] | None = None,
         precision: str = "fp32",
     ):
-        self.val, self.steps, self.loss_fns, self.precision = (
-            val,
-            checks.integer("steps", steps, 1),
-            loss_fns,
-            precision,
-        )
+        self.steps = checks.integer("steps", steps, 1)
+        self.val, self.loss_fns, self.precision = val, loss_fns, precision
         self.rows: list[dict] = []
 
     def on_step_end(self, state: FitState) -> None:
