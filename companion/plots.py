@@ -53,6 +53,31 @@ def bars(
     return ax
 
 
+def grouped_bars(
+    values: dict[tuple[str, str], Sequence[float]],
+    series: Sequence[str],
+    groups: Sequence[str],
+    *,
+    ax=None,
+    ylabel: str = "",
+):
+    """Bars of per-seed means side by side, one colour per series within each group, with min-max whiskers and
+    a dot per seed (notebook 09). `values[(series, group)]` holds the per-seed values."""
+    ax = ax or plt.subplots(figsize=(8, 3.4))[1]
+    width = 0.8 / len(series)
+    for j, name in enumerate(series):
+        xs = [i + (j - (len(series) - 1) / 2) * width for i in range(len(groups))]
+        data = [np.asarray(values[(name, g)], dtype=float) for g in groups]
+        means = [d.mean() for d in data]
+        err = [[m - d.min() for m, d in zip(means, data)], [d.max() - m for m, d in zip(means, data)]]
+        ax.bar(xs, means, width, yerr=err, capsize=2, label=name, alpha=0.85)
+        for x, d in zip(xs, data):
+            ax.scatter([x] * len(d), d, c="k", s=5, zorder=3)
+    ax.set_xticks(range(len(groups)), groups)
+    ax.set_ylabel(ylabel)
+    return ax
+
+
 def images(x, labels: Sequence | None = None, *, n: int = 16, cols: int = 8, title: str | None = None):
     """A grid of the first `n` images (N×C×H×W in [0, 1]) with optional labels (every data notebook)."""
     x = np.asarray(x[:n].detach().cpu() if hasattr(x, "detach") else x[:n])

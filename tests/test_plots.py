@@ -10,7 +10,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.patches import FancyBboxPatch, Rectangle  # noqa: E402
 
-from companion.plots import bars, curves, images, pipelines  # noqa: E402
+from companion.plots import bars, curves, grouped_bars, images, pipelines  # noqa: E402
 
 
 def test_curves_plot_each_history_against_epochs():
@@ -34,6 +34,24 @@ def test_bars_show_means_and_min_max_whiskers():
     assert labels == {"3": (3.0, "bottom"), "4": (4.0, "bottom")}
     negative = bars({"z": [-1.0, -2.0, -6.0]})  # below the lowest seed, so the whisker does not hide it
     assert [(t.get_text(), t.get_position()[1], t.get_va()) for t in negative.texts] == [("-3", -6.0, "top")]
+
+
+def test_grouped_bars_place_each_series_inside_its_group_with_whiskers_and_seed_dots():
+    values = {
+        ("a", "g1"): [1.0, 3.0],
+        ("b", "g1"): [4.0, 4.0],
+        ("a", "g2"): [0.0, 2.0],
+        ("b", "g2"): [5.0, 7.0],
+    }
+    ax = grouped_bars(values, ["a", "b"], ["g1", "g2"], ylabel="acc")
+    bars_ = [p for p in ax.patches if isinstance(p, Rectangle)]
+    centres = [round(p.get_x() + p.get_width() / 2, 6) for p in bars_]
+    assert centres == [-0.2, 0.8, 0.2, 1.2] and [p.get_height() for p in bars_] == [2.0, 1.0, 4.0, 6.0]
+    whisker = [c for c in ax.containers if hasattr(c, "lines")][0].lines[2][0].get_segments()[0]
+    assert np.allclose(whisker[:, 1], [1.0, 3.0])
+    dots = np.concatenate([c.get_offsets() for c in ax.collections if c.get_offsets().shape[0] == 2])
+    assert sorted(dots[:, 1].tolist()) == [0.0, 1.0, 2.0, 3.0, 4.0, 4.0, 5.0, 7.0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["g1", "g2"] and ax.get_ylabel() == "acc"
 
 
 def test_image_grid_shows_the_first_n_images_with_labels():
