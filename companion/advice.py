@@ -2,8 +2,8 @@
 
 - The sweep that measures the map (`synthetic_pair`, `fashion_pair`, `run_cell`, `sweep`) is in `companion.sweeps`;
   its names stay importable from here.
-- `decision_map` turns the sweep's numbers into a winner per cell (a tie when the winner is not `separated` from the
-  runner-up), `plot_map` draws it and `cost_table` counts steps, parameters and labels.
+- `decision_map` turns the sweep's numbers into a winner per cell (undecided, drawn hatched, when the best approach is
+  not supported against every other by `verdicts.best_of`, Holm-corrected), `plot_map` draws it and `cost_table` counts steps, parameters and labels.
 - `advise` turns what a practitioner knows into a `Recommendation`: an approach, its reasons, and for each reason
   the measurements from a map (or a plain statement that no measurement backs it when no map is given).
 """
@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .claims import separated
 from .mtl import param_count
 from .sweeps import (  # noqa: F401  (the sweep has its own module; these names stay importable here)
     METHODS,
@@ -31,6 +30,7 @@ from .sweeps import (  # noqa: F401  (the sweep has its own module; these names 
     sweep,
     synthetic_pair,
 )
+from .verdicts import best_of
 
 LABELS = {
     "alone": "target alone",
@@ -62,7 +62,9 @@ def decision_map(data: dict, *, available: bool, criterion: str = "target") -> l
 
     `available`: whether the other task's labels exist at training time (else multi-task approaches are out).
     `criterion`: "target" (target test accuracy) or "both" (mean of target and source accuracy: all tasks must
-    work). A cell is a tie when the winner is not `separated` from the runner-up over the seeds.
+    work). The best approach by mean is judged against every other approach over the seeds, paired
+    (`verdicts.best_of`: Holm-corrected intervals); a cell is a tie (undecided) unless it is supported against all
+    of them. "margin" and "ci" are its difference from the runner-up (the approach with the second-best mean).
     """
     _check_map(data)
     if criterion not in CRITERIA:
@@ -79,15 +81,16 @@ def decision_map(data: dict, *, available: bool, criterion: str = "target") -> l
                 else (np.array(cell[m]["target"]) + np.array(cell[m]["source"])) / 2
                 for m in methods
             }
-            order = sorted(methods, key=lambda m: -vals[m].mean())
-            win, second = order[0], order[1]
-            sep = separated(vals[win], vals[second])
+            pick = best_of({m: vals[m].tolist() for m in methods})
+            win = pick["best"]
+            second = max(pick["versus"], key=lambda m: vals[m].mean())
             row.append(
                 {
                     "winner": win,
                     "runner_up": second,
-                    "margin": float(sep["margin"]),
-                    "tie": not sep["held"],
+                    "margin": float(pick["versus"][second]["effect"]),
+                    "ci": pick["versus"][second]["ci"],
+                    "tie": not pick["decided"],
                     "means": {m: float(vals[m].mean()) for m in methods},
                 }
             )

@@ -15,49 +15,33 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
+from html import escape
 from pathlib import Path
 from types import SimpleNamespace
 
 from .files import atomic_write
+from .verdicts import WORDS, describe, fmt
 
-KINDS = ("course", "source")
+KINDS = ("course", "source", "literature")
 STRICT_ENV = "COMPANION_STRICT_CLAIMS"
+MARKS = {"supported": "SUPPORTED", "contradicted": "CONTRADICTED", "inconclusive": "NOT SHOWN"}
 
 
 def spread(values) -> float:
-    """Seed spread of one method: max - min of its per-seed values (what the figures' bands show)."""
+    """Seed spread of one method: max - min of its per-seed values (what the figures' whiskers show)."""
     v = [float(x) for x in values]
     return max(v) - min(v) if v else 0.0
 
 
-def separated(better, worse) -> dict:
-    """The course's rule for "A beats B" over seeds (paired by seed): `held` when A is higher at every seed and
-    the mean margin exceeds the larger of the two seed spreads (max - min). Returns the numbers behind it.
-
-    Pass negated values (or swap the arguments) when lower is better.
-    """
-    a, b = [float(x) for x in better], [float(x) for x in worse]
-    if len(a) != len(b) or not a:
-        raise ValueError(
-            f"separated needs two equally long, non-empty per-seed lists, got {len(a)} and {len(b)}"
-        )
-    diffs = [x - y for x, y in zip(a, b)]
-    margin = sum(diffs) / len(diffs)
-    noise = max(spread(a), spread(b))
-    return {
-        "held": all(d > 0 for d in diffs) and margin > noise,
-        "margin": margin,
-        "min_paired_gain": min(diffs),
-        "spread": noise,
-        "seeds": len(a),
-    }
-
-
 def failed(claim: dict) -> bool:
-    """The course's one failure rule for a recorded claim: a course claim that did not hold, or a contradicted
-    source statement left without the note that explains it (the results file, the runner and strict mode use it)."""
-    return not claim["held"] and (claim["kind"] == "course" or not claim["note"])
+    """The course's one failure rule for a recorded claim: a course claim that is not supported, or a
+    contradicted source or literature statement left without the note that explains it (the results file, the
+    runner and strict mode use it). An inconclusive statement is a finding, not a failure."""
+    if claim["kind"] == "course":
+        return claim.get("verdict", "supported" if claim["held"] else "inconclusive") != "supported"
+    return claim.get("verdict") == "contradicted" and not claim["note"]
 
 
 def _plain(value):
@@ -94,11 +78,12 @@ def write_json(path: Path, data: dict) -> Path:
 
 
 class Claims:
-    """Collects a notebook's claims with measured numbers; `report()` prints and saves them (every notebook).
+    """Collects a notebook's claims with measured numbers; `report()` prints and saves them.
 
-    kind="course": a claim this course makes; it must hold (strict mode raises otherwise).
-    kind="source": a statement of the source text put to the test; when our numbers contradict it, it is
-    recorded with held=False and a `note` explaining the finding (strict mode requires that note).
+    kind="course": a claim this course makes; it must be supported (strict mode raises otherwise).
+    kind="source": a statement of the source text, `ref` naming its section; kind="literature": a published
+    finding, `ref` naming author, year and venue. Both are put to the test and recorded whatever the verdict; a
+    contradicted one needs a `note` explaining the finding (strict mode requires it).
     """
 
     def __init__(self, notebook: str, cfg: SimpleNamespace | None = None):
@@ -115,25 +100,50 @@ class Claims:
         self,
         claim: str,
         measured: dict,
-        held: bool,
+        verdict: dict,
         *,
         kind: str = "course",
+        ref: str = "",
         note: str = "",
+        short: str = "",
         deterministic: str = "",
     ) -> bool:
-        """Record one claim, the numbers behind it and whether it held; returns `held`.
+        """Record one claim, the numbers behind it and its verdict (a record of `companion.verdicts`: `paired`,
+        `above`, `equivalent`, `combine`, ...); returns True when it is supported.
 
-        `deterministic`: the reason, when the claim's numbers legitimately do not change with the seed (a seedless
-        optimisation on a fixed function, say); the seed guard test otherwise treats seed-independent numbers as
-        a demonstration posing as a claim.
+        `ref`: the source text's section (kind="source") or the citation (kind="literature"); `short`: the claim
+        in at most 60 characters, for the one-page summary. `deterministic`: the reason, when the claim's numbers
+        legitimately do not change with the seed (a seedless optimisation on a fixed function, say); the seed
+        guard test otherwise treats seed-independent numbers as a demonstration posing as a claim.
         """
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-        item = {"claim": claim, "kind": kind, "measured": _plain(measured), "held": bool(held), "note": note}
+        if kind != "course" and not ref:
+            raise ValueError(f"ref must name the source section or the citation of a {kind} claim, got ''")
+        if not isinstance(verdict, dict) or verdict.get("verdict") not in MARKS:
+            raise ValueError(
+                f"verdict must be a record of companion.verdicts (paired, above, equivalent, combine), got {verdict!r}"
+            )
+        if len(short) > 60:
+            raise ValueError(f"short must be at most 60 characters, got {len(short)}: {short!r}")
+        item = {
+            "claim": claim,
+            "short": short,
+            "kind": kind,
+            "ref": ref,
+            "verdict": verdict["verdict"],
+            "held": verdict["verdict"] == "supported",
+            "effect": _plain(verdict["effect"]),
+            "ci": _plain(verdict["ci"]),
+            "seeds": verdict["seeds"],
+            "summary": describe(verdict),
+            "measured": _plain({**measured, "verdict": verdict}),
+            "note": note,
+        }
         if deterministic:
             item["deterministic"] = deterministic
         self.items.append(item)
-        return bool(held)
+        return item["held"]
 
     def demonstrate(self, fact: str, measured: dict, holds: bool) -> bool:
         """Record a demonstration: a fact fixed by construction (an identity, a count, arithmetic from a setting).
@@ -149,7 +159,7 @@ class Claims:
 
     @property
     def failures(self) -> list[dict]:
-        """Course claims that did not hold, and contradicted source statements left unexplained."""
+        """Course claims that are not supported, and contradicted statements left unexplained."""
         bad = [c for c in self.items if failed(c)]
         return bad + [{"claim": d["demonstration"], **d} for d in self.demos if not d["holds"]]
 
@@ -166,29 +176,67 @@ class Claims:
         }
         return write_json(Path(path) if path else self.results_dir / f"{self.notebook}.json", data)
 
-    def report(self, strict: bool | None = None) -> Path:
-        """Print each demonstration and claim with its numbers and verdict, save the results file, raise in strict
-        mode. The results file's path is printed relative to the repository (no machine paths in outputs)."""
-        for d in self.demos:
-            print(f"[{'SHOWN' if d['holds'] else 'BROKEN':8}] (demonstration) {d['demonstration']}")
-            print(f"           measured: {json.dumps(d['measured'])}")
+    def counts(self) -> dict[str, dict[str, int]]:
+        """{"course": {verdict: count}, "statements": {verdict: count}}: course claims apart from the source and
+        literature statements put to the test."""
+        out = {"course": dict.fromkeys(MARKS, 0), "statements": dict.fromkeys(MARKS, 0)}
         for c in self.items:
-            mark = "HELD" if c["held"] else "NOT HELD"
-            print(f"[{mark:8}] ({c['kind']}) {c['claim']}")
-            print(f"           measured: {json.dumps(c['measured'])}")
+            out["course" if c["kind"] == "course" else "statements"][c["verdict"]] += 1
+        return out
+
+    def report(self, strict: bool | None = None) -> Path:
+        """Print each demonstration and claim with its verdict, effect and interval, save the results file, raise
+        in strict mode. The results file's path is printed relative to the repository (no machine paths)."""
+        for d in self.demos:
+            print(f"[{'SHOWN' if d['holds'] else 'BROKEN':12}] (demonstration) {d['demonstration']}")
+            print(f"               measured: {json.dumps(d['measured'])}")
+        for c in self.items:
+            where = f" [{c['ref']}]" if c["ref"] else ""
+            print(f"[{MARKS[c['verdict']]:12}] ({c['kind']}) {c['claim']}{where}")
+            print(f"               measured: {json.dumps(c['measured'])}")
+            print(f"               verdict: {c['summary']}")
             if c["note"]:
-                print(f"           note: {c['note']}")
+                print(f"               note: {c['note']}")
         path = self.save()
-        held = sum(c["held"] for c in self.items)
-        course = [c for c in self.items if c["kind"] == "course"]
+        n = self.counts()
+        course, tested = n["course"], n["statements"]
         print(
-            f"{held}/{len(self.items)} claims held ({sum(c['held'] for c in course)}/{len(course)} course claims, "
-            f"{len(self.items) - len(course)} source statements tested); {len(self.demos)} demonstrations; "
-            f"results written to {_shown(path)}"
+            f"course claims: {course['supported']}/{sum(course.values())} supported; statements put to the test: "
+            f"{tested['supported']} supported, {tested['contradicted']} contradicted, {tested['inconclusive']} not "
+            f"shown at this scale; {len(self.demos)} demonstrations; results written to {_shown(path)}"
         )
+        self._display_table()
         strict = os.environ.get(STRICT_ENV, "") not in ("", "0") if strict is None else strict
         if strict and self.failures:
             raise AssertionError(
                 f"{len(self.failures)} claim(s) failed: " + "; ".join(c["claim"] for c in self.failures)
             )
         return path
+
+    def html(self) -> str:
+        """The claims as an HTML table that wraps: claim, kind, verdict, effect with its interval, seeds."""
+        rows = []
+        for c in self.items:
+            low, high = c["ci"]
+            rows.append(
+                "<tr>"
+                f"<td>{escape(c['claim'])}{'<br><em>' + escape(c['ref']) + '</em>' if c['ref'] else ''}</td>"
+                f"<td>{c['kind']}</td><td>{WORDS[c['verdict']]}</td>"
+                f"<td>{fmt(c['effect'])} [{fmt(low)}, {fmt(high)}]</td><td>{c['seeds']}</td>"
+                "</tr>"
+            )
+        return (
+            '<table class="claims-table" style="table-layout:fixed;width:100%;word-wrap:break-word">'
+            '<colgroup><col style="width:58%"><col style="width:9%"><col style="width:12%">'
+            '<col style="width:15%"><col style="width:6%"></colgroup>'
+            "<thead><tr><th>claim</th><th>kind</th><th>verdict</th><th>effect [95% CI]</th><th>seeds</th></tr>"
+            "</thead><tbody>" + "".join(rows) + "</tbody></table>"
+        )
+
+    def _display_table(self) -> None:
+        """Show the HTML table when running inside a Jupyter kernel (the website renders it); a no-op elsewhere."""
+        ipython = sys.modules.get("IPython")
+        if self.items and ipython is not None and ipython.get_ipython() is not None:
+            from IPython.display import HTML, display
+
+            display(HTML(self.html()))

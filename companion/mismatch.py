@@ -23,13 +23,13 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .claims import separated
 from .data import TensorBatches, subsample_per_class
 from .device import pick_device
 from .protocol import tune
 from .strategies import tuned_strategies
 from .train import evaluate, fit
 from .transfer import cached_source, train_dann
+from .verdicts import paired
 
 __all__ = [
     "ADAPTATIONS",
@@ -182,18 +182,17 @@ def by_cell(rows: Iterable[dict], *keys: str, value: str = "test_acc") -> dict[t
 def negative_transfer_gap(scratch: Sequence[float], transfer: Sequence[float]) -> dict:
     """Wang et al. (2019)'s negative transfer gap, acc(scratch) - acc(transfer), paired by seed (notebook 09).
 
-    Returns {"gaps" (per seed), "mean", "negative": the source hurt by the course's rule (`separated(scratch,
-    transfer)` held), "positive": it helped by the same rule, "spread"}.
+    Returns {"gaps" (per seed), "mean", "ci" (95 % paired interval of the gap), "negative": the source hurt (the
+    interval lies above zero), "positive": it helped (below zero), "verdict": `verdicts.paired(scratch, transfer)`}.
     """
-    a, b = [float(v) for v in scratch], [float(v) for v in transfer]
-    hurt, helped = separated(a, b), separated(b, a)
-    gaps = [x - y for x, y in zip(a, b)]
+    hurt = paired(scratch, transfer)
     return {
-        "gaps": gaps,
-        "mean": sum(gaps) / len(gaps),
-        "negative": hurt["held"],
-        "positive": helped["held"],
-        "spread": hurt["spread"],
+        "gaps": hurt["diffs"],
+        "mean": hurt["effect"],
+        "ci": hurt["ci"],
+        "negative": hurt["verdict"] == "supported",
+        "positive": hurt["verdict"] == "contradicted",
+        "verdict": hurt,
     }
 
 

@@ -128,40 +128,90 @@ def test_env_report_names_versions_and_device():
 
 
 def test_claims_file_round_trip_and_strict_mode(tmp_path, capsys):
+    from companion.verdicts import paired
+
     cfg = setup(SEED=3, DEVICE="cpu", RESULTS_DIR=str(tmp_path))
     c = Claims("99_demo", cfg)
-    c.check("A held claim", {"acc": torch.tensor(0.91234567)}, True)
+    good = paired([0.90, 0.91, 0.92, 0.88, 0.95], [0.80, 0.82, 0.81, 0.85, 0.79])
+    c.check("A supported claim", {"acc": torch.tensor(0.91234567)}, good, short="A beats B")
     c.check(
         "A source statement we contradict",
         {"gap": np.float32(-0.5)},
-        False,
+        paired([0.80, 0.82, 0.81, 0.85, 0.79], [0.90, 0.91, 0.92, 0.88, 0.95]),
         kind="source",
+        ref="Challenges of transfer",
         note="at small data MTL overfits more here",
     )
+    c.check(
+        "A statement we cannot decide",
+        {},
+        paired([1, 2, 3, 4, 5], [1.5, 1.0, 3.5, 3, 5.2]),
+        kind="literature",
+        ref="Someone et al. 2020, NeurIPS",
+    )
     c.metric("curve", np.array([1.0, 2.0]))
-    path = c.report(strict=True)  # a contradicted source statement with a note is a finding, not a failure
+    path = c.report(strict=True)  # statements put to the test are findings whatever their verdict
     data = json.loads(path.read_text())
     assert data["notebook"] == "99_demo" and data["parameters"] == {
         "SEED": 3,
         "DEVICE": "cpu",
         "RESULTS_DIR": str(tmp_path),
     }
-    assert data["claims"][0] == {
-        "claim": "A held claim",
+    first = data["claims"][0]
+    assert {k: first[k] for k in ("claim", "short", "kind", "ref", "verdict", "held", "seeds", "note")} == {
+        "claim": "A supported claim",
+        "short": "A beats B",
         "kind": "course",
-        "measured": {"acc": 0.912346},
+        "ref": "",
+        "verdict": "supported",
         "held": True,
+        "seeds": 5,
         "note": "",
     }
-    assert data["claims"][1]["held"] is False and data["metrics"]["curve"] == [1.0, 2.0]
-    assert data["runtime_s"] >= 0
-    assert "[HELD    ] (course) A held claim" in capsys.readouterr().out
-    c.check("A course claim that failed", {"x": 1}, False)
+    assert first["effect"] == 0.098 and first["ci"] == [0.040159, 0.155841]
+    assert first["measured"]["acc"] == 0.912346 and first["measured"]["verdict"]["verdict"] == "supported"
+    assert [c["verdict"] for c in data["claims"]] == ["supported", "contradicted", "inconclusive"]
+    assert data["metrics"]["curve"] == [1.0, 2.0] and data["runtime_s"] >= 0
+    out = capsys.readouterr().out
+    assert "[SUPPORTED   ] (course) A supported claim" in out
+    assert "[NOT SHOWN   ] (literature) A statement we cannot decide [Someone et al. 2020, NeurIPS]" in out
+    assert "not held" not in out.lower()
+    assert (
+        "course claims: 1/1 supported; statements put to the test: 0 supported, 1 contradicted, 1 not shown"
+        in out
+    )
+    c.check("A course claim that failed", {"x": 1}, paired([1, 2, 3, 4, 5], [1.5, 1.0, 3.5, 3, 5.2]))
     with pytest.raises(AssertionError, match="1 claim\\(s\\) failed: A course claim that failed"):
         c.report(strict=True)
     assert json.loads(path.read_text())["claims"][-1]["held"] is False  # written before raising
     with pytest.raises(ValueError, match="kind must be one of"):
-        c.check("x", {}, True, kind="maybe")
+        c.check("x", {}, good, kind="maybe")
+    with pytest.raises(ValueError, match="ref must name"):
+        c.check("x", {}, good, kind="source")
+    with pytest.raises(ValueError, match="verdict must be a record"):
+        c.check("x", {}, True)
+    with pytest.raises(ValueError, match="short must be at most 60"):
+        c.check("x", {}, good, short="x" * 61)
+
+
+def test_a_contradicted_statement_needs_its_note():
+    from companion.claims import failed
+    from companion.verdicts import paired
+
+    c = Claims("99_demo")
+    c.check("s", {}, paired([0, 0, 0.1], [1, 1, 1.2]), kind="source", ref="Benefits")
+    assert failed(c.items[0])
+    c.items[0]["note"] = "explained"
+    assert not failed(c.items[0])
+
+
+def test_the_claims_table_wraps_as_html():
+    from companion.verdicts import paired
+
+    c = Claims("99_demo")
+    c.check("A <b> beats B", {}, paired([1.0, 2.0, 3.0], [0.5, 1.4, 2.6]))
+    html = c.html()
+    assert "A &lt;b&gt; beats B" in html and "table-layout:fixed" in html and "supported" in html
 
 
 def test_write_json_is_atomic(tmp_path):
@@ -172,18 +222,20 @@ def test_write_json_is_atomic(tmp_path):
 
 
 def test_demonstrations_are_kept_apart_from_claims(tmp_path, capsys):
+    from companion.verdicts import fixed, paired
+
     cfg = setup(SEED=0, RESULTS_DIR=str(tmp_path))
     c = Claims("99_demo", cfg)
     c.demonstrate("two models have twice the parameters of one", {"one": 10, "two": 20}, True)
-    c.check("A beats B", {"a": [0.9, 0.8, 0.85]}, True)
-    c.check("seedless optimum", {"x": 1.0}, True, deterministic="fixed function, no randomness")
+    c.check("A beats B", {"a": [0.9, 0.8, 0.85]}, paired([0.9, 0.8, 0.85], [0.8, 0.72, 0.76]))
+    c.check("seedless optimum", {"x": 1.0}, fixed(1.0), deterministic="fixed function, no randomness")
     path = c.report(strict=True)
     data = json.loads(path.read_text())
     assert len(data["claims"]) == 2 and len(data["demonstrations"]) == 1
     assert data["demonstrations"][0]["holds"] is True
     assert data["claims"][1]["deterministic"].startswith("fixed")
     out = capsys.readouterr().out
-    assert "2/2 claims held" in out and "1 demonstrations" in out
+    assert "course claims: 2/2 supported" in out and "1 demonstrations" in out
     c.demonstrate("broken identity", {}, False)
     with pytest.raises(AssertionError, match="broken identity"):
         c.report(strict=True)
@@ -196,17 +248,6 @@ def test_results_path_is_printed_relative_to_the_repository(capsys):
     Claims("99_demo", cfg).report(strict=False)
     out = capsys.readouterr().out
     assert "results written to build/test-relative/99_demo.json" in out and str(REPO) not in out
-
-
-def test_separated_needs_every_seed_and_a_margin_above_the_spread():
-    from companion.claims import separated
-
-    clear = separated([0.90, 0.91, 0.92], [0.80, 0.82, 0.81])
-    assert clear["held"] and abs(clear["margin"] - 0.10) < 1e-9 and abs(clear["spread"] - 0.02) < 1e-9
-    assert not separated([0.90, 0.79, 0.92], [0.80, 0.82, 0.81])["held"]  # one seed goes the other way
-    assert not separated([0.90, 0.84, 0.97], [0.80, 0.82, 0.81])["held"]  # margin 0.06 < spread 0.13
-    with pytest.raises(ValueError, match="equally long"):
-        separated([1.0], [0.5, 0.4])
 
 
 def test_tune_picks_the_best_validation_score_and_over_seeds_stacks():
