@@ -2,7 +2,7 @@
 
 A comparison of methods in this course credits only the variable it varies. `tune` gives each method the same
 small grid for its own hyperparameter, chosen on a validation split (never on the test set); `over_seeds` runs a
-whole measurement once per seed and stacks the numbers so `claims.separated` can compare methods seed by seed;
+whole measurement once per seed and stacks the numbers so `companion.verdicts` can compare methods seed by seed;
 `delta_m` sums a multi-task model up against single-task models in one number (notebook 10).
 """
 
@@ -45,6 +45,20 @@ def over_seeds(
         for key, value in row.items():
             out.setdefault(key, []).append(float(value))
     return out
+
+
+def seed_stats(values: Sequence[float]) -> dict:
+    """{"mean", "min", "max", "per_seed"} of one method's per-seed values (what tables and whiskers show)."""
+    v = [float(x) for x in values]
+    if not v:
+        raise ValueError("values must hold at least one per-seed number, got none")
+    return {"mean": sum(v) / len(v), "min": min(v), "max": max(v), "per_seed": [round(x, 4) for x in v]}
+
+
+def mean_range(values: Sequence[float], digits: int = 3) -> str:
+    """One method's per-seed values as "mean [min, max]" for a printed line."""
+    s = seed_stats(values)
+    return f"{s['mean']:.{digits}f} [{s['min']:.{digits}f}, {s['max']:.{digits}f}]"
 
 
 def delta_m(

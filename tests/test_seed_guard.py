@@ -21,7 +21,7 @@ from companion.course import COURSE, NOTEBOOK_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 OTHER_SEED = 1
-_LINE = re.compile(r"^\[(HELD|NOT HELD)\s*\] \((course|source)\) (.*)$")
+_LINE = re.compile(r"^\[(SUPPORTED|CONTRADICTED|NOT SHOWN)\s*\] \((course|source|literature)\) (.*)$")
 
 
 def committed_claims(file: str) -> list[dict]:
@@ -37,7 +37,7 @@ def committed_claims(file: str) -> list[dict]:
         if m:
             measured = lines[i + 1].strip().removeprefix("measured: ")
             found.append(
-                {"held": m[1] == "HELD", "kind": m[2], "claim": m[3], "measured": json.loads(measured)}
+                {"held": m[1] == "SUPPORTED", "kind": m[2], "claim": m[3], "measured": json.loads(measured)}
             )
     return found
 
@@ -104,6 +104,9 @@ def test_committed_results_file_matches_the_committed_outputs(file):
     saved = json.loads(path.read_text())
     printed = committed_claims(file)
     assert saved["parameters"].get("SEED", 0) == 0 and saved["scale"] == "quick"
-    assert [(c["claim"], c["held"], c["measured"]) for c in saved["claims"]] == [
-        (c["claim"], c["held"], c["measured"]) for c in printed
-    ], f"{path.name} is not the results file of the committed run; re-execute {file}"
+    assert [
+        (c["claim"] + (f" [{c['ref']}]" if c.get("ref") else ""), c["held"], c["measured"])
+        for c in saved["claims"]
+    ] == [(c["claim"], c["held"], c["measured"]) for c in printed], (
+        f"{path.name} is not the results file of the committed run; re-execute {file}"
+    )
