@@ -17,6 +17,7 @@ from pathlib import Path
 from .claims import failed
 from .files import atomic_write
 from .params import REPO, _resolve, check
+from .verdicts import VERDICTS
 
 NOTEBOOK_DIR = REPO / "notebooks"
 
@@ -542,8 +543,7 @@ def sweep(
                 {
                     "notebook": path.stem,
                     "minutes": round((time.perf_counter() - t0) / 60, 2),
-                    "held": 0,
-                    "total": 0,
+                    **_empty_counts(),
                     "failures": 1,
                     "demos": 0,
                     "parameters": {**fixed, param: value},
@@ -553,14 +553,18 @@ def sweep(
     return rows
 
 
+def _empty_counts() -> dict:
+    return {"course": 0, "course_supported": 0, "statements": dict.fromkeys(VERDICTS, 0)}
+
+
 def summary(notebook: str, results_dir: Path, seconds: float) -> dict:
-    """Read a run's results file into a row: notebook, parameters, minutes, claims held / total, demonstrations."""
+    """Read a run's results file into a row: notebook, parameters, minutes, course claims supported / total, the
+    verdicts of the statements put to the test (source and literature), demonstrations, failures."""
     files = sorted(Path(results_dir).glob(f"{notebook}.json"))
     row = {
         "notebook": notebook,
         "minutes": round(seconds / 60, 2),
-        "held": 0,
-        "total": 0,
+        **_empty_counts(),
         "failures": 0,
         "demos": 0,
         "parameters": {},
@@ -568,8 +572,12 @@ def summary(notebook: str, results_dir: Path, seconds: float) -> dict:
     for f in files:
         data = json.loads(f.read_text())
         row["parameters"] = {**data.get("parameters", {}), "SCALE": data.get("scale")}
-        row["held"] += sum(bool(c["held"]) for c in data.get("claims", []))
-        row["total"] += len(data.get("claims", []))
+        for c in data.get("claims", []):
+            if c["kind"] == "course":
+                row["course"] += 1
+                row["course_supported"] += c.get("verdict") == "supported"
+            else:
+                row["statements"][c.get("verdict", "inconclusive")] += 1
         row["failures"] += sum(failed(c) for c in data.get("claims", []))
         row["demos"] += len(data.get("demonstrations", []))
         row["failures"] += sum(not d["holds"] for d in data.get("demonstrations", []))
@@ -577,12 +585,17 @@ def summary(notebook: str, results_dir: Path, seconds: float) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    """Format summary rows as a plain-text table (demonstrations are counted apart from claims)."""
-    lines = [f"{'notebook':32} {'parameters':28} {'minutes':>8} {'claims held':>12} {'demonstrations':>15}"]
+    """Format summary rows as a plain-text table: course claims supported apart from the statements put to the
+    test (supported / contradicted / not shown at this scale), and demonstrations apart from both."""
+    head = f"{'notebook':28} {'parameters':26} {'minutes':>7} {'course claims':>14}  {'statements: sup/con/not shown':>30} {'demos':>6}"
+    lines = [head]
     for r in rows:
         extra = {k: v for k, v in r["parameters"].items() if k in ("SEED", "SCALE")}
+        st = r["statements"]
+        course = f"{r['course_supported']}/{r['course']} supported"
+        tested = f"{st['supported']} / {st['contradicted']} / {st['inconclusive']}"
         lines.append(
-            f"{r['notebook']:32} {json.dumps(extra):28} {r['minutes']:8.2f} {r['held']:>6}/{r['total']:<5} "
-            f"{r.get('demos', 0):>15}"
+            f"{r['notebook']:28} {json.dumps(extra):26} {r['minutes']:7.2f} {course:>14}  {tested:>30} "
+            f"{r.get('demos', 0):>6}"
         )
     return "\n".join(lines)

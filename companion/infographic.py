@@ -56,7 +56,11 @@ OKABE_ITO = {
     "purple": "#CC79A7",
     "grey": "#999999",
 }
-HELD_COLOUR, NOT_HELD_COLOUR = OKABE_ITO["blue"], OKABE_ITO["vermillion"]
+VERDICT_STYLE = {  # mark and colour of each outcome on the scoreboard
+    "supported": ("✔", OKABE_ITO["blue"]),
+    "contradicted": ("✘", OKABE_ITO["vermillion"]),
+    "inconclusive": ("?", OKABE_ITO["grey"]),
+}
 
 WINNER_COLOUR = {
     "alone": OKABE_ITO["grey"],
@@ -443,31 +447,31 @@ def _scoreboard(fig, nums: dict[str, Number]) -> None:
         )
         return
     texts = [f"{k.split('.')[1][:2]} · " + nums[k + ".text"].text for k in keys]
-    wrapped = [_wrap(t, 48) for t in texts]
+    wrapped = [_wrap(t, 56) for t in texts]
     n_lines = sum(t.count("\n") + 1 for t in wrapped)
     size = 6.3 if n_lines <= 33 else max(4.5, 6.3 * 33 / n_lines)
     line = size * 1.18 / 72 / A4_LANDSCAPE[1]  # one text line, as a fraction of the page height
     y = top - 0.03
     for k, text in zip(keys, wrapped):
         verdict = nums[k]
-        colour = HELD_COLOUR if verdict.value else NOT_HELD_COLOUR
+        mark, colour = VERDICT_STYLE[verdict.value]
         fig.text(
             x0,
             y,
-            ("✔ " if verdict.value else "✘ ") + verdict.text,
+            mark,
             fontsize=size,
             color=colour,
             va="top",
             weight="bold",
         )
-        fig.text(x0 + 0.052, y, text, fontsize=size, va="top", linespacing=1.1)
+        fig.text(x0 + 0.014, y, text, fontsize=size, va="top", linespacing=1.1)
         y -= line * (text.count("\n") + 1) + 0.005
     fig.text(
         x0,
         0.03,
         _wrap(
-            "held: our measurement agrees with the statement; not held: it does not, and the "
-            "notebook's claims cell says why.",
+            "From the confidence interval of the paired per-seed differences: ✔ supported (wholly on the "
+            "statement's side), ✘ contradicted (wholly on the other), ? not shown at this scale (it contains zero).",
             62,
         ),
         fontsize=5.8,

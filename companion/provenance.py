@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .verdicts import WORDS
+
 MISSING = ("skip", "run")
 SELF = "12_infographic"
 
@@ -104,8 +106,8 @@ def _number(data: dict, file: str, path: str, *, name: str, fmt: str, reduce: st
 
 def format_value(value: Any, fmt: str) -> str:
     """Formats used on the figure: "pts" (a fraction as signed percentage points), "cost" (a positive fraction
-    shown as a loss of points), "pct" (a fraction as a percentage), "verdict" (held / not held), or a str.format
-    pattern."""
+    shown as a loss of points), "pct" (a fraction as a percentage), "verdict" (supported / contradicted / not shown
+    at this scale), or a str.format pattern."""
     if fmt == "pts":
         return f"{100 * float(value):+.1f} pts"
     if fmt == "cost":
@@ -113,7 +115,7 @@ def format_value(value: Any, fmt: str) -> str:
     if fmt == "pct":
         return f"{100 * float(value):.1f}%"
     if fmt == "verdict":
-        return "held" if value else "not held"
+        return WORDS[value]
     return fmt.format(value)
 
 
@@ -224,13 +226,16 @@ def headline_numbers(files: dict[str, Path]) -> dict[str, Number]:
 
     Names: ``transfer.*`` and ``shift.*`` (notebook 01), ``mtl.*`` and ``interference.*`` (06), ``forgetting.*``
     (11, and 04's forgetting claim when its file exists), ``conflict.*`` (10), ``map.*`` (11's decision map) and
-    ``score.<stem>.<i>`` (the verdict of every source statement, in every file).
+    ``score.<stem>.<i>`` (the verdict of every source or literature statement, in every file).
     """
     data = _load(files)
     nums: dict[str, Number] = {}
 
     def put(name: str, stem: str, path: str, fmt: str, reduce: str = "") -> None:
-        nums[name] = _number(data[stem], files[stem].name, path, name=name, fmt=fmt, reduce=reduce)
+        try:
+            nums[name] = _number(data[stem], files[stem].name, path, name=name, fmt=fmt, reduce=reduce)
+        except (KeyError, IndexError, TypeError):
+            return  # a results file without that entry: the figure says "not yet measured" there
 
     def claim_path(i: int, *keys: str | int) -> str:
         return join_path("claims", i, *keys)
@@ -238,28 +243,28 @@ def headline_numbers(files: dict[str, Path]) -> dict[str, Number]:
     if hit := _by_prefix(data, "01"):
         stem, d = hit
         if (i := _claim(d, "Transfer helps with few labels")) is not None:
-            put("transfer.margin", stem, claim_path(i, "measured", "margin"), "pts")
+            put("transfer.margin", stem, claim_path(i, "effect"), "pts")
             put("transfer.finetune", stem, claim_path(i, "measured", "transfer"), "pct", "mean")
             put("transfer.scratch", stem, claim_path(i, "measured", "scratch"), "pct", "mean")
             put("transfer.seeds", stem, claim_path(i, "measured", "seeds"), "{}", "len")
-            put("transfer.held", stem, claim_path(i, "held"), "verdict")
+            put("transfer.held", stem, claim_path(i, "verdict"), "verdict")
             if "TARGET_PER_CLASS" in d.get("parameters", {}):
                 put("transfer.per_class", stem, "parameters.TARGET_PER_CLASS", "{}")
         if (i := _claim(d, "A covariate shift costs accuracy")) is not None:
-            put("shift.margin", stem, claim_path(i, "measured", "margin"), "cost")
+            put("shift.margin", stem, claim_path(i, "effect"), "cost")
             put("shift.source", stem, claim_path(i, "measured", "on_mnist"), "pct", "mean")
             put("shift.target", stem, claim_path(i, "measured", "on_usps"), "pct", "mean")
-            put("shift.held", stem, claim_path(i, "held"), "verdict")
+            put("shift.held", stem, claim_path(i, "verdict"), "verdict")
 
     if hit := _by_prefix(data, "06"):
         stem, d = hit
         if (i := _claim(d, "With the digit labels as auxiliary tasks")) is not None:
             put("mtl.n", stem, claim_path(i, "measured", "hints_vs_single"), "{}", "smallest_key")
             n = str(nums["mtl.n"].value)
-            put("mtl.margin", stem, claim_path(i, "measured", "hints_vs_single", n, "margin"), "pts")
+            put("mtl.margin", stem, claim_path(i, "measured", "hints_vs_single", n, "effect"), "pts")
             put("mtl.hints", stem, claim_path(i, "measured", "test_acc", "hints", n, "mean"), "pct")
             put("mtl.single", stem, claim_path(i, "measured", "test_acc", "single-task", n, "mean"), "pct")
-            put("mtl.held", stem, claim_path(i, "held"), "verdict")
+            put("mtl.held", stem, claim_path(i, "verdict"), "verdict")
             if (j := _claim(d, "Multi-task learning generalises better")) is not None:
                 gains = d["claims"][j]["measured"].get("gain_points_mean", {}).get("control", {})
                 if n in gains:
@@ -277,25 +282,25 @@ def headline_numbers(files: dict[str, Path]) -> dict[str, Number]:
                 put(
                     "interference.margin",
                     stem,
-                    claim_path(i, "measured", "left_only_vs_left_plus_right", "margin"),
+                    claim_path(i, "effect"),
                     "cost",
                 )
-            put("interference.held", stem, claim_path(i, "held"), "verdict")
+            put("interference.held", stem, claim_path(i, "verdict"), "verdict")
 
     if hit := _by_prefix(data, "11"):
         stem, d = hit
         if (i := _claim(d, "Fine-tuning forgets the source task")) is not None:
-            put("forgetting.margin", stem, claim_path(i, "measured", "margin"), "pts")
+            put("forgetting.margin", stem, claim_path(i, "effect"), "pts")
             put("forgetting.kept", stem, claim_path(i, "measured", "source_acc_pretrain_mtl"), "pct", "mean")
             put("forgetting.finetune", stem, claim_path(i, "measured", "source_acc_finetune"), "pct", "mean")
-            put("forgetting.held", stem, claim_path(i, "held"), "verdict")
+            put("forgetting.held", stem, claim_path(i, "verdict"), "verdict")
         _map_numbers(nums, d, stem, files[stem].name)
 
     for prefix, topic, words in (("04", "forgetting04", ("forget",)), ("10", "conflict", ("conflict",))):
         if hit := _by_prefix(data, prefix):
             stem, d = hit
             if (i := _claim(d, *words)) is not None:
-                put(f"{topic}.held", stem, claim_path(i, "held"), "verdict")
+                put(f"{topic}.held", stem, claim_path(i, "verdict"), "verdict")
                 nums[f"{topic}.claim"] = Number(
                     f"{topic}.claim",
                     d["claims"][i]["claim"],
@@ -304,12 +309,12 @@ def headline_numbers(files: dict[str, Path]) -> dict[str, Number]:
                     claim_path(i, "claim"),
                 )
                 if isinstance(d["claims"][i]["measured"].get("margin"), (int, float)):
-                    put(f"{topic}.margin", stem, claim_path(i, "measured", "margin"), "pts")
+                    put(f"{topic}.margin", stem, claim_path(i, "effect"), "pts")
 
     for stem, d in data.items():
         for i, c in enumerate(d.get("claims", [])):
             if c.get("kind") == "source":
-                put(f"score.{stem}.{i}", stem, claim_path(i, "held"), "verdict")
+                put(f"score.{stem}.{i}", stem, claim_path(i, "verdict"), "verdict")
                 nums[f"score.{stem}.{i}.text"] = Number(
                     f"score.{stem}.{i}.text",
                     c["claim"],

@@ -87,16 +87,26 @@ def test_summary_and_table(tmp_path):
                 "parameters": {"SEED": 3},
                 "scale": "quick",
                 "claims": [
-                    {"held": True, "kind": "course", "note": ""},
-                    {"held": False, "kind": "source", "note": "why"},
+                    {"held": True, "kind": "course", "verdict": "supported", "note": ""},
+                    {"held": False, "kind": "source", "verdict": "contradicted", "note": "why"},
+                    {"held": False, "kind": "literature", "verdict": "inconclusive", "note": ""},
                 ],
                 "demonstrations": [{"demonstration": "an identity", "measured": {}, "holds": True}],
             }
         )
     )
     row = summary("01_definitions", tmp_path, 90.0)
-    assert (row["held"], row["total"], row["failures"], row["minutes"], row["demos"]) == (1, 2, 0, 1.5, 1)
-    assert "01_definitions" in table([row]) and "1/2" in table([row])
+    assert (row["course_supported"], row["course"], row["failures"], row["minutes"], row["demos"]) == (
+        1,
+        1,
+        0,
+        1.5,
+        1,
+    )
+    assert row["statements"] == {"supported": 0, "contradicted": 1, "inconclusive": 1}
+    text = table([row])
+    assert "01_definitions" in text and "1/1 supported" in text and "0 / 1 / 1" in text
+    assert "held" not in text
 
 
 def _run(*args, check=True):

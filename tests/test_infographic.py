@@ -17,7 +17,22 @@ from companion import infographic as ig  # noqa: E402
 
 
 def _claim(text, measured, held=True, kind="course", note=""):
-    return {"claim": text, "kind": kind, "measured": measured, "held": held, "note": note}
+    """A results-file claim record; held=None stands for an inconclusive verdict, "margin" is the effect."""
+    verdict = "supported" if held else "inconclusive" if held is None else "contradicted"
+    effect = measured.pop("margin", 0.0)
+    return {
+        "claim": text,
+        "short": "",
+        "kind": kind,
+        "ref": "" if kind == "course" else "a section",
+        "verdict": verdict,
+        "held": bool(held),
+        "effect": effect,
+        "ci": [effect - 0.01, effect + 0.01],
+        "seeds": 5,
+        "measured": measured,
+        "note": note,
+    }
 
 
 def _file(stem, claims, metrics=None, parameters=None):
@@ -90,7 +105,7 @@ def fake_results(folder: Path, gain: float = 0.158944) -> Path:
                             "single-task": {"200": {"mean": 0.41}, "800": {"mean": 0.62}},
                             "hints": {"200": {"mean": 0.57}, "800": {"mean": 0.71}},
                         },
-                        "hints_vs_single": {"800": {"margin": 0.09}, "200": {"margin": 0.16}},
+                        "hints_vs_single": {"800": {"effect": 0.09}, "200": {"effect": 0.16}},
                     },
                 ),
                 _claim(
@@ -98,16 +113,17 @@ def fake_results(folder: Path, gain: float = 0.158944) -> Path:
                     {
                         "left_only": {"mean": 0.802},
                         "left_plus_right": {"mean": 0.795},
-                        "left_only_vs_left_plus_right": {"margin": 0.007},
+                        "left_only_vs_left_plus_right": {"effect": 0.007},
+                        "margin": 0.007,
                     },
-                    held=False,
+                    held=None,
                     kind="source",
                     note="noise",
                 ),
                 _claim(
                     "Multi-task learning generalises better than single-task learning (read: ...)",
                     {"gain_points_mean": {"hints": {"200": 16.0}, "control": {"200": -2.35}}},
-                    held=False,
+                    held=None,
                     kind="source",
                     note="depends",
                 ),
@@ -188,14 +204,15 @@ def test_formats():
     assert ig.format_value(0.158944, "pts") == "+15.9 pts"
     assert ig.format_value(0.586512, "cost") == "-58.7 pts"
     assert ig.format_value(0.7469, "pct") == "74.7%"
-    assert ig.format_value(False, "verdict") == "not held"
+    assert ig.format_value("inconclusive", "verdict") == "not shown at this scale"
+    assert ig.format_value("contradicted", "verdict") == "contradicted"
     assert ig.short("Source text: transfer converges faster (fewer steps ...)") == "Transfer converges faster"
 
 
 def test_numbers_read_the_claims_they_name(drawn):
     folder, files, nums, fig = drawn
     assert nums["transfer.margin"].text == "+15.9 pts"
-    assert nums["transfer.margin"].path == "claims[0].measured.margin"
+    assert nums["transfer.margin"].path == "claims[0].effect"
     assert nums["transfer.per_class"].text == "7" and nums["transfer.seeds"].text == "3"
     assert nums["shift.margin"].text == "-58.7 pts"
     assert (
@@ -210,11 +227,11 @@ def test_numbers_read_the_claims_they_name(drawn):
     # every source statement, in every file, has its verdict; course claims do not
     verdicts = {k: n.text for k, n in nums.items() if re.fullmatch(r"score\.[^.]+\.\d+", k)}
     assert verdicts == {
-        "score.03_multitask_approaches.0": "not held",
-        "score.03_multitask_approaches.1": "held",
-        "score.06_benefits_of_mtl.1": "not held",
-        "score.06_benefits_of_mtl.2": "not held",
-        "score.11_choosing.1": "held",
+        "score.03_multitask_approaches.0": "contradicted",
+        "score.03_multitask_approaches.1": "supported",
+        "score.06_benefits_of_mtl.1": "not shown at this scale",
+        "score.06_benefits_of_mtl.2": "not shown at this scale",
+        "score.11_choosing.1": "supported",
     }
     assert (
         "conflict.held" not in nums and "forgetting04.held" not in nums
@@ -245,8 +262,8 @@ def test_the_figure_changes_when_the_results_do(drawn, tmp_path):
     before = ig.figure_texts(fig)
     assert "+15.9 pts" in before
     data = json.loads((folder / "01_definitions.json").read_text())
-    data["claims"][0]["measured"]["margin"] = 0.2351
-    data["claims"][0]["held"] = False
+    data["claims"][0]["effect"] = 0.2351
+    data["claims"][0]["verdict"] = "inconclusive"
     (folder / "01_definitions.json").write_text(json.dumps(data))
     # the old figure no longer matches its files
     assert any("transfer.margin" in p for p in ig.check_figure(fig, nums, files=files))
@@ -309,7 +326,7 @@ def test_saved_files_are_a4_landscape(drawn, tmp_path):
 
 def test_palette_is_okabe_ito():
     assert set(ig.WINNER_COLOUR.values()) <= set(ig.OKABE_ITO.values())
-    assert {ig.HELD_COLOUR, ig.NOT_HELD_COLOUR} <= set(ig.OKABE_ITO.values())
+    assert {colour for _, colour in ig.VERDICT_STYLE.values()} <= set(ig.OKABE_ITO.values())
 
 
 def test_no_number_on_the_page_comes_from_anywhere_else(drawn):
