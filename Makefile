@@ -18,8 +18,9 @@ install: $(STAMP)
 data: install
 	$(PY) -m companion data fetch
 
+# Seeds run in worker processes, one per core (protocol.over_seeds; the same numbers as one by one, one thread each).
 course: data
-	$(PY) -m companion run --scale $(SCALE) --out build
+	COMPANION_SEED_WORKERS=$${COMPANION_SEED_WORKERS:-auto} $(PY) -m companion run --scale $(SCALE) --out build
 
 # Unit tests and every notebook rerun at another seed through the runner (the seed guard), then nbval over every
 # committed notebook (strict mode turns a course claim that did not hold into a failing cell). Two pytest-xdist
