@@ -30,7 +30,7 @@ from .sweeps import (  # noqa: F401  (the sweep has its own module; these names 
     sweep,
     synthetic_pair,
 )
-from .verdicts import best_of
+from .verdicts import best_of, holm
 
 LABELS = {
     "alone": "target alone",
@@ -50,6 +50,12 @@ LOGME_RELATED = 0.75  # relatedness used for the map look-up when only a positiv
 # ------------------------------------------------------------------------------------------- the map
 
 
+FAMILIES = {"alone": ("alone",), "transfer": ("probe", "finetune"), "multitask": ("mtl", "pretrain_mtl")}
+FAMILY_OF = {m: f for f, members in FAMILIES.items() for m in members}
+FAMILY_LABELS = {"alone": "target alone", "transfer": "transfer", "multitask": "multi-task"}
+SHORT = {"alone": "alone", "probe": "probe", "finetune": "FT", "mtl": "MTL", "pretrain_mtl": "PT+MTL"}
+
+
 def _check_map(data: object) -> dict:
     keys = ("columns", "per_class", "seeds", "scores")
     if not isinstance(data, dict) or any(k not in data for k in keys):
@@ -57,63 +63,119 @@ def _check_map(data: object) -> dict:
     return data
 
 
-def decision_map(data: dict, *, available: bool, criterion: str = "target") -> list[list[dict]]:
-    """Winner per cell, rows = labels per class, columns = task pairs (notebook 11).
+def _family_values(cell: dict, family: str, criterion: str) -> tuple[list[float], list[str]]:
+    """One family's per-seed score and the member the validation split picked at each seed (never the test set):
+    the member with the higher target validation accuracy; ties go to the first member listed."""
+    members = [m for m in FAMILIES[family] if m in cell]
+    if not members:
+        raise ValueError(f"measurements must hold a method of the family {family!r} ({FAMILIES[family]})")
+    missing = [m for m in members if "val" not in cell[m]]
+    if missing:
+        raise ValueError(f"measurements must hold validation scores ('val') for {missing}: rerun the sweep")
+    values, picks = [], []
+    for i in range(len(cell[members[0]]["target"])):
+        m = max(members, key=lambda name: (cell[name]["val"][i], -members.index(name)))
+        score = (
+            cell[m]["target"][i]
+            if criterion == "target"
+            else (cell[m]["target"][i] + cell[m]["source"][i]) / 2
+        )
+        values.append(float(score))
+        picks.append(m)
+    return values, picks
 
-    `available`: whether the other task's labels exist at training time (else multi-task approaches are out).
-    `criterion`: "target" (target test accuracy) or "both" (mean of target and source accuracy: all tasks must
-    work). The best approach by mean is judged against every other approach over the seeds, paired
-    (`verdicts.best_of`: Holm-corrected intervals); a cell is a tie (undecided) unless it is supported against all
-    of them. "margin" and "ci" are its difference from the runner-up (the approach with the second-best mean).
+
+def decision_map(data: dict, *, available: bool, criterion: str = "target") -> list[list[dict]]:
+    """The approach family to use per cell, rows = labels per class, columns = task pairs.
+
+    Three families are judged, not five near-duplicate approaches: the target alone, transfer (the linear probe or
+    fine-tuning, whichever the validation split picks at each seed) and multi-task (multi-task from scratch or
+    pretrain-then-multi-task, same rule; left out when `available` is False, since it needs the other task's
+    labels at training time). `criterion`: "target" (target test accuracy) or "both" (mean of target and source
+    accuracy: every task must work). The family with the best mean is judged against each other family over
+    the seeds, paired (`verdicts.best_of`, Holm-corrected); the cell is decided when it is supported against all.
+
+    Each cell: {"family", "member" (the member picked at most seeds), "winner" (= member), "runner_up" (the family
+    with the second-best mean), "margin" and "ci" (against the runner-up), "tie" (not decided), "vs_alone" (the
+    chosen family against the target alone: effect, ci, verdict; None when the family is the target alone),
+    "versus" ({family: paired record}), "values" ({family: per-seed scores}), "means" ({family: mean})}.
     """
     _check_map(data)
     if criterion not in CRITERIA:
         raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
-    methods = [m for m in data.get("methods", METHODS) if available or m not in NEED_LABELS_TOGETHER]
+    families = [f for f in FAMILIES if available or f != "multitask"]
     grid = []
     for n in data["per_class"]:
         row = []
         for col in data["columns"]:
             cell = data["scores"][col["name"]][str(n)]
-            vals = {
-                m: np.array(cell[m]["target"])
-                if criterion == "target"
-                else (np.array(cell[m]["target"]) + np.array(cell[m]["source"])) / 2
-                for m in methods
-            }
-            pick = best_of({m: vals[m].tolist() for m in methods})
-            win = pick["best"]
-            second = max(pick["versus"], key=lambda m: vals[m].mean())
+            vals, picks = {}, {}
+            for f in families:
+                vals[f], picks[f] = _family_values(cell, f, criterion)
+            pick = best_of(vals)
+            fam = pick["best"]
+            second = max(pick["versus"], key=lambda f: np.mean(vals[f]))
+            member = max(FAMILIES[fam], key=picks[fam].count)
+            alone = None
+            if fam != "alone":
+                rec = pick["versus"]["alone"]
+                alone = {"effect": rec["effect"], "ci": rec["ci"], "verdict": rec["verdict"]}
             row.append(
                 {
-                    "winner": win,
+                    "family": fam,
+                    "member": member,
+                    "winner": member,
+                    "picks": picks[fam],
                     "runner_up": second,
                     "margin": float(pick["versus"][second]["effect"]),
                     "ci": pick["versus"][second]["ci"],
                     "tie": not pick["decided"],
-                    "means": {m: float(vals[m].mean()) for m in methods},
+                    "vs_alone": alone,
+                    "versus": pick["versus"],
+                    "values": vals,
+                    "means": {f: float(np.mean(v)) for f, v in vals.items()},
                 }
             )
         grid.append(row)
     return grid
 
 
+PANELS = {
+    "no_labels_together/target": (False, "target"),
+    "labels_together/target": (True, "target"),
+    "labels_together/both": (True, "both"),
+}
+
+
 def map_summary(data: dict) -> dict:
-    """The map as JSON-friendly data for a results file (notebook 12 draws a miniature from it)."""
+    """The map as JSON-friendly data for a results file: per panel each cell's family, member, margin over the
+    runner-up and over the target alone with their intervals, whether it is decided, and the count of decided
+    cells. Notebook-independent: a results file reader draws a miniature from it."""
     out = {
         "per_class": data["per_class"],
         "columns": [c["name"] for c in data["columns"]],
         "seeds": data["seeds"],
     }
-    for avail in (False, True):
-        for crit in CRITERIA if avail else ("target",):
-            grid = decision_map(data, available=avail, criterion=crit)
-            key = f"{'labels_together' if avail else 'no_labels_together'}/{crit}"
-            out[key] = {
-                "winner": [[c["winner"] for c in row] for row in grid],
-                "margin": [[round(c["margin"], 4) for c in row] for row in grid],
-                "tie": [[c["tie"] for c in row] for row in grid],
-            }
+    for key, (avail, crit) in PANELS.items():
+        grid = decision_map(data, available=avail, criterion=crit)
+        cells = [c for row in grid for c in row]
+        out[key] = {
+            "family": [[c["family"] for c in row] for row in grid],
+            "winner": [[c["member"] for c in row] for row in grid],
+            "margin": [[round(c["margin"], 4) for c in row] for row in grid],
+            "ci": [[[round(x, 4) for x in c["ci"]] for c in row] for row in grid],
+            "vs_alone": [
+                [None if c["vs_alone"] is None else round(c["vs_alone"]["effect"], 4) for c in row]
+                for row in grid
+            ],
+            "vs_alone_ci": [
+                [None if c["vs_alone"] is None else [round(x, 4) for x in c["vs_alone"]["ci"]] for c in row]
+                for row in grid
+            ],
+            "tie": [[c["tie"] for c in row] for row in grid],
+            "decided": sum(not c["tie"] for c in cells),
+            "cells": len(cells),
+        }
     return out
 
 
@@ -127,19 +189,23 @@ COLOURS = {
 
 
 def plot_map(data: dict):
-    """Three panels (no labels together / labels together / all tasks must work): winner colour, margin in points,
-    hatched and marked "tie" where the winner is within seed noise (notebook 11). Colour-blind-safe palette."""
+    """Three panels (no labels together / labels together / every task must work): each cell coloured by the chosen
+    family's member, labelled with its short name and its margin over the target alone in points (with the 95 %
+    interval), hatched where undecided. Colour-blind-safe palette; sized so labels stay inside their cells."""
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch, Rectangle
 
-    panels = [
-        (False, "target", "other task's labels NOT available\n(judged on the target)"),
-        (True, "target", "labels available together\n(judged on the target)"),
-        (True, "both", "labels together, both tasks must work\n(mean of target and source)"),
-    ]
+    titles = {
+        "no_labels_together/target": "other task's labels NOT available\n(judged on the target)",
+        "labels_together/target": "labels available together\n(judged on the target)",
+        "labels_together/both": "labels together, every task must work\n(mean of target and source)",
+    }
     cols = [c["name"] for c in data["columns"]]
-    fig, axes = plt.subplots(1, 3, figsize=(4.2 * 3, 0.55 * len(data["per_class"]) + 2.2), squeeze=False)
-    for ax, (avail, crit, title) in zip(axes[0], panels):
+    rows = len(data["per_class"])
+    fig, axes = plt.subplots(
+        1, 3, figsize=(max(12.0, 1.35 * 3 * len(cols) + 1.5), 0.85 * rows + 2.6), squeeze=False
+    )
+    for ax, (key, (avail, crit)) in zip(axes[0], PANELS.items()):
         grid = decision_map(data, available=avail, criterion=crit)
         for r, row in enumerate(grid):
             for c, cell in enumerate(row):
@@ -148,39 +214,38 @@ def plot_map(data: dict):
                         (c, r),
                         1,
                         1,
-                        color=COLOURS[cell["winner"]],
-                        alpha=0.45 if cell["tie"] else 1,
-                        hatch="//" if cell["tie"] else None,
-                        ec="white",
+                        facecolor=COLOURS[cell["member"]],
+                        alpha=0.35 if cell["tie"] else 1,
+                        hatch="///" if cell["tie"] else None,
+                        edgecolor="white",
+                        linewidth=1.5,
                     )
                 )
-                text = f"{LABELS[cell['winner']].split(': ')[-1]}\n{100 * cell['margin']:+.1f}"
-                ax.text(
-                    c + 0.5,
-                    r + 0.5,
-                    text + (" tie" if cell["tie"] else ""),
-                    ha="center",
-                    va="center",
-                    fontsize=7,
+                gain = cell["vs_alone"]
+                text = SHORT[cell["member"]] + (
+                    f"\n{100 * gain['effect']:+.1f}\n[{100 * gain['ci'][0]:+.0f}, {100 * gain['ci'][1]:+.0f}]"
+                    if gain
+                    else ""
                 )
+                ax.text(c + 0.5, r + 0.5, text, ha="center", va="center", fontsize=7, linespacing=1.1)
         ax.set_xlim(0, len(cols))
-        ax.set_ylim(len(data["per_class"]), 0)
-        ax.set_xticks([i + 0.5 for i in range(len(cols))], cols, fontsize=7, rotation=20)
-        ax.set_yticks([i + 0.5 for i in range(len(data["per_class"]))], [str(n) for n in data["per_class"]])
-        ax.set_title(title, fontsize=9)
+        ax.set_ylim(rows, 0)
+        ax.set_xticks(
+            [i + 0.5 for i in range(len(cols))], [c.replace(" ", "\n", 1) for c in cols], fontsize=7
+        )
+        ax.set_yticks([i + 0.5 for i in range(rows)], [str(n) for n in data["per_class"]], fontsize=8)
+        ax.tick_params(length=0)
+        decided = sum(not cell["tie"] for row in grid for cell in row)
+        ax.set_title(f"{titles[key]}\ndecided: {decided} of {rows * len(cols)} cells", fontsize=8.5)
     axes[0][0].set_ylabel("labelled target examples per class")
-    fig.legend(
-        handles=[Patch(color=COLOURS[m], label=LABELS[m]) for m in METHODS],
-        loc="lower center",
-        ncol=5,
-        fontsize=8,
-        frameon=False,
-    )
+    handles = [Patch(facecolor=COLOURS[m], label=f"{SHORT[m]}: {LABELS[m]}") for m in METHODS]
+    handles.append(Patch(facecolor="white", edgecolor="#555555", hatch="///", label="undecided (Holm, 95%)"))
+    fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=7.5, frameon=False)
     fig.suptitle(
-        "Decision map: winner and its margin over the runner-up (points); hatched = tie (within seed noise)",
+        "Decision map: the family to use per cell, and its gain over the target alone in points [95% interval]",
         fontsize=10,
     )
-    fig.tight_layout(rect=(0, 0.08, 1, 0.95))
+    fig.tight_layout(rect=(0, 0.12, 1, 0.94))
     return fig
 
 
@@ -226,7 +291,8 @@ def cost_table(data: dict, pair: TaskPair, per_class: int) -> list[dict]:
 
 @dataclass
 class Recommendation:
-    """What `advise` returns: an approach, its reasons, and for each reason the measurements behind it (or None)."""
+    """What `advise` returns: an approach, its reasons, and for each reason the measurements behind it (or None);
+    `backed_by_measurements` is True when a decided map cell gives the answer."""
 
     approach: str
     reasons: list[str]
@@ -244,7 +310,9 @@ class Recommendation:
             )
         if not self.backed_by_measurements:
             lines.append(
-                "  No measurements back this advice: pass a decision map (measurements=...) to check it."
+                "  The map does not decide this situation at this scale: the rule of thumb answers."
+                if any(self.evidence)
+                else "  No measurements back this advice: pass a decision map (measurements=...) to check it."
             )
         return "\n".join(lines)
 
@@ -252,6 +320,108 @@ class Recommendation:
 def _nearest(values: Sequence[float], x: float, log: bool = False) -> int:
     f = (lambda v: math.log(max(v, 1e-9))) if log else float
     return min(range(len(values)), key=lambda i: abs(f(values[i]) - f(x)))
+
+
+def _worse(cell: dict) -> dict[str, list[str]]:
+    """{family: the families the cell measures as better than it}: paired over the seeds, Holm over every pair."""
+    fams = list(cell["values"])
+    pairs = {(g, f): (cell["values"][g], cell["values"][f]) for g in fams for f in fams if g < f}
+    if not pairs:
+        return {f: [] for f in fams}
+    fam = holm({f"{g}|{f}": v for (g, f), v in pairs.items()})
+    out: dict[str, list[str]] = {f: [] for f in fams}
+    for g, f in pairs:
+        rec = fam[f"{g}|{f}"]
+        if rec["verdict"] == "supported":
+            out[f].append(g)
+        elif rec["verdict"] == "contradicted":
+            out[g].append(f)
+    return out
+
+
+def _from_map(cell: dict, rule: str) -> tuple[str, str, dict]:
+    """The approach a map cell supports, with the reason and its numbers: the cell's member where the cell is
+    decided; the rule's approach otherwise, unless the cell measures the rule's family as worse than another
+    family (then the best family's member). Never an approach the cell measures as worse than another."""
+    gain = cell["vs_alone"]
+    numbers = {
+        "family": cell["family"],
+        "member": cell["member"],
+        "decided": not cell["tie"],
+        "means": {f: round(v, 3) for f, v in cell["means"].items()},
+        "vs_alone": None
+        if gain is None
+        else {"points": round(100 * gain["effect"], 1), "ci": [round(100 * x, 1) for x in gain["ci"]]},
+        "vs_runner_up": {
+            "family": cell["runner_up"],
+            "points": round(100 * cell["margin"], 1),
+            "ci": [round(100 * x, 1) for x in cell["ci"]],
+        },
+    }
+    if not cell["tie"]:
+        ahead = (
+            f"{100 * gain['effect']:+.1f} points over the target alone (95% CI {100 * gain['ci'][0]:+.1f} to "
+            f"{100 * gain['ci'][1]:+.1f})"
+            if gain
+            else f"{100 * cell['margin']:+.1f} points over {FAMILY_LABELS[cell['runner_up']]}"
+        )
+        return (
+            cell["member"],
+            f"measured: in the nearest map cell {LABELS[cell['member']]} is ahead, {ahead}",
+            numbers,
+        )
+    family = FAMILY_OF[rule]
+    worse = _worse(cell).get(family, [])
+    if not worse:
+        return (
+            rule,
+            (
+                f"not measured at this scale: the nearest map cell does not decide (no family beats every other "
+                f"at 95%), so the rule of thumb says {LABELS[rule]}"
+            ),
+            numbers,
+        )
+    best = cell["family"]
+    member = max(FAMILIES[best], key=cell["picks"].count) if best == cell["family"] else FAMILIES[best][0]
+    return (
+        member,
+        (
+            f"not decided at this scale, but the nearest map cell measures {FAMILY_LABELS[family]} as worse than "
+            f"{' and '.join(FAMILY_LABELS[g] for g in worse)}: {LABELS[member]} instead of the rule's {LABELS[rule]}"
+        ),
+        numbers,
+    )
+
+
+def _tradeoffs(approach: str, together: bool, must_work: bool, related: bool, has_source: bool) -> list[str]:
+    """The trade-offs behind a choice: when the labels exist, whether every task must work, what it costs to
+    serve, and the risk of negative transfer or task conflict."""
+    out = [
+        "labels: all tasks are labelled now, so they can be trained together"
+        if together
+        else "labels: the other task's labels are not available at training time, so multi-task training is out"
+    ]
+    if must_work:
+        out.append(
+            "every task must keep working: fine-tuning overwrites the source task, so it needs the source model kept"
+            if approach == "finetune"
+            else "every task must keep working: this choice keeps the source task served"
+        )
+    serve = {
+        "alone": "serving: one model per task",
+        "probe": "serving: one frozen trunk with a head per task (the cheapest to serve and to train)",
+        "finetune": "serving: a fine-tuned model for the target, plus the source model if the source still matters",
+        "mtl": "serving: one model for every task",
+        "pretrain_mtl": "serving: one model for every task, after a pretraining phase",
+    }
+    out.append(serve[approach])
+    if has_source:
+        out.append(
+            "risk: related tasks make negative transfer and task conflict unlikely, but not impossible"
+            if related
+            else "risk: unrelated tasks invite negative transfer (transfer) and conflicting gradients (multi-task)"
+        )
+    return out
 
 
 def advise(
@@ -272,8 +442,11 @@ def advise(
     exist at training time; relatedness in [0, 1] (the synthetic knob's scale), or instead logme_gain: LogME of the
     source model's features minus LogME of an untrained model's, on the target (> 0 counts as related, looked up at
     relatedness LOGME_RELATED); source_must_work: the source task must keep working; compute: "low", "medium" or
-    "high". measurements: a `sweep` result; with it every reason names the nearest map cell's numbers, and the map's
-    clear (non-tie) winner overrides the rules; without it the advice follows the rules and says so.
+    "high". measurements: a `sweep` result; with it the first reason answers from the nearest map cell: a decided
+    cell's family and member with the measured margin and interval, or "not measured at this scale: the rule of
+    thumb says ..." for an undecided one. It never recommends an approach whose family the cell measures as worse
+    than another family (paired over the seeds, Holm-corrected). Without it the advice follows the rules and says
+    so. The other reasons name the trade-offs: label timing, whether every task must work, serving cost, risk.
     """
     if isinstance(target_per_class, bool) or not isinstance(target_per_class, int) or target_per_class < 1:
         raise ValueError(f"target_per_class must be a positive integer, got {target_per_class!r}")
@@ -328,10 +501,6 @@ def advise(
     else:
         approach = "alone"
         reasons.append(f"the tasks look unrelated ({how}): transfer risks negative transfer")
-    if source_must_work and approach == "finetune":
-        reasons.append(
-            "fine-tuning forgets the source task: keep the source model alongside (two models to serve)"
-        )
     evidence.extend([None] * len(reasons))
 
     backed = False
@@ -339,44 +508,29 @@ def advise(
         data = measurements
         cols = [i for i, c in enumerate(data["columns"]) if c["relatedness"] is not None]
         if not cols or not has_source:
-            reasons.append("the map has nothing to say here (no synthetic column, or no source task)")
+            reasons.append(
+                "not measured at this scale: the map has no synthetic column or there is no source task"
+            )
             evidence.append(None)
         else:
             ci = cols[_nearest([data["columns"][i]["relatedness"] for i in cols], r)]
             ri = _nearest(data["per_class"], target_per_class, log=True)
             crit = "both" if source_must_work else "target"
             cell = decision_map(data, available=labels_together, criterion=crit)[ri][ci]
-            where = {
+            approach, why, where = _from_map(cell, approach)
+            where |= {
                 "column": data["columns"][ci]["name"],
                 "per_class": data["per_class"][ri],
                 "criterion": crit,
                 "labels_together": labels_together,
-                "winner": cell["winner"],
-                "runner_up": cell["runner_up"],
-                "margin_points": round(100 * cell["margin"], 1),
-                "tie": cell["tie"],
                 "seeds": len(data["seeds"]),
-                "means": {m: round(v, 3) for m, v in cell["means"].items()},
             }
-            outside = target_per_class > 3 * max(data["per_class"]) or target_per_class < min(
-                data["per_class"]
-            )
-            if cell["tie"]:
-                reasons.append(
-                    f"in the nearest map cell {LABELS[cell['winner']]} and {LABELS[cell['runner_up']]} "
-                    "are within seed noise: the rule decides"
-                )
-            elif cell["winner"] == approach:
-                reasons.append(f"the nearest map cell agrees: {LABELS[approach]} wins clearly")
-            else:
-                reasons.append(
-                    f"the nearest map cell disagrees with the rule: {LABELS[cell['winner']]} wins clearly "
-                    f"there, so it is recommended instead of {LABELS[approach]}"
-                )
-                approach = cell["winner"]
-            if outside:
+            reasons.insert(0, why)
+            evidence.insert(0, where)
+            if target_per_class > 3 * max(data["per_class"]) or target_per_class < min(data["per_class"]):
                 reasons.append("your labelled set lies outside the map's range: treat the look-up with care")
                 evidence.append(None)
-            evidence.insert(len(reasons) - 1 - outside, where)
-            backed = True
+            backed = not cell["tie"]
+    reasons.extend(_tradeoffs(approach, labels_together, source_must_work, related, has_source))
+    evidence.extend([None] * (len(reasons) - len(evidence)))
     return Recommendation(approach, reasons, evidence, backed)

@@ -213,8 +213,9 @@ def run_cell(
     from `lr_grid` on the target's validation split. Transfer and pretrain-then-multi-task start from
     `source_model` (`source_steps` on the source), then take `steps`; multi-task from scratch takes
     `source_steps + steps` joint steps; the target alone takes `source_steps + steps` steps. Returns
-    {method: {"target": test accuracy, "source": source test accuracy, "lr": chosen}}; for the target alone and
-    the probe the source task is served by the untouched source model (two models, or one trunk and two heads).
+    {method: {"target": test accuracy, "source": source test accuracy, "lr": chosen, "val": the target's
+    validation accuracy at that rate}}; for the target alone and the probe the source task is served by the
+    untouched source model (two models, or one trunk and two heads).
     """
     checks.integer("per_class", per_class)
     checks.integer("steps", steps)
@@ -253,10 +254,15 @@ def run_cell(
             models[lr] = train(method, lr)
             return _acc(models[lr], "target", pair.val)
 
-        best, _ = tune(score, lr_grid, name="lr")
+        best, scores = tune(score, lr_grid, name="lr")
         model = models[best]
         src = kept_source if method in ("alone", "probe") else _acc(model, "source", pair.source_test)
-        out[method] = {"target": _acc(model, "target", pair.test), "source": src, "lr": float(best)}
+        out[method] = {
+            "target": _acc(model, "target", pair.test),
+            "source": src,
+            "lr": float(best),
+            "val": float(scores[best]),
+        }
     return out
 
 
@@ -274,7 +280,7 @@ def sweep(
     """The decision map's raw numbers as plain data (notebook 11): `pairs(seed)` gives the columns for one seed.
 
     Returns {"columns": [{"name", "relatedness"}], "per_class", "seeds", "methods", "steps", "source_steps",
-    "lr_grid", "scores": {column: {per_class: {method: {"target": [per seed], "source": [per seed]}}}}}.
+    "lr_grid", "scores": {column: {per_class: {method: {"target", "source", "lr", "val": [per seed]}}}}}.
     """
     per_class = [checks.integer("per_class", n) for n in per_class]
     seeds = list(seeds)
@@ -309,7 +315,7 @@ def sweep(
                 )
                 slot = data["scores"].setdefault(p.name, {}).setdefault(str(n), {})
                 for m, v in cell.items():
-                    for k in ("target", "source", "lr"):
+                    for k in ("target", "source", "lr", "val"):
                         slot.setdefault(m, {}).setdefault(k, []).append(v[k])
             bar.update(len(per_class) / len(cols))
     bar.close()

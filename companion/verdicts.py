@@ -95,10 +95,16 @@ def seeds_needed(effect: float, sd: float, *, alpha: float = ALPHA, power: float
         return 2 if effect else None
     if effect == 0:
         return None
-    for n in range(2, MAX_SEEDS + 1):
-        if _power(effect, sd, n, alpha) >= power:
-            return n
-    return None
+    if _power(effect, sd, MAX_SEEDS, alpha) < power:
+        return None
+    lo, hi = 1, MAX_SEEDS  # power grows with n: bisect for the smallest n with enough power
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if _power(effect, sd, mid, alpha) >= power:
+            hi = mid
+        else:
+            lo = mid
+    return hi
 
 
 def _record(diffs: np.ndarray, low: float, high: float, verdict: str, **extra) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from companion.advice import SMALL, Recommendation, advise, decision_map, map_summary
@@ -10,7 +11,7 @@ from companion.advice import SMALL, Recommendation, advise, decision_map, map_su
 def _map(probe=(0.6, 0.62, 0.61), alone=(0.3, 0.31, 0.29), mtl=(0.59, 0.63, 0.6)):
     """A hand-made sweep result: one synthetic column (r=1), one row (1 per class), three seeds."""
     cell = {
-        m: {"target": list(v), "source": [0.9, 0.9, 0.9]}
+        m: {"target": list(v), "source": [0.9, 0.9, 0.9], "val": list(v)}
         for m, v in {
             "alone": alone,
             "probe": probe,
@@ -29,16 +30,34 @@ def _map(probe=(0.6, 0.62, 0.61), alone=(0.3, 0.31, 0.29), mtl=(0.59, 0.63, 0.6)
     }
 
 
-def test_decision_map_winner_margin_and_tie():
+def test_decision_map_judges_families_picked_on_validation():
     cell = decision_map(_map(), available=False)[0][0]
-    assert cell["winner"] == "probe" and cell["runner_up"] == "alone" and not cell["tie"]
-    assert cell["margin"] == pytest.approx(0.61 - 0.30)
-    both = decision_map(_map(), available=True)[0][0]  # probe vs mtl: 0.61 vs 0.6066..., within seed noise
-    assert both["winner"] == "probe" and both["runner_up"] == "mtl" and both["tie"]
+    assert (cell["family"], cell["member"], cell["runner_up"], cell["tie"]) == (
+        "transfer",
+        "probe",
+        "alone",
+        False,
+    )
+    assert cell["margin"] == pytest.approx(0.61 - 0.30) and cell["vs_alone"]["verdict"] == "supported"
+    assert cell["picks"] == ["probe"] * 3  # the probe's validation score beats fine-tuning's at every seed
+    both = decision_map(_map(), available=True)[0][0]  # probe vs mtl: 0.61 vs 0.6066..., not decided
+    assert (both["family"], both["runner_up"], both["tie"]) == ("transfer", "multitask", True)
     assert both["margin"] == pytest.approx((0.01 - 0.01 + 0.01) / 3)
     s = map_summary(_map())
     assert s["no_labels_together/target"]["winner"] == [["probe"]]
+    assert s["no_labels_together/target"]["decided"] == 1 and s["labels_together/target"]["decided"] == 0
     assert s["labels_together/both"]["tie"] == [[True]]
+
+
+def test_a_member_is_picked_by_validation_not_by_test():
+    data = _map()
+    cell = data["scores"]["r=1"]["1"]
+    cell["finetune"] = {"target": [0.9, 0.9, 0.9], "source": [0.4] * 3, "val": [0.1, 0.1, 0.1]}
+    got = decision_map(data, available=False)[0][0]
+    assert got["member"] == "probe" and got["means"]["transfer"] == pytest.approx(0.61)
+    del cell["probe"]["val"]
+    with pytest.raises(ValueError, match="validation scores"):
+        decision_map(data, available=False)
 
 
 def test_rules_clear_cases():
@@ -88,8 +107,11 @@ def test_map_backs_or_overrides_the_rule():
         target_per_class=1, source_examples=1000, labels_together=False, relatedness=1.0, measurements=_map()
     )
     assert rec.approach == "probe" and rec.backed_by_measurements
+    assert rec.reasons[0].startswith("measured:")
     ev = [e for e in rec.evidence if e]
-    assert ev[0]["winner"] == "probe" and ev[0]["margin_points"] == pytest.approx(31.0) and not ev[0]["tie"]
+    assert (
+        ev[0]["member"] == "probe" and ev[0]["vs_alone"]["points"] == pytest.approx(31.0) and ev[0]["decided"]
+    )
     # The rule says fine-tune for 20 per class; the nearest cell (1 per class) has probe as a clear winner.
     over = advise(
         target_per_class=20,
@@ -99,7 +121,16 @@ def test_map_backs_or_overrides_the_rule():
         measurements=_map(),
         compute="high",
     )
-    assert over.approach == "probe" and "disagrees" in " ".join(over.reasons)
+    assert over.approach == "probe" and over.reasons[0].startswith("measured:")
+    undecided = advise(
+        target_per_class=1, source_examples=1000, labels_together=True, relatedness=1.0, measurements=_map()
+    )
+    assert not undecided.backed_by_measurements and undecided.reasons[0].startswith(
+        "not measured at this scale"
+    )
+    assert "rule of thumb answers" in str(undecided)
+    words = " ".join(over.reasons)
+    assert "labels:" in words and "serving:" in words and "risk:" in words
     plain = advise(target_per_class=1, source_examples=1000, labels_together=False, relatedness=1.0)
     assert isinstance(plain, Recommendation) and not plain.backed_by_measurements
     assert "No measurements back this advice" in str(plain)
@@ -140,3 +171,65 @@ def test_cost_table_counts():
     assert rows["transfer: fine-tune"]["params_to_serve_both_tasks"] == 2 * (trunk + head)
     assert rows["transfer: probe"]["trained_params_last_phase"] == head
     assert rows["target alone"]["source_labels"] == 50 and rows["target alone"]["target_labels"] == 12
+
+
+def _random_map(rng, seeds=5):
+    """A sweep-shaped map with random family offsets, so that some cells are decided and some are not."""
+    per_class, cols = [1, 10, 100], [{"name": f"r={r}", "relatedness": r} for r in (0.0, 0.5, 1.0)]
+    scores = {}
+    for col in cols:
+        for n in per_class:
+            base = rng.uniform(0.2, 0.8, size=seeds)
+            cell = {}
+            for m in ("alone", "probe", "finetune", "mtl", "pretrain_mtl"):
+                t = np.clip(base + rng.choice([-0.2, 0.0, 0.05, 0.2]) + rng.normal(0, 0.03, seeds), 0, 1)
+                cell[m] = {
+                    "target": t.tolist(),
+                    "source": rng.uniform(0.3, 0.9, seeds).tolist(),
+                    "val": (t + rng.normal(0, 0.02, seeds)).tolist(),
+                }
+            scores.setdefault(col["name"], {})[str(n)] = cell
+    return {"columns": cols, "per_class": per_class, "seeds": list(range(seeds)), "scores": scores}
+
+
+def _worse_families(cell):
+    """Families the cell measures as better than each family (paired, Holm over the pairs): the test's own."""
+    from companion.verdicts import holm
+
+    fams = list(cell["values"])
+    pairs = {f"{g}>{f}": (cell["values"][g], cell["values"][f]) for g in fams for f in fams if g != f}
+    res = holm(pairs)
+    return {f: [g for g in fams if g != f and res[f"{g}>{f}"]["verdict"] == "supported"] for f in fams}
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_advisor_never_recommends_a_measured_worse_option(seed):
+    from companion.advice import FAMILY_OF
+
+    rng = np.random.default_rng(seed)
+    data = _random_map(rng)
+    grids = {
+        (t, m): decision_map(data, available=t, criterion="both" if m else "target")
+        for t in (0, 1)
+        for m in (0, 1)
+    }
+    worse = {k: [[_worse_families(c) for c in row] for row in g] for k, g in grids.items()}
+    for n in data["per_class"]:
+        for r in (0.0, 0.5, 1.0):
+            for together in (False, True):
+                for must in (False, True):
+                    rec = advise(
+                        target_per_class=n,
+                        source_examples=1000,
+                        labels_together=together,
+                        relatedness=r,
+                        source_must_work=must,
+                        measurements=data,
+                    )
+                    ri, ci = data["per_class"].index(n), [0.0, 0.5, 1.0].index(r)
+                    cell = grids[together, must][ri][ci]
+                    fam = FAMILY_OF[rec.approach]
+                    assert fam in cell["values"]
+                    assert not worse[together, must][ri][ci][fam], (n, r, together, must, rec.approach)
+                    if not cell["tie"]:
+                        assert rec.approach == cell["member"] and rec.backed_by_measurements
