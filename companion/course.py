@@ -133,14 +133,20 @@ def expected_time(nb: Notebook) -> str:
     gpu_text = f"about {gpu:g} minutes on a GPU" if gpu is not None else "not yet measured on a GPU"
     guess = ""
     if gpu is None and estimate is not None:
-        guess = f"; estimated {estimate[0]:g} to {estimate[1]:g} minutes by `benchmarks/fullscale.py`"
+        guess = f"; estimated {_span(estimate)} minutes by `benchmarks/fullscale.py`"
     return f'**Expected time.** Measured: {cpu_text} (`SCALE="quick"`); {gpu_text} (`SCALE="full"`{guess}).'
+
+
+def _span(estimate: tuple[float, float]) -> str:
+    """An estimated range of minutes as text: "0.3" when both ends round to the same value, else "0.3 to 0.8"."""
+    low, high = estimate
+    return f"{low:g}" if low == high else f"{low:g} to {high:g}"
 
 
 def _course_table() -> str:
     def cell(v, estimate=None):
         if v is None and estimate is not None:
-            return f"not measured (estimated {estimate[0]:g} to {estimate[1]:g})"
+            return f"not measured (estimated {_span(estimate)})"
         return "not measured" if v is None else f"{v:g}"
 
     rows = ["| notebook | topic | minutes, 2-core CPU (quick) | minutes, GPU (full) |", "|---|---|---|---|"]

@@ -66,16 +66,22 @@ def _tags(cell: dict) -> list[str]:
     return cell.get("metadata", {}).get("tags", [])
 
 
-def _first_sentence(text: str) -> str:
-    """Text up to the first sentence end (. ? !) that is followed by a space and lies outside `code` and $math$."""
+TITLE_CHARS = 200  # longest exercise title in the generated list; longer items are cut at a word boundary
+_BOLD = re.compile(r"^\*\*(.+?)\*\*")
+
+
+def _title(text: str, limit: int = TITLE_CHARS) -> str:
+    """An exercise item's title: its bold lead-in (`**Title.**`) when it has one, else the whole item, shortened at
+    a word boundary with "…" past `limit` characters. Never cut at a full stop: "Kumar et al. (2022) ..." and a
+    context sentence before the question both stay whole."""
     text = " ".join(text.split())
-    quote = None
-    for i, ch in enumerate(text):
-        if ch in "`$":
-            quote = None if quote == ch else (quote or ch)
-        elif quote is None and ch in ".?!" and (i + 1 == len(text) or text[i + 1] == " "):
-            return text[: i + 1]
-    return text
+    bold = _BOLD.match(text)
+    if bold:
+        return bold.group(1).strip().rstrip(".:")
+    if len(text) <= limit:
+        return text
+    cut = text[: limit + 1].rsplit(" ", 1)[0].rstrip(" ,;:")
+    return cut + " …"
 
 
 _CODE = re.compile(r"^###\s+(Exercise\b.*)$")
@@ -89,8 +95,8 @@ def exercises(nb: dict) -> list[str]:
 
     The rule: a markdown heading `### Exercise ...` anywhere (the code exercises) gives its heading text, e.g.
     "Exercise (code): the forgetting measure"; inside the section headed `## Exercises` (until the next heading of
-    level 1 or 2), each numbered item that starts a line gives "Exercise N: " and its first sentence. Cells tagged
-    `solution` are skipped.
+    level 1 or 2), each numbered item that starts a line gives "Exercise N: " and its title (`_title`: its bold
+    lead-in, or the whole item up to TITLE_CHARS). Cells tagged `solution` are skipped.
     """
     found: list[str] = []
     inside = False
@@ -99,7 +105,7 @@ def exercises(nb: dict) -> list[str]:
     def close() -> None:
         nonlocal item
         if item:
-            found.append(f"Exercise {item[0]}: {_first_sentence(' '.join(item[1:]))}")
+            found.append(f"Exercise {item[0]}: {_title(' '.join(item[1:]))}")
         item = None
 
     for cell in nb.get("cells", []):

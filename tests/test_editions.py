@@ -107,7 +107,26 @@ def test_exercises_lists_code_prompts_and_numbered_questions():
             new_markdown_cell("## Reading\ntext\n\n## Exercises\n1. Only one. More text.\n\n## Next\n2. no")
         ]
     )
-    assert editions.exercises(inline) == ["Exercise 1: Only one."]
+    assert editions.exercises(inline) == ["Exercise 1: Only one. More text."]
+
+
+def test_exercise_titles_are_never_cut_at_a_full_stop():
+    cell = new_markdown_cell(
+        "## Exercises\n"
+        "1. The table tunes every method at the first seed only. Retune at every seed: which verdicts change?\n"
+        "2. Kumar et al. (2022) found LP-FT ahead out of distribution. Does it hold on the blurred digits?\n"
+        "3. **Bold title.** Then the details, which the title stands for.\n"
+        "4. " + "word " * 60 + "\n"
+    )
+    titles = editions.exercises(new_notebook(cells=[cell]))
+    assert titles[0] == (
+        "Exercise 1: The table tunes every method at the first seed only. Retune at every seed: which verdicts change?"
+    )
+    assert titles[1].startswith("Exercise 2: Kumar et al. (2022) found") and titles[1].endswith(
+        "blurred digits?"
+    )
+    assert titles[2] == "Exercise 3: Bold title"
+    assert titles[3].endswith(" …") and len(titles[3]) <= len("Exercise 4: ") + editions.TITLE_CHARS + 2
 
 
 @pytest.mark.slow
