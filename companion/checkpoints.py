@@ -9,6 +9,7 @@ uninterrupted one; `_own_rng` gives fit its own seeded streams without touching 
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import pickle
 import random
@@ -134,8 +135,15 @@ def check_fingerprint(path: Path, saved: dict, run: dict, defaults: dict | None 
 
 
 def save_checkpoint(path: str | Path, state: dict) -> Path:
-    """Write a checkpoint atomically (temp file + rename); the previous one is kept as `<name>.prev`."""
-    return atomic_write(path, lambda f: torch.save(state, f), keep_previous=True)
+    """Write a checkpoint atomically (temp file + rename); the previous one is kept as `<name>.prev`.
+
+    The state is serialised in memory first and then written, so a full disk (or quota, or file-size limit) is an
+    OSError naming `path` and the likely cause (`files.write_error`), where torch's own file writer reports only
+    an "enforce fail" RuntimeError without the path."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    data = buffer.getbuffer()
+    return atomic_write(path, lambda f: f.write(data), keep_previous=True)
 
 
 def _previous(path: Path) -> Path:

@@ -310,7 +310,11 @@ def notebooks(names: list[str] | None = None) -> list[Path]:
         if len(path.parts) == 1 and exact.is_file():  # an exact stem or file name wins over a prefix
             found.append(exact)
             continue
-        matches = sorted(folder.glob(f"{name}*.ipynb")) if folder.is_dir() else []
+        matches = sorted(
+            p
+            for p in (folder.glob(f"{name}*.ipynb") if folder.is_dir() else [])
+            if not p.name.endswith(".failed.ipynb")
+        )  # a stopped run's NAME.failed.ipynb is not a notebook to run
         if len(matches) != 1:
             raise _not_found(name, folder, len(matches))
         found.append(matches[0])

@@ -157,6 +157,8 @@ def execute(
             )
         seconds = time.perf_counter() - t0
         nb = json.loads(partial.read_text())
+        if "output_path" in nb["metadata"].get("papermill", {}):
+            nb["metadata"]["papermill"]["output_path"] = str(out)  # not the temporary papermill wrote
         if not parameters:  # an unparameterised run may stand as the committed copy: stamp what produced it
             nb["metadata"].setdefault("companion", {})["source_hash"] = source_hash(nb)
             for key in (

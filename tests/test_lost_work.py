@@ -311,6 +311,7 @@ def test_a_path_in_a_parameter_cannot_write_outside_out(tmp_path):
     assert written and all(out in p.parents for p in written), written
     [executed] = out.glob("*.ipynb")
     assert executed.parent == out and "/" not in executed.name and ".." not in executed.name
+    assert json.loads(executed.read_text())["metadata"]["papermill"]["output_path"] == str(executed)
 
 
 @pytest.mark.parametrize(
@@ -344,7 +345,7 @@ def test_out_in_the_course_notebook_folder_is_refused(tmp_path, monkeypatch):
 def test_an_exact_stem_or_file_name_wins_over_a_prefix(tmp_path, monkeypatch):
     """Before: `run 00_start_here.ipynb` answered "matches 0 files", and beside a -Copy1 the exact name could
     not be chosen."""
-    for name in ("00_start_here", "00_start_here-Copy1"):
+    for name in ("00_start_here", "00_start_here-Copy1", "01_definitions", "01_definitions.failed"):
         _notebook(tmp_path, name=name)
     monkeypatch.setenv("COMPANION_NOTEBOOKS", str(tmp_path))
     monkeypatch.chdir(REPO)
@@ -353,6 +354,9 @@ def test_an_exact_stem_or_file_name_wins_over_a_prefix(tmp_path, monkeypatch):
     assert course.notebooks(["00_start_here-Copy1"]) == [tmp_path / "00_start_here-Copy1.ipynb"]
     with pytest.raises(ValueError, match="matches 2 files"):
         course.notebooks(["00"])
+    assert course.notebooks(["01"]) == [tmp_path / "01_definitions.ipynb"], (
+        "a stopped run's copy is not a match"
+    )
 
 
 @pytest.mark.parametrize(
@@ -410,3 +414,21 @@ def test_a_second_student_edition_does_not_destroy_an_edited_notebook(tmp_path):
     assert main(["student", str(out), "00", "--instructor"]) == 2 and path.read_bytes() == edited
     editions.write_student(out, ["00"], force=True)
     assert "my_answer" not in path.read_text()
+
+
+def test_a_checkpoint_on_a_full_disk_names_its_path_and_keeps_the_previous_one(tmp_path):
+    """Before: `RuntimeError: [enforce fail at inline_container.cc:672]`, without the path."""
+    from companion.checkpoints import load_checkpoint, save_checkpoint
+
+    path = tmp_path / "ck.pt"
+    save_checkpoint(path, {"model": {"w": torch.zeros(10)}})
+    before = path.read_bytes()
+    limit = 60 * 1024
+    saved = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, saved[1]))
+    try:
+        with pytest.raises(OSError, match=f"cannot write {path}: .*file-size limit"):
+            save_checkpoint(path, {"model": {"w": torch.zeros(100_000)}})
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, saved)
+    assert path.read_bytes() == before and torch.equal(load_checkpoint(path)["model"]["w"], torch.zeros(10))
