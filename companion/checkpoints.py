@@ -119,13 +119,18 @@ def run_fingerprint(model, optimizer, *, scheduler=None, warmup_steps: int = 0, 
 def check_fingerprint(path: Path, saved: dict, run: dict, defaults: dict | None = None) -> None:
     """Refuse to resume from a checkpoint written by another run: the first field (in this run's order, then the
     file's) whose value differs, with the checkpoint's path. A field missing on one side counts as its default
-    (`defaults`, else None)."""
+    (`defaults`, else None). A checkpoint written before `run_fingerprint`'s fields were recorded (no
+    "optimizer" field) is compared on the fields it has; its model and optimizer states are still checked on
+    loading."""
     defaults = defaults or {}
+    legacy = "optimizer" not in saved
 
     def shown(side: dict, key: str) -> str:
         return repr(side.get(key, defaults.get(key))) if key in side or key in defaults else "(none)"
 
     for key in [*run, *(k for k in saved if k not in run)]:
+        if legacy and key not in saved and key not in defaults:
+            continue
         if saved.get(key, defaults.get(key)) != run.get(key, defaults.get(key)):
             raise ValueError(
                 f"checkpoint {path} was written with {key}={shown(saved, key)}, this run has "

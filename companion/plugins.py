@@ -211,7 +211,7 @@ class Checkpointer:
             state.model.load_state_dict(saved["model"])
             state.optimizer.load_state_dict(saved["optimizer"])
         except (RuntimeError, KeyError, ValueError) as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            first = " ".join(str(err).split())[:400] or type(err).__name__  # torch's message, on one line
             raise ValueError(
                 f"checkpoint {self.path} does not fit this run's model or optimizer ({type(err).__name__}: "
                 f"{first}); resume with the same model and optimizer, or pass another checkpoint path"

@@ -432,3 +432,18 @@ def test_a_checkpoint_on_a_full_disk_names_its_path_and_keeps_the_previous_one(t
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, saved)
     assert path.read_bytes() == before and torch.equal(load_checkpoint(path)["model"]["w"], torch.zeros(10))
+
+
+def test_a_checkpoint_written_before_these_fields_still_resumes(tmp_path):
+    from companion.checkpoints import load_checkpoint, save_checkpoint
+
+    path = tmp_path / "ck.pt"
+    x, y = _data()
+    fit(nn.Linear(2, 2), TensorBatches(x, y, 8), epochs=2, max_steps=4, checkpoint=path, **FAST)
+    state = load_checkpoint(path)
+    old = ("seed", "lr", "epochs", "precision", "steps_per_epoch")
+    state["fingerprint"] = {k: v for k, v in state["fingerprint"].items() if k in old}
+    save_checkpoint(path, state)
+    with pytest.raises(ValueError, match=f"checkpoint {path} does not fit this run's model.*size mismatch"):
+        fit(nn.Linear(2, 3), TensorBatches(x, y, 8), epochs=2, checkpoint=path, **FAST)
+    assert fit(nn.Linear(2, 2), TensorBatches(x, y, 8), epochs=2, checkpoint=path, **FAST).last["step"] == 8
