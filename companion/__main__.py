@@ -35,6 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--out", default="build", help="folder for executed notebooks and results files")
     run.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"))
     run.add_argument("--inplace", action="store_true", help="execute the committed notebooks in place")
+    run.add_argument(
+        "--force",
+        action="store_true",
+        help="with --inplace: run a notebook even if it has uncommitted edits (its old version is kept as .prev)",
+    )
 
     sweep = sub.add_parser("sweep", help="run one notebook once per value of one parameter")
     sweep.add_argument("notebook")
@@ -81,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         "notebooks", nargs="*", help="notebook files or number prefixes (default: all, in course order)"
     )
     student.add_argument(
+        "--force", action="store_true", help="overwrite notebooks in OUT_DIR even if they were edited"
+    )
+    student.add_argument(
         "--instructor",
         action="store_true",
         help="copy the instructor edition (the committed notebooks, with solutions) instead",
@@ -92,19 +100,38 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:  # bad names or parameters: one line, no traceback
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as err:  # Ctrl-C: one line, no traceback
+        print(f"error: interrupted (Ctrl-C){_notes(err)}", file=sys.stderr)
+        return 130
+    except OSError as err:  # a full disk, a quota, permissions: one line naming the file
+        what = f"{err.strerror}: {err.filename}" if err.filename and err.strerror else (err.strerror or err)
+        print(f"error: {what}{_notes(err)}", file=sys.stderr)
+        return 1
     except Exception as err:
         if type(err).__name__ != "PapermillExecutionError":
             raise
         print(
-            f"error: a notebook stopped in cell {err.exec_count}: {err.ename}: {err.evalue}", file=sys.stderr
+            f"error: a notebook stopped in cell {err.exec_count}: {err.ename}: {err.evalue}{_notes(err)}",
+            file=sys.stderr,
         )
         return 1
+
+
+def _notes(err: BaseException) -> str:
+    """The notes added to an exception (where a partial run is kept), on the same line."""
+    notes = [" ".join(str(n).split()) for n in getattr(err, "__notes__", [])]
+    return "".join(f"; {n}" for n in notes)
 
 
 def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.command == "run":
         rows = course.run(
-            args.notebooks, scale=args.scale, out=args.out, params=_params(args.param), inplace=args.inplace
+            args.notebooks,
+            scale=args.scale,
+            out=args.out,
+            params=_params(args.param),
+            inplace=args.inplace,
+            force=args.force,
         )
     elif args.command == "sweep":
         if len(args.param) > 1:
@@ -139,7 +166,7 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         from . import editions
 
         write = editions.write_instructor if args.instructor else editions.write_student
-        for path in write(args.out_dir, args.notebooks or None):
+        for path in write(args.out_dir, args.notebooks or None, force=args.force):
             found = editions.exercises(json.loads(path.read_text()))
             code = sum("(code)" in title for title in found)
             print(f"{path}: {code} code exercise(s), {len(found) - code} question(s)")

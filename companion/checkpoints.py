@@ -9,6 +9,7 @@ uninterrupted one; `_own_rng` gives fit its own seeded streams without touching 
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import pickle
 import random
@@ -84,9 +85,70 @@ def _own_rng(seed: int, device: torch.device) -> Iterator[None]:
                 torch.mps.set_rng_state(mps)
 
 
+def _plain(value):
+    """A hyperparameter as a plain value a weights-only checkpoint holds and `==` compares (tuples as lists)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.item()
+    return repr(value)
+
+
+def run_fingerprint(model, optimizer, *, scheduler=None, warmup_steps: int = 0, clip_grad=None) -> dict:
+    """What makes a resumed run the same run, beyond fit's seed/lr/epochs: the optimiser's class and every
+    hyperparameter of each parameter group (lr, weight_decay, betas, momentum, ...; taken before a scheduler
+    changes lr), the number of parameters per group, the scheduler, warm-up and clipping, and the name and shape
+    of every model parameter (a field one side lacks shows as "(none)"). Keys are flat ("optimizer.weight_decay", "optimizer[1].lr", "parameter fc.weight"),
+    so a mismatch names the first differing field."""
+    out: dict = {"optimizer": type(optimizer).__name__}
+    for name, param in model.named_parameters():
+        out[f"parameter {name}"] = list(param.shape)
+    for i, group in enumerate(optimizer.param_groups):
+        prefix = "optimizer." if i == 0 else f"optimizer[{i}]."
+        out[prefix + "params"] = len(group["params"])
+        for key in sorted(group):
+            if key not in ("params", "initial_lr"):
+                out[prefix + key] = _plain(group[key])
+    if scheduler is not None and not isinstance(scheduler, str):
+        scheduler = getattr(scheduler, "__qualname__", type(scheduler).__name__)
+    return out | {"scheduler": scheduler, "warmup_steps": warmup_steps, "clip_grad": _plain(clip_grad)}
+
+
+def check_fingerprint(path: Path, saved: dict, run: dict, defaults: dict | None = None) -> None:
+    """Refuse to resume from a checkpoint written by another run: the first field (in this run's order, then the
+    file's) whose value differs, with the checkpoint's path. A field missing on one side counts as its default
+    (`defaults`, else None). A checkpoint written before `run_fingerprint`'s fields were recorded (no
+    "optimizer" field) is compared on the fields it has; its model and optimizer states are still checked on
+    loading."""
+    defaults = defaults or {}
+    legacy = "optimizer" not in saved
+
+    def shown(side: dict, key: str) -> str:
+        return repr(side.get(key, defaults.get(key))) if key in side or key in defaults else "(none)"
+
+    for key in [*run, *(k for k in saved if k not in run)]:
+        if legacy and key not in saved and key not in defaults:
+            continue
+        if saved.get(key, defaults.get(key)) != run.get(key, defaults.get(key)):
+            raise ValueError(
+                f"checkpoint {path} was written with {key}={shown(saved, key)}, this run has "
+                f"{key}={shown(run, key)}; resume with the same settings, or pass another checkpoint path "
+                "(or delete it) to start afresh"
+            )
+
+
 def save_checkpoint(path: str | Path, state: dict) -> Path:
-    """Write a checkpoint atomically (temp file + rename); the previous one is kept as `<name>.prev`."""
-    return atomic_write(path, lambda f: torch.save(state, f), keep_previous=True)
+    """Write a checkpoint atomically (temp file + rename); the previous one is kept as `<name>.prev`.
+
+    The state is serialised in memory first and then written, so a full disk (or quota, or file-size limit) is an
+    OSError naming `path` and the likely cause (`files.write_error`), where torch's own file writer reports only
+    an "enforce fail" RuntimeError without the path."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    data = buffer.getbuffer()
+    return atomic_write(path, lambda f: f.write(data), keep_previous=True)
 
 
 def _previous(path: Path) -> Path:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import ast
-import contextlib
 import difflib
-import hashlib
 import json
 import os
 import re
@@ -17,6 +15,7 @@ from pathlib import Path
 from .claims import failed
 from .files import atomic_write
 from .params import REPO, _resolve, check
+from .runs import _environment, execute, inside, slug, source_hash, uncommitted  # noqa: F401  (importable here)
 from .verdicts import VERDICTS
 
 NOTEBOOK_DIR = REPO / "notebooks"
@@ -297,8 +296,10 @@ def _not_found(name: str, folder: Path, count: int) -> ValueError:
 
 
 def notebooks(names: list[str] | None = None) -> list[Path]:
-    """Resolve notebook names, prefixes ("01") or paths to files; all course notebooks when empty. Prefixes are
-    looked up in `notebook_folder()`; an error says where it looked and how to point the runner at them."""
+    """Resolve notebook names, prefixes ("01") or paths to files; all course notebooks when empty. Names are
+    looked up in `notebook_folder()`, an exact stem or file name first ("00_start_here" even beside
+    "00_start_here-Copy1.ipynb"), then as a prefix; an error says where it looked and how to point the runner
+    at them."""
     folder = notebook_folder()
     if not names:
         if not folder.is_dir():
@@ -312,7 +313,15 @@ def notebooks(names: list[str] | None = None) -> list[Path]:
             continue
         if name.endswith(".ipynb") and len(path.parts) > 1:
             raise ValueError(f"notebook file {name} does not exist")
-        matches = sorted(folder.glob(f"{name}*.ipynb")) if folder.is_dir() else []
+        exact = folder / (name if name.endswith(".ipynb") else f"{name}.ipynb")
+        if len(path.parts) == 1 and exact.is_file():  # an exact stem or file name wins over a prefix
+            found.append(exact)
+            continue
+        matches = sorted(
+            p
+            for p in (folder.glob(f"{name}*.ipynb") if folder.is_dir() else [])
+            if not p.name.endswith(".failed.ipynb")
+        )  # a stopped run's NAME.failed.ipynb is not a notebook to run
         if len(matches) != 1:
             raise _not_found(name, folder, len(matches))
         found.append(matches[0])
@@ -367,61 +376,31 @@ def parse_value(text: str):
         return text
 
 
-def source_hash(nb: dict) -> str:
-    """Hash of all code cells' sources: the committed outputs are fresh when it matches (tests)."""
-    code = [
-        c["source"] if isinstance(c["source"], str) else "".join(c["source"])
-        for c in nb["cells"]
-        if c["cell_type"] == "code"
-    ]
-    return hashlib.sha256("\n\x00".join(code).encode()).hexdigest()[:16]
+def _outputs(out: Path, path: Path, given: dict) -> tuple[Path, Path]:
+    """Where a run with parameters `given` keeps its results folder and executed notebook, inside `out`."""
+    results = (
+        _resolve(given["RESULTS_DIR"])
+        if "RESULTS_DIR" in given
+        else out / "results" / path.stem / slug(given)
+    )
+    named = {k: v for k, v in given.items() if k != "RESULTS_DIR"}
+    target = inside(out, path.stem + (f"--{slug(named)}" if named else "") + ".ipynb")
+    return results, target
 
 
-@contextlib.contextmanager
-def _environment(**values: str):
-    """Set environment variables for the kernels started inside the block (papermill passes no env of its own),
-    then put back what was there: the calling process keeps its own settings."""
-    before = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in before.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
-def execute(path: Path, out: Path, parameters: dict | None = None, *, progress: bool = False) -> float:
-    """Run one notebook with papermill (kernel cwd = the notebook's folder); returns the wall time in seconds."""
-    import papermill as pm
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    with _environment(
-        MPLBACKEND="module://matplotlib_inline.backend_inline"
-    ):  # figures inline even if Agg is set
-        pm.execute_notebook(
-            str(path),
-            str(out),
-            parameters=parameters or {},
-            cwd=str(Path(path).parent),
-            progress_bar=progress,
-            kernel_name="python3",
+def _check_out(out: Path, paths: list[Path], asked: dict) -> None:
+    """Refuse an --out that is the course's notebook folder, or one where a run would replace its own notebook."""
+    folders = {NOTEBOOK_DIR.resolve(), notebook_folder().resolve()}
+    if out.resolve() in folders:
+        raise ValueError(
+            f"--out {out} is the course's notebook folder: executed copies would replace the notebooks; "
+            "choose another folder (or run the notebooks themselves with --inplace)"
         )
-    seconds = time.perf_counter() - t0
-    if not parameters:  # an unparameterised run may stand as the committed copy: stamp what produced it
-        nb = json.loads(out.read_text())
-        nb["metadata"].setdefault("companion", {})["source_hash"] = source_hash(nb)
-        for key in ("input_path", "output_path"):  # this machine's absolute paths stay out of committed files
-            nb["metadata"].get("papermill", {}).pop(key, None)
-        out.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
-    return seconds
-
-
-def _tag(params: dict) -> str:
-    return "-".join(f"{k}={v}" for k, v in sorted(params.items())) or "default"
+    for path in paths:
+        if _outputs(out, path, dict(asked))[1] == Path(path).resolve():
+            raise ValueError(
+                f"--out {out} would write the executed copy over {path} itself; choose another folder"
+            )
 
 
 def run(
@@ -431,11 +410,16 @@ def run(
     out: str | Path = "build",
     params: dict | None = None,
     inplace: bool = False,
+    force: bool = False,
 ) -> list[dict]:
     """Execute notebooks (optionally with parameters) and return one summary row each (make course).
 
     Every notebook's parameters are checked before the first one runs: an undeclared name (a typo) or a bad
-    value stops with one line naming it.
+    value stops with one line naming it. Executed notebooks go to `out` under safe names (the stem, plus
+    `--<slug>` of the parameters: `runs.slug`), never outside it; an `out` that is the course's notebook folder,
+    or a target that is the notebook being run, is refused. `inplace` runs the notebooks themselves, keeping
+    each previous version as `NAME.ipynb.prev`, and refuses one with uncommitted git edits unless `force`.
+    Every run is atomic (`runs.execute`): one that stops leaves the previous notebook as it was.
     """
     if scale not in ("quick", "full", "auto"):
         raise ValueError(f"--scale must be one of ['quick', 'full', 'auto'], got {scale!r}")
@@ -446,30 +430,26 @@ def run(
         raise ValueError("--inplace runs notebooks with their own parameters only; drop -p and --scale")
     for path in paths:
         validate(path, asked)
+    if inplace:
+        edited = [str(p) for p in paths if uncommitted(p)] if not force else []
+        if edited:
+            raise ValueError(
+                f"--inplace would overwrite {', '.join(edited)}, which has uncommitted edits (git status); "
+                "commit them, or pass --force (the previous version is kept as NAME.ipynb.prev)"
+            )
+    else:
+        _check_out(out, paths, asked)
     rows = []
     for path in paths:
         given = dict(asked)
         if inplace:
             results = REPO / "results"  # the notebook's own RESULTS_DIR default
             cpu0 = _child_cpu()
-            seconds = execute(path, path)
+            seconds = execute(path, path, keep_previous=True)
             _record(path.stem, results, seconds, _child_cpu() - cpu0)
         else:
-            results = (
-                _resolve(given["RESULTS_DIR"])
-                if "RESULTS_DIR" in given
-                else out / "results" / path.stem / _tag(given)
-            )
+            results, target = _outputs(out, path, given)
             given["RESULTS_DIR"] = str(results)
-            target = out / (
-                path.stem
-                + (
-                    ""
-                    if len(given) == 1
-                    else "--" + _tag({k: v for k, v in given.items() if k != "RESULTS_DIR"})
-                )
-                + ".ipynb"
-            )
             seconds = execute(path, target, given)
         rows.append(summary(path.stem, results, seconds))
     if inplace:

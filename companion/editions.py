@@ -10,6 +10,7 @@ cell. docs/teaching.md tells a teacher how to use the two editions.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -19,6 +20,7 @@ from .files import atomic_write
 
 SOLUTION, EXERCISE = "solution", "exercise"
 HEADER_ID = "student-edition"
+MANIFEST = ".companion-edition.json"  # in OUT_DIR: {file name: sha256 of what the last edition wrote}
 
 
 def _header(name: str | None) -> dict:
@@ -153,22 +155,51 @@ def _targets(out_dir: str | Path, names: list[str] | None) -> tuple[Path, list[P
     return out, paths
 
 
-def write_student(out_dir: str | Path, names: list[str] | None = None) -> list[Path]:
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _write_all(out: Path, files: dict[str, bytes], force: bool) -> list[Path]:
+    """Write `files` ({name: content}) into `out`, recording their hashes in `out/.companion-edition.json`.
+
+    A file already there whose content matches neither what the last edition wrote (the manifest) nor the new
+    content has been edited (or is not ours): unless `force`, nothing at all is written and a ValueError names
+    it. Each file, and the manifest, is written atomically."""
+    manifest_path = out / MANIFEST
+    try:
+        manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    except (OSError, ValueError):
+        manifest = {}
+    if not force:
+        for name, data in files.items():
+            target = out / name
+            if not target.is_file():
+                continue
+            now = _sha256(target.read_bytes())
+            if now != manifest.get(name) and now != _sha256(data):
+                raise ValueError(
+                    f"{target} has your edits; pass --force or choose another folder (nothing was written)"
+                )
+    written = [atomic_write(out / name, lambda f, d=data: f.write(d)) for name, data in files.items()]
+    manifest |= {name: _sha256(data) for name, data in files.items()}
+    text = json.dumps(dict(sorted(manifest.items())), indent=1) + "\n"
+    atomic_write(manifest_path, lambda f: f.write(text.encode()))
+    return written
+
+
+def write_student(out_dir: str | Path, names: list[str] | None = None, *, force: bool = False) -> list[Path]:
     """Write the student edition of each notebook (all committed ones in course order, or those named: files or
-    number prefixes) into `out_dir`, each file atomically; returns the written paths."""
+    number prefixes) into `out_dir`, each file atomically; returns the written paths. A notebook there that was
+    edited since the last edition was written (a student's work) is refused unless `force` (`_write_all`)."""
     out, paths = _targets(out_dir, names)
-    written = []
-    for path in paths:
-        edition = student(json.loads(path.read_text()), name=path.name)
-        written.append(atomic_write(out / path.name, lambda f, nb=edition: f.write(_dump(nb))))
-    return written
+    files = {p.name: _dump(student(json.loads(p.read_text()), name=p.name)) for p in paths}
+    return _write_all(out, files, force)
 
 
-def write_instructor(out_dir: str | Path, names: list[str] | None = None) -> list[Path]:
-    """Copy the instructor edition (the committed notebooks, as they are) into `out_dir`, each file atomically."""
+def write_instructor(
+    out_dir: str | Path, names: list[str] | None = None, *, force: bool = False
+) -> list[Path]:
+    """Copy the instructor edition (the committed notebooks, as they are) into `out_dir`, each file atomically;
+    an edited notebook there is refused unless `force`, as in `write_student`."""
     out, paths = _targets(out_dir, names)
-    written = []
-    for path in paths:
-        data = path.read_bytes()
-        written.append(atomic_write(out / path.name, lambda f, data=data: f.write(data)))
-    return written
+    return _write_all(out, {p.name: p.read_bytes() for p in paths}, force)

@@ -99,7 +99,10 @@ def evaluate(
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}
     with torch.no_grad():
-        for x, y in batches:
+        for i, (x, y) in enumerate(batches):
+            if getattr(x, "shape", None) is not None and len(x.shape) and x.shape[0] == 0:
+                model.train(was_training)
+                raise ValueError(f"batch {i} of batches is empty (0 samples): nothing to evaluate on it")
             x, y = _move(x, dev), _as_dict(_move(y, dev))
             out, losses = batch_losses(model, x, y, loss_fns, device=dev, precision=precision)
             n = x.shape[0]
@@ -109,6 +112,11 @@ def evaluate(
                 if acc is not None:
                     _add(sums, counts, f"acc/{task}", acc, n)
     model.train(was_training)
+    if not counts:
+        raise ValueError(
+            "batches is empty (it yielded no samples): there is nothing to evaluate; pass the data to score "
+            "(an iterator is used up after one pass)"
+        )
     result = {k: sums[k] / counts[k] for k in sums}
     losses = [v for k, v in result.items() if k.startswith("loss/")]
     accs = [v for k, v in result.items() if k.startswith("acc/")]

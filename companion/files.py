@@ -6,6 +6,7 @@ through `atomic_write`; the dataset module is not needed to write a file.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import sys
@@ -57,13 +58,35 @@ def stale_temporaries(path: str | os.PathLike) -> list[Path]:
     return sorted(out)
 
 
+_CAUSES = {
+    errno.ENOSPC: "the disk is full",
+    errno.EFBIG: "the file is larger than this process may write (disk full or a file-size limit, ulimit -f)",
+    errno.EACCES: "no permission to write there",
+    errno.EPERM: "no permission to write there",
+    errno.EROFS: "the file system is read-only",
+}
+if hasattr(errno, "EDQUOT"):
+    _CAUSES[errno.EDQUOT] = "your disk quota is used up"
+
+
+def write_error(path: str | os.PathLike, err: OSError) -> OSError:
+    """`err` (of the same OSError subclass) naming the file that could not be written and the likely cause (disk
+    full, quota, file-size limit, permissions); any other error is returned as it was."""
+    cause = _CAUSES.get(err.errno)
+    if cause is None:
+        return err
+    return OSError(err.errno, f"cannot write {path}: {cause} ({err.strerror or os.strerror(err.errno)})")
+
+
 def atomic_write(
     path: str | os.PathLike, write: Callable[[BinaryIO], object], *, keep_previous: bool = False
 ) -> Path:
     """Write a file via a temp file in its folder and os.replace, so no half file is ever visible (notebook 00).
 
     With `keep_previous`, an existing file is kept as `<name>.prev` (checkpoints use it). Temporaries that
-    killed earlier writes of the same target left behind are removed first (see `stale_temporaries`).
+    killed earlier writes of the same target left behind are removed first (see `stale_temporaries`). A write
+    that fails for want of space, quota or permission raises the same OSError subclass naming `path` and the
+    likely cause (`write_error`); the previous file is untouched.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -83,8 +106,10 @@ def atomic_write(
                 os.unlink(prev)
             os.link(path, prev)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(err, OSError) and write_error(path, err) is not err:
+            raise write_error(path, err) from err
         raise
     return path

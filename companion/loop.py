@@ -287,11 +287,18 @@ class _Loop:
             self.train.set_epoch(epoch)
         s.epoch, s.row = epoch, None
         self.emit("on_epoch_start")
+        seen = 0
         for i, (x, y) in enumerate(self.train):
+            seen += 1
             if i >= s.skip:
                 self.step(i, x, y)
                 if s.stop:
                     break
+        if seen == 0:
+            raise ValueError(
+                f"train yielded no batches in epoch {epoch + 1}: fit would take 0 steps and report nothing; "
+                "pass batches to train on (an iterator is used up after one pass: pass a list or a loader)"
+            )
         s.skip = 0
         row = {"epoch": epoch + 1, "step": s.step, "lr": s.optimizer.param_groups[0]["lr"]}
         row.update(distributed.mean_values({k: s.sums[k] / s.counts[k] for k in s.sums}))
@@ -302,6 +309,11 @@ class _Loop:
 
     def step(self, i: int, x, y) -> None:
         s = self.state
+        if getattr(x, "shape", None) is not None and len(x.shape) and x.shape[0] == 0:
+            raise ValueError(
+                f"batch {i} of train is empty (0 samples, epoch {s.epoch}): its loss would be NaN; drop empty "
+                "batches from train"
+            )
         x, y = _move(x, s.device), _as_dict(_move(y, s.device))
         s.batch, s.logs = i, {}
         self.emit("on_step_start")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import math
 import os
+import re
 import sys
 import tempfile
 import time
@@ -75,7 +77,21 @@ _is_int = checks.is_int
 
 
 def check(name: str, value: object) -> None:
-    """Validate one parameter by its name's convention (SEED, DEVICE, SCALE, *EPOCHS, *_FRACTION, LR, ...)."""
+    """Validate one parameter by its name's convention (SEED, DEVICE, SCALE, *EPOCHS, *_FRACTION, LR, ...).
+
+    Whatever the name, a float (or a float in a list) must be finite: nan and inf are refused, since they pass
+    every comparison a notebook could make (`ALPHA < 0` is False for nan) and would fail, or train, much later.
+    """
+    floats = [value] if isinstance(value, float) else []
+    floats += [v for v in value if isinstance(v, float)] if isinstance(value, (list, tuple)) else []
+    if not all(math.isfinite(v) for v in floats):
+        _fail(
+            name,
+            "a finite number (not nan or inf)"
+            if not isinstance(value, (list, tuple))
+            else "a list of finite numbers (no nan or inf)",
+            value,
+        )
     if name == "SEED":
         if not _is_int(value) or value < 0:
             _fail(name, "a non-negative integer", value)
@@ -83,8 +99,13 @@ def check(name: str, value: object) -> None:
         if not isinstance(value, (list, tuple)) or not value or not all(_is_int(s) and s >= 0 for s in value):
             _fail(name, "a non-empty list of non-negative integers", value)
     elif name == "DEVICE":
-        if not isinstance(value, str) or value.split(":")[0] not in DEVICE_CHOICES:
-            _fail(name, f"one of {list(DEVICE_CHOICES)}", value)
+        if not isinstance(value, str) or not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
+            colon = isinstance(value, str) and ":" in value
+            _fail(
+                name,
+                f"one of {list(DEVICE_CHOICES)}" + (" or 'cuda:N' (N a GPU index)" if colon else ""),
+                value,
+            )
     elif name == "SCALE":
         if value not in SCALES:
             _fail(name, f"one of {list(SCALES)}", value)

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from . import checks, distributed
+from .checkpoints import check_fingerprint
 from .train import (
     FitState,
     History,
@@ -179,8 +180,9 @@ class Checkpointer:
     with `every`, after every `every`-th optimiser step: model, optimiser, scheduler, GradScaler, balancer, each
     callback's `state_dict()`, the random states (each rank's under torchrun), the position (epoch, step, batch
     in epoch), the epoch's running sums, the history and the run's fingerprint. At `setup` an existing file is
-    resumed from (a checkpoint of another run, by seed, lr, epochs, precision, steps per epoch or process count,
-    is refused); a corrupt one stops with its path, or with `resume="latest-good"` its `.prev` is used. Under
+    resumed from (a checkpoint of another run, by seed, lr, epochs, precision, steps per epoch, process count,
+    optimiser class and hyperparameters, scheduler, clipping or parameter names and shapes, is refused with its
+    path and the first differing field: `checkpoints.run_fingerprint`); a corrupt one stops with its path, or with `resume="latest-good"` its `.prev` is used. Under
     torchrun rank 0 writes and the others wait. What `fit(checkpoint=path, checkpoint_every=every,
     resume=resume)` builds.
     """
@@ -199,15 +201,21 @@ class Checkpointer:
         if saved is None:
             return
         world = distributed.world()
-        for key, value in {**state.fingerprint, "world_size": world}.items():
-            written = saved.get("fingerprint", {}).get(key, 1 if key == "world_size" else None)
-            if written != value:
-                raise ValueError(
-                    f"checkpoint {self.path} was written with {key}={written!r}, "
-                    f"this run has {key}={value!r}; pass another checkpoint path or delete it"
-                )
-        state.model.load_state_dict(saved["model"])
-        state.optimizer.load_state_dict(saved["optimizer"])
+        check_fingerprint(
+            self.path,
+            saved.get("fingerprint", {}),
+            {**state.fingerprint, "world_size": world},
+            {"world_size": 1},
+        )
+        try:
+            state.model.load_state_dict(saved["model"])
+            state.optimizer.load_state_dict(saved["optimizer"])
+        except (RuntimeError, KeyError, ValueError) as err:
+            first = " ".join(str(err).split())[:400] or type(err).__name__  # torch's message, on one line
+            raise ValueError(
+                f"checkpoint {self.path} does not fit this run's model or optimizer ({type(err).__name__}: "
+                f"{first}); resume with the same model and optimizer, or pass another checkpoint path"
+            ) from None
         for obj, key in (
             (state.scheduler, "scheduler"),
             (state.scaler, "scaler"),

@@ -21,6 +21,7 @@ from .checkpoints import (  # noqa: F401  (checkpoints have their own module; th
     _rng_state,
     _set_rng_state,
     load_checkpoint,
+    run_fingerprint,
     save_checkpoint,
 )
 from .data import TensorBatches
@@ -161,13 +162,23 @@ def fit(
         opt = _make_optimizer(
             optimizer, _param_groups(model, param_groups, balancer, plugins, dev), lr, weight_decay
         )
+        _check_optimizer_holds(model, opt)
+        if hasattr(train, "__len__") and len(train) == 0:
+            raise ValueError(
+                f"train is empty (a {type(train).__name__} of 0 batches): fit would take 0 steps; "
+                "pass batches to train on"
+            )
         steps_per_epoch = len(train) if hasattr(train, "__len__") else None
         total_steps = max_steps or (epochs * steps_per_epoch if steps_per_epoch else 1000)
+        settings = run_fingerprint(  # before the scheduler changes the groups' lr
+            model, opt, scheduler=scheduler, warmup_steps=warmup_steps, clip_grad=clip_grad
+        )
         sched, _ = _make_scheduler(scheduler, opt, total_steps, warmup_steps)
         scaler = _scaler(precision, dev)
         fingerprint = dict(
             seed=seed, lr=lr, epochs=epochs, precision=precision, steps_per_epoch=steps_per_epoch
         )
+        fingerprint |= settings
         fingerprint |= {"world_size": world} if world > 1 else {}
         state = FitState(
             model=model,
@@ -268,6 +279,20 @@ def _param_groups(
             if extra:
                 params = [*params, {"params": extra}]
     return params
+
+
+def _check_optimizer_holds(model: nn.Module, opt: torch.optim.Optimizer) -> None:
+    """Refuse an optimiser that would leave some of the model's trainable parameters untouched (one built on
+    another model's parameters, say): fit would run and report losses while those weights never change."""
+    held = {id(p) for g in opt.param_groups for p in g["params"]}
+    missing = [name for name, p in model.named_parameters() if p.requires_grad and id(p) not in held]
+    if missing:
+        total = sum(p.requires_grad for p in model.parameters())
+        raise ValueError(
+            f"optimizer does not hold {len(missing)} of the model's {total} trainable parameters (first: "
+            f"{missing[0]!r}), so they would never change; build it on this model's parameters "
+            "(model.parameters()), freeze them (requires_grad=False) or pass an optimizer name"
+        )
 
 
 def _check_objects(optimizer, param_groups, weight_decay, loss_step=None) -> None:

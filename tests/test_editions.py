@@ -149,6 +149,7 @@ def test_write_student_refuses_the_committed_folder_and_writes_atomically(tmp_pa
     written = editions.write_student(tmp_path / "out", ["00", "12"])
     assert [p.name for p in written] == ["00_start_here.ipynb", "12_infographic.ipynb"]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        editions.MANIFEST,  # the hashes of what was written: an edited notebook is not overwritten
         "00_start_here.ipynb",
         "12_infographic.ipynb",
     ]

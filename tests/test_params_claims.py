@@ -34,6 +34,15 @@ from companion.params import ParameterError, check, scale_of, setup
         ),
         ("SEEDS", [], "SEEDS must be a non-empty list of non-negative integers, got []"),
         ("DATA_DIR", 3, "DATA_DIR must be a folder path as a string"),
+        ("LR", float("inf"), "LR must be a finite number (not nan or inf), got inf"),  # -p LR 1e999
+        (
+            "ALPHA",
+            float("nan"),
+            "ALPHA must be a finite number (not nan or inf), got nan",
+        ),  # passed ALPHA < 0
+        ("WEIGHTS", [1.0, float("-inf")], "WEIGHTS must be a list of finite numbers (no nan or inf)"),
+        ("DEVICE", "cpu:anything", "DEVICE must be one of ['auto', 'cpu', 'cuda', 'mps'] or 'cuda:N'"),
+        ("DEVICE", "cuda:x", "DEVICE must be one of"),
     ],
 )
 def test_bad_parameters_give_one_line_naming_the_parameter(name, value, expected):
@@ -59,6 +68,9 @@ def test_unknown_dataset_is_refused():
         ("MODEL", "resnet18"),
         ("MODEL", "course_cnn_s"),
         ("SEEDS", [0, 1]),
+        ("DEVICE", "cuda:1"),
+        ("DEVICE", "mps"),
+        ("ALPHA", 0.5),
     ],
 )
 def test_good_parameters_pass(name, value):

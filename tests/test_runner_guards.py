@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -243,9 +244,7 @@ def test_the_runner_leaves_the_callers_environment_as_it_was(tmp_path, monkeypat
 
     def fake_execute(src, dst, **kw):  # records what the kernel would inherit, writes a minimal notebook
         seen["backend"] = os.environ.get("MPLBACKEND")
-        (tmp_path / "out.ipynb").write_text(
-            '{"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}'
-        )
+        Path(dst).write_text('{"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}')
 
     monkeypatch.setattr(pm, "execute_notebook", fake_execute)
     monkeypatch.setenv("MPLBACKEND", "Agg")
