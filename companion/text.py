@@ -96,9 +96,15 @@ class Encoder:
 
 
 def _texts(texts: object) -> list[str]:
-    if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):  # type: ignore[union-attr]
-        checks.fail("texts", "a list of strings", texts if isinstance(texts, str) else type(texts).__name__)
-    return list(texts)  # type: ignore[arg-type]
+    if isinstance(texts, str):
+        checks.fail("texts", "a list of strings", texts)
+    try:
+        out = list(texts)  # type: ignore[call-overload]
+    except TypeError:
+        out = None
+    if out is None or not all(isinstance(t, str) for t in out):
+        checks.fail("texts", "a list of strings", type(texts).__name__)
+    return out  # type: ignore[return-value]
 
 
 def encoder_path(encoder: str = DEFAULT_ENCODER) -> str:
@@ -157,9 +163,10 @@ def load_encoder(
         model = AutoModel.from_pretrained(path, local_files_only=not download, use_kernels=False)
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=not download)
     except OSError as err:
+        why = "could not be downloaded" if download else "is not available offline"
         raise FileNotFoundError(
-            f"encoder {encoder!r} is not available offline ({type(err).__name__}); pass download=True while "
-            f"online, or name a local folder (the bundled encoder is {DEFAULT_ENCODER!r})"
+            f"encoder {encoder!r} {why} ({type(err).__name__}); pass download=True while online, or name a "
+            f"local folder (the bundled encoder is {DEFAULT_ENCODER!r})"
         ) from err
     model.eval().to(device)
     key = encoder if max_length is None else f"{encoder}@{max_length}"
@@ -229,7 +236,8 @@ def embed_texts(
     `encoder` is a name for `load_encoder` (loaded only on a cache miss) or an `Encoder` already loaded. The
     cache file (`embeddings_path`) is keyed by the encoder (`Encoder.key`), `normalize` and the texts,
     written atomically; a damaged or mismatched file is recomputed and replaced, and a read-only data
-    folder only costs the cache. `cache=False` neither reads nor writes it.
+    folder only costs the cache. `cache=False` neither reads nor writes it. The key holds the encoder's name,
+    not its weights: after replacing an encoder's files under the same name, delete `cache/embeddings/`.
     """
     texts = _texts(texts)
     checks.integer("batch_size", batch_size)

@@ -311,5 +311,8 @@ def test_bad_encoder_arguments(tmp_path, monkeypatch):
         T.load_encoder(str(tmp_path))
     with pytest.raises(ValueError, match="texts must be a list of strings"):
         T.embed_texts("one text", root=tmp_path)
+    with pytest.raises(ValueError, match="texts must be a list of strings, got 'list'"):
+        T.embed_texts(["one", 2], root=tmp_path)
+    assert T.embeddings_path(t for t in ["a", "b"]) == T.embeddings_path(["a", "b"])  # any iterable
     with pytest.raises(ValueError, match="max_length must be"):
         T.load_encoder(max_length=0)
