@@ -2,8 +2,8 @@
 
 Modules by concern:
 - foundations: device (device choice, seeds), checks (input checks, one message style), files (atomic writes);
-- data: store (the data folder, checksums, fetching), data (datasets, multi-task sets), batches (TensorBatches,
-  loaders, splits), synthetic;
+- data: store (the data folder, checksums, fetching), data (datasets, multi-task sets, the text set), text
+  (sentence embeddings from an offline pretrained encoder), batches (TensorBatches, loaders, splits), synthetic;
 - training: models, train (fit), loop (fit's step and loops, the Balancer and Callback contracts), evaluation
   (losses, accuracy, evaluate), plugins (checkpointing, early stopping, validation, evaluation every N steps),
   optim (optimisers and schedules by name), checkpoints, distributed (fit under torchrun);
@@ -32,6 +32,7 @@ from .data import (
     fashion_groups,
     fetch,
     load_dataset,
+    load_texts,
     loader,
     multi_digits,
     subsample_per_class,
@@ -78,6 +79,7 @@ from .regimes import (
 )
 from .strategies import base_network, copy_stages, random_network, summarize, tuned_strategies
 from .synthetic import make_multilabel, make_scenes, make_shapes, make_tasks, shift
+from .text import embed_texts, load_encoder
 from .train import (
     Balancer,
     CheckpointError,
@@ -148,6 +150,9 @@ __all__ = [
     "leep",
     "load_checkpoint",
     "load_dataset",
+    "load_texts",
+    "embed_texts",
+    "load_encoder",
     "loader",
     "logme",
     "make_multilabel",

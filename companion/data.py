@@ -1,5 +1,5 @@
-"""Datasets as tensors: the readers, the tensor cache, `load_dataset`, `resize` and the multi-task targets
-(taught in notebook 00, start here; multi-task targets in notebooks 03 and 08).
+"""Datasets as tensors: the readers, the tensor cache, `load_dataset`, `resize`, the multi-task targets and
+the text set `load_texts` (taught in notebook 00, start here; multi-task targets in notebooks 03 and 08).
 
 `load_dataset` decodes a dataset's files once and caches the tensors in `<data root>/cache/`, reading straight
 from the read-only mirror when the data root lacks the dataset. Where the files live and how they are
@@ -38,6 +38,7 @@ from .store import (  # noqa: F401  (the public names of companion.store stay im
     _INFO,
     CHECKSUMS,
     DATASETS,
+    TEXT_DATASETS,
     DamagedFileError,
     _dataset_of,
     _inside,
@@ -57,6 +58,8 @@ SPLITS = ("train", "test", "all")
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")  # fmt: skip
 FASHION_GROUPS = ("tops", "footwear", "other")
 _FASHION_COARSE = (0, 2, 0, 2, 0, 1, 0, 1, 2, 1)  # fine class -> index into FASHION_GROUPS
+TEXT_CATEGORIES = ("fresh", "rotten", "plot")  # rotten_tomatoes' category column
+TEXT_TASKS = ("polarity", "subjectivity")
 ANIMAL_CLASSES = ("Bear", "Bird", "Cat", "Cow", "Dog", "Elephant", "Giraffe", "Horse", "Sheep", "Zebra")
 
 _CACHE_VERSION = 2  # 2: the stamp holds each source file's size, mtime and sha256
@@ -254,6 +257,15 @@ def _cached(
     return blob
 
 
+def _missing(name: str, base: Path, mir: Path | None) -> FileNotFoundError:
+    return FileNotFoundError(
+        f"dataset '{name}' is not in {base / name}"
+        + (f" nor in the mirror {mir / name}" if mir else "")
+        + "; to get it, "
+        + _INFO[name][2].format(name=name)
+    )
+
+
 def _load_blob(
     name: str, root: str | os.PathLike | None, mirror: str | os.PathLike | None, size: int
 ) -> dict:
@@ -262,12 +274,7 @@ def _load_blob(
     base, mir = Path(root) if root else data_root(), _mirror(mirror)
     files = _locate(name, base, mir)
     if files is None:
-        raise FileNotFoundError(
-            f"dataset '{name}' is not in {base / name}"
-            + (f" nor in the mirror {mir / name}" if mir else "")
-            + "; to get it, "
-            + _INFO[name][2].format(name=name)
-        )
+        raise _missing(name, base, mir)
     if name == "omniglot":
         variant, build = f"omniglot-{size}", lambda: _read_omniglot(files, size)
     elif name == "usps":
@@ -312,6 +319,8 @@ def load_dataset(
     drawers 1-15 / 16-20 of every character. `split="all"` is train then test.
     """
     checks.choice("name", name, DATASETS)
+    if name in TEXT_DATASETS:
+        checks.fail("name", f"an image dataset ({name} holds texts: load it with load_texts({name!r}))", name)
     checks.choice("split", split, SPLITS)
     if size is not None:
         checks.integer("size", size)
@@ -338,6 +347,86 @@ def omniglot_alphabets(
     t, a = meta["train"], meta["alphabet"]
     ids = {"train": a[t], "test": a[~t], "all": torch.cat([a[t], a[~t]])}[split]
     return ids, meta["alphabets"]
+
+
+# ------------------------------------------------------------------------------------------------- texts
+
+
+def _read_texts(path: Path) -> tuple[list[str], np.ndarray]:
+    """Texts and category ids (into TEXT_CATEGORIES) in file order, read with the csv module (the texts hold
+    commas, quotes and newlines); a DamagedFileError if the file is not that CSV."""
+    import bz2
+    import csv
+
+    with _reading(path):
+        try:
+            with bz2.open(path, "rt", encoding="utf-8", newline="") as f:
+                rows = list(csv.DictReader(f))
+        except csv.Error as err:
+            raise ValueError(f"not a CSV file: {err}") from err
+        ids = {c: i for i, c in enumerate(TEXT_CATEGORIES)}
+        bad = [r for r in rows if r.get("category") not in ids or not isinstance(r.get("text"), str)]
+        if not rows or bad:
+            raise ValueError(f"{len(bad)} of {len(rows)} rows lack a known category or a text")
+        return [r["text"] for r in rows], np.array([ids[r["category"]] for r in rows], np.int64)
+
+
+def truncate_words(texts: list[str], words: int) -> list[str]:
+    """Each text cut to its first `words` whitespace-separated words, joined by single spaces (our own two
+    lines: a tokenizer would cut sub-word pieces, and the length control is about words)."""
+    checks.integer("words", words)
+    return [" ".join(t.split()[:words]) for t in texts]
+
+
+def load_texts(
+    name: str = "rotten_tomatoes",
+    split: str = "train",
+    root: str | os.PathLike | None = None,
+    *,
+    task: str | None = None,
+    words: int | None = None,
+    mirror: str | os.PathLike | None = None,
+) -> tuple[list[str], dict[str, Tensor]]:
+    """Texts of one split of a text dataset and both label sets, {"polarity", "subjectivity"} (int64).
+
+    rotten_tomatoes: polarity is 1 for a fresh review, 0 for a rotten one and -1 for a plot summary (no
+    polarity); subjectivity is 1 for a review (subjective) and 0 for a plot summary (objective).
+    `task="polarity"` keeps the reviews only; `task="subjectivity"` (like None) keeps every text. The split is
+    fixed forever: scikit-learn's `train_test_split`, 80/20, stratified on fresh/rotten/plot, seed 0, in the
+    order it returns (11,124 train and 2,781 test texts); `split="all"` is train then test.
+
+    Plot summaries are much longer than review snippets (median 85 words against 18), so length alone nearly
+    tells them apart: `words=N` cuts every text to its first N words (`truncate_words`) to control for it;
+    reviews shorter than N words stay as they are. The file's sha256 is checked on every load (it is small).
+    """
+    checks.choice("name", name, TEXT_DATASETS)
+    checks.choice("split", split, SPLITS)
+    if task is not None:
+        checks.choice("task", task, TEXT_TASKS)
+    if words is not None:
+        checks.integer("words", words)
+    from sklearn.model_selection import train_test_split
+
+    base, mir = Path(root) if root else data_root(), _mirror(mirror)
+    files = _locate(name, base, mir)
+    if files is None:
+        raise _missing(name, base, mir)
+    path = files["csv"]
+    _verified(name, path, mir)
+    texts, category = _read_texts(path)
+    train, test = train_test_split(
+        np.arange(len(texts)), test_size=_TEST_FRACTION, stratify=category, random_state=_SPLIT_SEED
+    )
+    order = {"train": train, "test": test, "all": np.concatenate([train, test])}[split]
+    if task == "polarity":
+        order = order[category[order] != TEXT_CATEGORIES.index("plot")]
+    cat = torch.from_numpy(category[order])
+    out = [texts[i] for i in order]
+    labels = {
+        "polarity": torch.where(cat == 0, 1, torch.where(cat == 1, 0, -1)),
+        "subjectivity": (cat != TEXT_CATEGORIES.index("plot")).long(),
+    }
+    return (truncate_words(out, words) if words is not None else out), labels
 
 
 # --------------------------------------------------------------------------------------- multi-task data

