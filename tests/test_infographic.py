@@ -537,3 +537,22 @@ def test_folders():
     assert ig.out_folder("", "/r") == Path("/r/infographic")
     assert ig.out_folder("/tmp/x", "/r") == Path("/tmp/x")
     assert "12_infographic" not in ig.not_measured({})
+
+
+def test_the_site_embeds_the_svg_drawn_from_the_committed_results(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "site_build", Path(__file__).parent.parent / "docs" / "build.py"
+    )
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    html = build.front_parts(True)["INFOGRAPHIC"]
+    assert '<img src="_static/course_infographic.svg"' in html and "width:100%" in html
+    assert '<a href="_static/course_infographic.png">' in html
+    assert "missing" in build.front_parts(False)["INFOGRAPHIC"]
+    paths = build.infographic_files(tmp_path)
+    assert paths is not None and {p.name for p in paths.values()} == {
+        "course_infographic.png",
+        "course_infographic.svg",
+    }
