@@ -556,3 +556,13 @@ def test_the_site_embeds_the_svg_drawn_from_the_committed_results(tmp_path):
         "course_infographic.png",
         "course_infographic.svg",
     }
+
+
+def test_render_refuses_a_page_with_problems_unless_asked_not_to(tmp_path, monkeypatch, capsys):
+    folder = fake_results(tmp_path / "results")
+    monkeypatch.setattr(ig, "layout_problems", lambda fig: ["overlap: 'a' and 'b'"])
+    with pytest.raises(ValueError, match="1 problem"):
+        ig.render(folder, tmp_path / "strict")
+    assert not (tmp_path / "strict").exists()  # nothing half-written
+    paths = ig.render(folder, tmp_path / "loose", strict=False)
+    assert paths["svg"].exists() and "overlap: 'a' and 'b'" in capsys.readouterr().out
