@@ -169,20 +169,18 @@ def _height(text: str, size: float, spacing: float = 1.2) -> float:
     return size * (1.2 + spacing * text.count("\n"))
 
 
-def _box(xy, w, h, colour, lw: float = 1.2):
-    from matplotlib.patches import FancyBboxPatch
-
-    return FancyBboxPatch(xy, w, h, boxstyle="round,pad=0,rounding_size=0.03", fc="white", ec=colour, lw=lw)
-
-
 def _panel(fig, rect, colour: str | None = None):
     """Axes filling `rect` (figure fractions), axes coordinates 0..1, no axis; a rounded border in `colour`."""
+    from matplotlib.patches import FancyBboxPatch
+
     ax = fig.add_axes(rect)
     ax.set_axis_off()
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     if colour:
-        ax.add_patch(_box((0, 0), 1, 1, colour))
+        ax.add_patch(
+            FancyBboxPatch((0, 0), 1, 1, "round,pad=0,rounding_size=0.03", fc="white", ec=colour, lw=1.2)
+        )
     return ax
 
 
@@ -262,25 +260,28 @@ def _comparison(fig) -> None:
 
 def _card(fig, rect, colour: str, nums: dict[str, Number], name: str) -> None:
     """One measured result: its short text, the effect in points, the 95 % interval, verdict and seeds, whose
-    claim it is, and the results file and claim it was read from."""
+    claim it is, and the results file and claim it was read from (at the largest sizes that fit the card)."""
     w, h = _size_pt(rect)
     ax = _panel(fig, rect, colour)
     pad, inner = 5.0, w - 10.0
-    y = pad
-
-    def put(text: str, size: float, **kw) -> None:
-        nonlocal y
-        text = wrap(text, inner, size, kw.get("weight", "normal"), kw.get("style", "normal"))
-        ax.text(pad / w, 1 - y / h, text, fontsize=size, va="top", linespacing=1.15, **kw)
-        y += _height(text, size, 1.15) + 2.5
-
-    put(nums[f"{name}.short"].text, 8, weight="bold")
-    put(_t(nums, f"{name}.effect"), 19, weight="bold", color=colour)
-    put(_t(nums, f"{name}.ci"), 7)
-    put(f"{_t(nums, f'{name}.verdict')}, {_t(nums, f'{name}.seeds')}", 7)
-    put(_t(nums, f"{name}.kind"), 7, color="#555555")
     n = nums[f"{name}.effect"]
     where = wrap(f"from {n.file}, {n.path.rsplit('.', 1)[0]}", inner, 6, style="italic")
+    seeds = f"{_t(nums, f'{name}.verdict')}, {_t(nums, f'{name}.seeds')}"
+    for big, small in ((19, 7.0), (16, 6.5), (13, 6.0)):
+        blocks = [
+            (nums[f"{name}.short"].text, small + 1, {"weight": "bold"}),
+            (_t(nums, f"{name}.effect"), big, {"weight": "bold", "color": colour}),
+            (_t(nums, f"{name}.ci"), small, {}),
+            (f"{seeds}; {_t(nums, f'{name}.kind')}" if big < 19 else seeds, small, {}),
+        ] + ([(_t(nums, f"{name}.kind"), small, {"color": "#555555"})] if big == 19 else [])
+        blocks = [(wrap(t, inner, size, kw.get("weight", "normal")), size, kw) for t, size, kw in blocks]
+        need = sum(_height(t, size, 1.15) + 2.5 for t, size, _ in blocks) + _height(where, 6, 1.15) + 2 * pad
+        if need <= h:
+            break
+    y = pad
+    for text, size, kw in blocks:
+        ax.text(pad / w, 1 - y / h, text, fontsize=size, va="top", linespacing=1.15, **kw)
+        y += _height(text, size, 1.15) + 2.5
     ax.text(
         pad / w, pad / h, where, fontsize=6, va="bottom", style="italic", color="#555555", linespacing=1.15
     )

@@ -432,12 +432,19 @@ def test_missing_files_are_not_yet_measured(tmp_path):
     plt.close(fig)
 
 
-@pytest.mark.parametrize("full_map", [False, True])
-def test_the_page_passes_the_layout_check_with_many_statements(tmp_path, full_map):
+@pytest.mark.parametrize("full_map, long_card", [(False, False), (True, False), (False, True)])
+def test_the_page_passes_the_layout_check_with_many_statements(tmp_path, full_map, long_card):
     folder = fake_results(tmp_path, statements=40, full_map=full_map)
+    if long_card:  # a card with a 60-character short text read from a file with a long name
+        (folder / "06_benefits_of_mtl.json").unlink()
+        data = json.loads((folder / "03_multitask_approaches.json").read_text())
+        data["claims"][1]["short"] = LONG
+        (folder / "03_multitask_approaches.json").write_text(json.dumps(data))
     files = ig.gather(folder)
     nums = ig.headline_numbers(files)
-    assert sum(1 for k in nums if re.fullmatch(r"score\.[^.]+\.\d+", k)) == 45
+    assert sum(1 for k in nums if re.fullmatch(r"score\.[^.]+\.\d+", k)) == (35 if long_card else 45)
+    if long_card:
+        assert nums["card.multitask.2.short"].text == LONG
     fig = ig.figure(nums)
     assert ig.layout_problems(fig, min_pt=6.0) == []
     assert ig.check_figure(fig, nums, files=files) == []  # every statement's verdict and text is drawn
