@@ -1,20 +1,21 @@
 """The course on one page: an A4 landscape infographic drawn only from the notebooks' results files (notebook 12).
 
-Every number on the figure is a `Number`: its value, the text drawn for it, and its provenance (the results file it
-was read from and the key path inside that file, e.g. ``claims[0].measured.margin``). `headline_numbers` reads them
-all; `figure` draws nothing else; `check_figure` re-reads each number from its file and finds its text on the
-figure. Panels whose notebook has no results file say "not yet measured" instead of showing a number.
+Every number on the figure is a `Number` (`companion.provenance`): its value, the text drawn for it, and the
+results file and key path it was read from. `headline_numbers` reads them all; `figure` draws nothing else;
+`check_figure` re-reads each from its file and finds its text on the figure; `layout_problems` checks that no text is
+below 6 pt at A4, overlaps another or leaves its box. Panels without results say "not yet measured".
 """
 
 from __future__ import annotations
 
-import json
-import math
+import functools
 import re
 from pathlib import Path
 
 from .provenance import (  # noqa: F401  (the provenance names stay importable from here)
     _TOKEN,
+    A4_LANDSCAPE,
+    HALVES,
     MAP_PANELS,
     MISSING,
     REDUCE_WORDS,
@@ -23,11 +24,14 @@ from .provenance import (  # noqa: F401  (the provenance names stay importable f
     Number,
     _by_prefix,
     _claim,
+    _flat,
     _key,
     _load,
     _map_numbers,
     _number,
+    check_figure,
     default_folder,
+    figure_texts,
     folder_of,
     format_value,
     gather,
@@ -35,15 +39,20 @@ from .provenance import (  # noqa: F401  (the provenance names stay importable f
     join_path,
     not_measured,
     out_folder,
+    page_size,
     parse_path,
+    provenance_table,
     read,
     reduced,
     resolve,
+    save,
     short,
     shown,
+    strength,
+    strongest,
 )
+from .verdicts import WORDS
 
-A4_LANDSCAPE = (11.69, 8.27)  # inches (297 x 210 mm)
 # Okabe & Ito (2008): a palette that stays distinct under the common colour-vision deficiencies.
 OKABE_ITO = {
     "black": "#000000",
@@ -61,8 +70,7 @@ VERDICT_STYLE = {  # mark and colour of each outcome on the scoreboard
     "contradicted": ("✘", OKABE_ITO["vermillion"]),
     "inconclusive": ("?", OKABE_ITO["grey"]),
 }
-
-WINNER_COLOUR = {
+WINNER_COLOUR = {  # the family's hue, the member's shade
     "alone": OKABE_ITO["grey"],
     "probe": OKABE_ITO["sky"],
     "finetune": OKABE_ITO["blue"],
@@ -70,12 +78,18 @@ WINNER_COLOUR = {
     "pretrain_mtl": OKABE_ITO["vermillion"],
 }
 WINNER_NAME = {
-    "alone": "the target task alone",
-    "probe": "transfer, linear probe",
-    "finetune": "transfer, fine-tune",
+    "alone": "target alone",
+    "probe": "transfer: probe",
+    "finetune": "transfer: fine-tune",
     "mtl": "multi-task",
     "pretrain_mtl": "pretrain, then multi-task",
 }
+HALF_STYLE = {
+    "transfer": ("Transfer half", OKABE_ITO["blue"]),
+    "multitask": ("Multi-task half", OKABE_ITO["orange"]),
+}
+PAGE_PT = (A4_LANDSCAPE[0] * 72, A4_LANDSCAPE[1] * 72)  # the page in points
+MIN_PT = 6.0  # no text on the page is smaller (at A4)
 
 # ------------------------------------------------------------------------------------------- the figure
 
@@ -83,17 +97,17 @@ DEFINITIONS = (
     (
         "Transfer learning",
         OKABE_ITO["blue"],
-        "Two phases, one after the other. A network first learns a source task that has plenty of labels; its "
-        "weights then become the starting point for a target task with few labels, either kept frozen under a new "
-        "head (a linear probe) or trained further (fine-tuning). Only the target task matters in the end.",
+        "Two phases, one after the other. A network first learns a source task with plenty of labels; its "
+        "weights then start a target task with few labels, kept frozen under a new head (a linear probe) or "
+        "trained further (fine-tuning). Only the target task matters in the end.",
         "source:  $\\theta_S=\\arg\\min_\\theta\\, L_S(\\theta)$\n"
         "target:  $\\theta_T=\\arg\\min_\\theta\\, L_T(\\theta)$, starting from $\\theta_S$",
     ),
     (
         "Multi-task learning",
         OKABE_ITO["orange"],
-        "One phase. A single network with a shared trunk and one head per task learns several tasks at the same "
-        "time, each task's gradient shaping the shared features. It needs every task's labels during training, "
+        "One phase. A single network, a shared trunk with one head per task, learns several tasks at the same "
+        "time; every task's gradient shapes the shared features. All tasks' labels are needed during training, "
         "and every task is meant to work at the end.",
         "all tasks at once:  $\\theta=\\arg\\min_\\theta \\sum_t w_t\\, L_t(\\theta)$\n"
         "(one shared trunk, one head per task)",
@@ -102,48 +116,80 @@ DEFINITIONS = (
 
 COMPARISON = (
     ("", "Transfer learning", "Multi-task learning"),
-    ("Order of training", "sequential: source, then target", "simultaneous: all tasks at once"),
-    ("Labels needed", "source labels before; target labels later", "every task's labels together"),
+    ("Order of training", "sequential: source first, then target", "simultaneous: all tasks at once"),
+    ("Labels needed", "many source labels first; a few target labels later", "every task's labels, together"),
     ("What is shared", "weights copied from the source model", "one trunk trained by all tasks"),
     ("What must work", "the target task", "every task"),
-    ("Typical risk", "source too far: little gain or harm", "tasks pulling apart: one task hurts another"),
+    (
+        "Typical uses",
+        "a pretrained vision or language model adapted to a new domain or label set",
+        "one input, several outputs: speech systems, multi-label tagging, jointly predicted targets",
+    ),
+    (
+        "Advantages claimed",
+        "learns the target in fewer steps, more accurately when its labels are scarce",
+        "shared features that generalise better and overfit less",
+    ),
+    ("Typical risk", "a source too far away: little gain, or harm", "tasks pulling apart: one hurts another"),
     ("Cost to serve both", "a second model, or a frozen trunk", "one trunk, one head per task"),
 )
 
 
-def _wrap(text: str, width: int) -> str:
-    import textwrap
+@functools.lru_cache(maxsize=4096)
+def text_width(text: str, size: float, weight: str = "normal", style: str = "normal") -> float:
+    """Width in points of one line of text at `size` points in matplotlib's default font (its text-to-path
+    measure, the one the renderers use)."""
+    from matplotlib.font_manager import FontProperties
+    from matplotlib.textpath import text_to_path
 
-    return "\n".join(textwrap.wrap(text, width, break_on_hyphens=False, break_long_words=False))
+    prop = FontProperties(size=size, weight=weight, style=style)
+    return text_to_path.get_text_width_height_descent(text, prop, ismath=False)[0]
 
 
-def _box(xy, w, h, colour):
+def wrap(text: str, width_pt: float, size: float, weight: str = "normal", style: str = "normal") -> str:
+    """`text` broken at spaces (and after "->") into lines no wider than `width_pt` points at `size` (measured,
+    with 3 % to spare for hinting). A word wider than the line stays whole on its own line."""
+    lines: list[str] = []
+    for para in text.split("\n"):
+        words = re.sub(r"->(?=\S)", "-> ", para).split(" ")
+        line = ""
+        for word in words:
+            trial = f"{line} {word}" if line else word
+            if line and text_width(trial.replace("-> ", "->"), size, weight, style) * 1.03 > width_pt:
+                lines.append(line)
+                line = word
+            else:
+                line = trial
+        lines.append(line)
+    return "\n".join(x.replace("-> ", "->") for x in lines)
+
+
+def _height(text: str, size: float, spacing: float = 1.2) -> float:
+    """Height in points of a block of lines drawn with matplotlib's line spacing."""
+    return size * (1.2 + spacing * text.count("\n"))
+
+
+def _panel(fig, rect, colour: str | None = None):
+    """Axes filling `rect` (figure fractions), axes coordinates 0..1, no axis; a rounded border in `colour`."""
     from matplotlib.patches import FancyBboxPatch
 
-    return FancyBboxPatch(xy, w, h, boxstyle="round,pad=0,rounding_size=0.03", fc="white", ec=colour, lw=1.4)
+    ax = fig.add_axes(rect)
+    ax.set_axis_off()
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    if colour:
+        ax.add_patch(
+            FancyBboxPatch((0, 0), 1, 1, "round,pad=0,rounding_size=0.03", fc="white", ec=colour, lw=1.2)
+        )
+    return ax
 
 
 def _t(nums: dict[str, Number], name: str) -> str:
     return nums[name].text
 
 
-def _card(
-    fig, rect, title: str, colour: str, headline: str | None, lines: list[str], source: str, missing_note: str
-) -> None:
-    """One headline panel: title, the big number, detail lines (wrapped), and the file it came from."""
-    ax = fig.add_axes(rect)
-    ax.set_axis_off()
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.add_patch(_box((0, 0), 1, 1, colour))
-    ax.text(0.05, 0.95, title, fontsize=8, weight="bold", va="top", color=colour)
-    if headline is None:
-        ax.text(0.05, 0.70, "not yet measured", fontsize=11, style="italic", color="#666666", va="center")
-        ax.text(0.05, 0.55, _wrap(missing_note, 34), fontsize=6.5, va="top", color="#333333")
-        return
-    ax.text(0.05, 0.72, headline, fontsize=18, weight="bold", va="center")
-    ax.text(0.05, 0.57, "\n".join(_wrap(x, 36) for x in lines if x), fontsize=6.5, va="top", linespacing=1.3)
-    ax.text(0.05, 0.04, source, fontsize=6, color="#555555", va="bottom", style="italic")
+def _size_pt(rect) -> tuple[float, float]:
+    return rect[2] * PAGE_PT[0], rect[3] * PAGE_PT[1]
 
 
 def figure(
@@ -151,275 +197,216 @@ def figure(
     *,
     title: str = "Transfer learning vs multi-task learning: the course on one page",
 ):
-    """Draw the infographic (A4 landscape) from `headline_numbers`: definitions, comparison table, headline cards,
-    the decision map in miniature and the scoreboard of source statements. Returns the matplotlib Figure."""
+    """Draw the infographic (A4 landscape) from `headline_numbers`: definitions, comparison table, the strongest
+    measured results of each half as cards, the decision map in miniature and the scoreboard of source and
+    literature statements. Returns the matplotlib Figure; `layout_problems` checks its text."""
     import matplotlib.pyplot as plt
 
     fig = plt.figure(figsize=A4_LANDSCAPE)
-    fig.text(0.02, 0.975, title, fontsize=16, weight="bold", va="top")
-    fig.text(
-        0.02,
-        0.933,
-        "Every number on this page was measured by the course's notebooks and is read from their "
-        "results files. Margins are means over seeds, in percentage points (pts) of accuracy.",
-        fontsize=8,
-        va="top",
-        color="#333333",
+    fig.text(0.02, 0.982, title, fontsize=15, weight="bold", va="top")
+    intro = (
+        "Every number on this page was measured by the course's notebooks and is read from their results files. "
+        "An effect is the mean paired difference over seeds, in percentage points (pts) of accuracy, with its 95% "
+        "confidence interval."
     )
-    for k, (name, colour, text, eq) in enumerate(DEFINITIONS):
-        ax = fig.add_axes((0.02 + 0.238 * k, 0.645, 0.228, 0.26))
-        ax.set_axis_off()
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1)
-        ax.add_patch(_box((0, 0), 1, 1, colour))
-        ax.text(0.05, 0.94, name, fontsize=11, weight="bold", color=colour, va="top")
-        ax.text(0.05, 0.78, _wrap(text, 48), fontsize=7.3, va="top", linespacing=1.3)
-        ax.text(0.05, 0.06, eq, fontsize=7.3, va="bottom", linespacing=1.6)
-    ax = fig.add_axes((0.50, 0.645, 0.485, 0.26))
-    ax.set_axis_off()
-    cells = [[_wrap(x, 24 if c == 0 else 36) for c, x in enumerate(r)] for r in COMPARISON[1:]]
-    table = ax.table(
-        cellText=cells,
-        colLabels=list(COMPARISON[0]),
-        cellLoc="left",
-        colWidths=[0.22, 0.39, 0.39],
-        bbox=(0, 0, 1, 1),
-    )
-    table.auto_set_font_size(False)
-    table.set_fontsize(7.3)
-    for (r, c), cell in table.get_celld().items():
-        cell.set_edgecolor("#BBBBBB")
-        cell.PAD = 0.03
-        if r == 0:
-            cell.set_text_props(weight="bold", color=("black", OKABE_ITO["blue"], OKABE_ITO["orange"])[c])
-        elif c == 0:
-            cell.set_text_props(weight="bold")
-    fig.text(0.02, 0.612, "Measured in this course", fontsize=12, weight="bold", va="top")
+    fig.text(0.02, 0.944, wrap(intro, 0.68 * PAGE_PT[0], 7.5), fontsize=7.5, va="top", color="#333333")
+    _definitions(fig)
+    _comparison(fig)
     _cards(fig, nums)
     _mini_map(fig, nums)
     _scoreboard(fig, nums)
     return fig
 
 
-def _cards(fig, nums: dict[str, Number]) -> None:
-    """Six headline cards in two rows: transfer, covariate shift, forgetting / multi-task gain, harm, conflict."""
-    w, h, gap = 0.165, 0.268, 0.01
-    spot = [
-        (0.02 + col * (w + gap), 0.03 + (1 - row) * (h + gap), w, h) for row in range(2) for col in range(3)
+def _definitions(fig) -> None:
+    for k, (name, colour, text, eq) in enumerate(DEFINITIONS):
+        rect = (0.02, 0.725 - k * 0.176, 0.25, 0.166)
+        w, h = _size_pt(rect)
+        ax = _panel(fig, rect, colour)
+        ax.text(6 / w, 1 - 5 / h, name, fontsize=10, weight="bold", color=colour, va="top")
+        ax.text(6 / w, 1 - 19 / h, wrap(text, w - 12, 6.8), fontsize=6.8, va="top", linespacing=1.2)
+        ax.text(6 / w, 5 / h, eq, fontsize=6.8, va="bottom", linespacing=1.5)
+
+
+def _comparison(fig) -> None:
+    rect = (0.285, 0.549, 0.415, 0.342)
+    w, _ = _size_pt(rect)
+    ax = fig.add_axes(rect)
+    ax.set_axis_off()
+    widths = (0.2, 0.4, 0.4)
+    size = 6.5
+    cells = [
+        [wrap(x, widths[c] * w - 8, size, "bold" if c == 0 else "normal") for c, x in enumerate(r)]
+        for r in COMPARISON[1:]
     ]
+    table = ax.table(
+        cellText=cells,
+        colLabels=list(COMPARISON[0]),
+        cellLoc="left",
+        colWidths=list(widths),
+        bbox=(0, 0, 1, 1),
+    )
+    table.auto_set_font_size(False)
+    table.set_fontsize(size)
+    for (r, c), cell in table.get_celld().items():
+        cell.set_edgecolor("#BBBBBB")
+        cell.PAD = 3 / (widths[c] * w)  # 3 pt, as a fraction of the cell's width
+        cell.get_text().set_linespacing(1.1)
+        if r == 0:
+            cell.set_text_props(weight="bold", color=("black", OKABE_ITO["blue"], OKABE_ITO["orange"])[c])
+        elif c == 0:
+            cell.set_text_props(weight="bold")
 
-    def src(name: str) -> str:
-        return f"read from {nums[name].file}" if name in nums else ""
 
-    def verdict(name: str, what: str = "claim") -> str:
-        return f"{what}: {_t(nums, name)} (over seeds)" if name in nums else ""
+def _card(fig, rect, colour: str, nums: dict[str, Number], name: str) -> None:
+    """One measured result: its short text, the effect in points, the 95 % interval, verdict and seeds, whose
+    claim it is, and the results file and claim it was read from (at the largest sizes that fit the card)."""
+    w, h = _size_pt(rect)
+    ax = _panel(fig, rect, colour)
+    pad, inner = 5.0, w - 10.0
+    n = nums[f"{name}.effect"]
+    where = wrap(f"from {n.file}, {n.path.rsplit('.', 1)[0]}", inner, 6, style="italic")
+    seeds = f"{_t(nums, f'{name}.verdict')}, {_t(nums, f'{name}.seeds')}"
+    for big, small in ((19, 7.0), (16, 6.5), (13, 6.0)):
+        blocks = [
+            (nums[f"{name}.short"].text, small + 1, {"weight": "bold"}),
+            (_t(nums, f"{name}.effect"), big, {"weight": "bold", "color": colour}),
+            (_t(nums, f"{name}.ci"), small, {}),
+            (f"{seeds}; {_t(nums, f'{name}.kind')}" if big < 19 else seeds, small, {}),
+        ] + ([(_t(nums, f"{name}.kind"), small, {"color": "#555555"})] if big == 19 else [])
+        blocks = [(wrap(t, inner, size, kw.get("weight", "normal")), size, kw) for t, size, kw in blocks]
+        need = sum(_height(t, size, 1.15) + 2.5 for t, size, _ in blocks) + _height(where, 6, 1.15) + 2 * pad
+        if need <= h:
+            break
+    y = pad
+    for text, size, kw in blocks:
+        ax.text(pad / w, 1 - y / h, text, fontsize=size, va="top", linespacing=1.15, **kw)
+        y += _height(text, size, 1.15) + 2.5
+    ax.text(
+        pad / w, pad / h, where, fontsize=6, va="bottom", style="italic", color="#555555", linespacing=1.15
+    )
 
-    have = "transfer.margin" in nums
-    _card(
-        fig,
-        spot[0],
-        "Transfer gain, few labels",
-        OKABE_ITO["blue"],
-        _t(nums, "transfer.margin") if have else None,
-        [
-            f"fine-tuned from the source task: {_t(nums, 'transfer.finetune')}",
-            f"same network from scratch: {_t(nums, 'transfer.scratch')}",
-            (
-                f"{_t(nums, 'transfer.per_class')} target labels per class, "
-                if "transfer.per_class" in nums
-                else ""
+
+def _cards(fig, nums: dict[str, Number]) -> None:
+    """The strongest supported results of each half (`provenance.strongest`), three cards per half."""
+    fig.text(0.02, 0.532, "Strongest measured results", fontsize=10, weight="bold", va="top")
+    rule = (
+        "Chosen by rule, not by hand: supported comparisons of accuracy over seeds, ranked by the end of the "
+        "interval nearest zero, at most two per notebook."
+    )
+    fig.text(
+        0.02,
+        0.508,
+        wrap(rule, 0.44 * PAGE_PT[0], 6.3),
+        fontsize=6.3,
+        va="top",
+        style="italic",
+        color="#555555",
+    )
+    w, gap, h = 0.142, 0.007, 0.19
+    for row, (half, (label, colour)) in enumerate(HALF_STYLE.items()):
+        top = 0.476 - row * 0.226
+        fig.text(0.02, top, label, fontsize=7.5, weight="bold", color=colour, va="top")
+        names = sorted({k.rsplit(".", 1)[0] for k in nums if k.startswith(f"card.{half}.")})
+        if not names:
+            ax = _panel(fig, (0.02, top - 0.02 - h, 3 * w + 2 * gap, h), colour)
+            ax.text(0.02, 0.8, "not yet measured", fontsize=11, style="italic", color="#666666", va="center")
+            note = (
+                f"no results file of the {label.lower()}'s notebooks holds a supported comparison of accuracies "
+                "with a confidence interval over seeds"
             )
-            + f"{_t(nums, 'transfer.seeds')} seeds",
-            verdict("transfer.held"),
-        ]
-        if have
-        else [],
-        src("transfer.margin"),
-        "notebook 01 (definitions) has no results file yet",
-    )
-    have = "shift.margin" in nums
-    _card(
-        fig,
-        spot[1],
-        "Cost of a covariate shift",
-        OKABE_ITO["purple"],
-        _t(nums, "shift.margin") if have else None,
-        [
-            f"source model on its own test digits: {_t(nums, 'shift.source')}",
-            f"the same model on digits from another scanner (same labels): {_t(nums, 'shift.target')}",
-            verdict("shift.held"),
-        ]
-        if have
-        else [],
-        src("shift.margin"),
-        "notebook 01 (definitions) has no results file yet",
-    )
-    have = "forgetting.margin" in nums
-    lines = (
-        [
-            "source-task accuracy, mean over map:",
-            f"pretrain, then multi-task: {_t(nums, 'forgetting.kept')}",
-            f"fine-tuned on the target: {_t(nums, 'forgetting.finetune')}",
-            verdict("forgetting.held"),
-        ]
-        if have
-        else []
-    )
-    if "forgetting04.held" in nums:
-        margin = f": {_t(nums, 'forgetting04.margin')}" if "forgetting04.margin" in nums else ""
-        lines.append(f"04 · {_t(nums, 'forgetting04.claim')}{margin}, {_t(nums, 'forgetting04.held')}")
-    headline = "forgetting.margin" if have else "forgetting04.margin"
-    files = sorted({nums[k].file for k in ("forgetting.margin", "forgetting04.held") if k in nums})
-    _card(
-        fig,
-        spot[2],
-        "Forgetting the source task",
-        OKABE_ITO["green"],
-        _t(nums, headline) if headline in nums else None,
-        lines,
-        "read from " + ",\n".join(files) if files else "",
-        "notebooks 04 and 11 have no results files yet",
-    )
-    have = "mtl.margin" in nums
-    _card(
-        fig,
-        spot[3],
-        "Multi-task gain from hints",
-        OKABE_ITO["orange"],
-        _t(nums, "mtl.margin") if have else None,
-        [
-            f"auxiliary digit labels as hints: {_t(nums, 'mtl.hints')}",
-            f"single-task model: {_t(nums, 'mtl.single')}",
-            f"{_t(nums, 'mtl.n')} training images",
-            verdict("mtl.held"),
-        ]
-        if have
-        else [],
-        src("mtl.margin"),
-        "notebook 06 (benefits of multi-task learning) has no results file yet",
-    )
-    headline = "mtl.control" if "mtl.control" in nums else "interference.margin"
-    lines = []
-    if "mtl.control" in nums:
-        lines.append(f"auxiliary labels unrelated to the image, vs single-task ({_t(nums, 'mtl.n')} images)")
-    if "interference.together" in nums:
-        change = f" ({_t(nums, 'interference.margin')})" if "interference.margin" in nums else ""
-        lines.append(
-            f"a sibling task added: left digit {_t(nums, 'interference.alone')} alone, "
-            f"{_t(nums, 'interference.together')} together{change}"
-        )
-        lines.append(verdict("interference.held", "'tasks hinder each other'"))
-    _card(
-        fig,
-        spot[4],
-        "When another task may hurt",
-        OKABE_ITO["vermillion"],
-        _t(nums, headline) if headline in nums else None,
-        lines,
-        src(headline),
-        "notebook 06 (benefits of multi-task learning) has no results file yet",
-    )
-    have = "conflict.held" in nums
-    _card(
-        fig,
-        spot[5],
-        "Gradient conflict, repair",
-        OKABE_ITO["black"],
-        (_t(nums, "conflict.margin") if "conflict.margin" in nums else _t(nums, "conflict.held"))
-        if have
-        else None,
-        [f"'{_t(nums, 'conflict.claim')}'", verdict("conflict.held")] if have else [],
-        src("conflict.held"),
-        "notebook 10 (obstacles in multi-task learning) has no results file yet",
-    )
+            ax.text(0.02, 0.6, wrap(note, 300, 7), fontsize=7, va="top", color="#333333")
+            continue
+        for k, name in enumerate(names):
+            _card(fig, (0.02 + k * (w + gap), top - 0.02 - h, w, h), colour, nums, name)
 
 
 def _mini_map(fig, nums: dict[str, Number]) -> None:
-    """11's decision map in miniature: two panels stacked, winner colour, hatched ties, and the rule of thumb."""
-    from matplotlib.patches import Patch, Rectangle
+    """11's decision map in miniature: one panel per `MAP_PANELS` entry, cells coloured by the chosen member
+    (family hue, member shade), hatched where undecided, the decided count per panel, and a legend of its own."""
+    from matplotlib.patches import Rectangle
 
-    x0, w = 0.555, 0.175
-    fig.text(x0 - 0.01, 0.612, "Which approach wins?", fontsize=9, weight="bold", va="top")
+    x0, x1 = 0.475, 0.70
+    fig.text(x0, 0.532, "Which approach to use?", fontsize=10, weight="bold", va="top")
     rows = sorted(int(k.split(".")[2]) for k in nums if k.startswith("map.per_class."))
     cols = sorted(int(k.split(".")[2]) for k in nums if k.startswith("map.column."))
-    if not rows or not cols:
-        fig.text(
-            x0 - 0.01,
-            0.57,
-            "not yet measured:\nnotebook 11 has no decision map\nin its results file",
-            fontsize=8,
-            style="italic",
-            color="#444444",
-            va="top",
-        )
+    panels = [key for key in MAP_PANELS if f"map.{key}.decided" in nums]
+    if not rows or not cols or not panels:
+        note = "not yet measured: notebook 11 has no decision map in its results file"
+        fig.text(x0, 0.49, wrap(note, (x1 - x0) * PAGE_PT[0], 8), fontsize=8, style="italic", va="top")
         return
-    small = len(cols) > 4 or len(rows) > 4
-    for k, (key, title) in enumerate(MAP_PANELS.items()):
-        ax = fig.add_axes((x0 + 0.03, 0.405 - k * 0.175, w - 0.03, 0.14))
+    fig.text(
+        x0, 0.506, "decision map of notebook 11, by approach family", fontsize=6.3, va="top", color="#555555"
+    )
+    ax_x0 = x0 + 0.036
+    ax_w = x1 - ax_x0
+    wpt = ax_w * PAGE_PT[0]
+    size = 6.0
+    y = 0.478
+    panel_h = 0.118 if len(panels) <= 2 else 0.07
+    for k, key in enumerate(panels):
+        head = wrap(
+            f"{MAP_PANELS[key]}: decided {_t(nums, f'map.{key}.decided')} of {_t(nums, f'map.{key}.cells')} cells",
+            (x1 - x0) * PAGE_PT[0],
+            6.3,
+        )
+        fig.text(x0, y, head, fontsize=6.3, va="top", linespacing=1.1)
+        y -= _height(head, 6.3, 1.1) / PAGE_PT[1] + 0.006
+        ax = fig.add_axes((ax_x0, y - panel_h, ax_w, panel_h))
         for r in rows:
             for c in cols:
                 cell = nums.get(f"map.{key}.{r}.{c}")
                 if cell is None:
                     continue
-                tie = nums[f"map.{key}.{r}.{c}.tie"]
+                tie = nums[f"map.{key}.{r}.{c}.tie"].value
                 ax.add_patch(
                     Rectangle(
                         (c, r),
                         1,
                         1,
                         fc=WINNER_COLOUR.get(cell.value, "white"),
-                        alpha=0.45 if tie.value else 1,
-                        hatch="///" if tie.value else None,
+                        alpha=0.4 if tie else 1,
+                        hatch="////" if tie else None,
                         ec="white",
                         lw=1,
                     )
                 )
-                dark = cell.value in ("finetune", "pretrain_mtl") and not tie.value
+                dark = cell.value in ("finetune", "pretrain_mtl") and not tie
                 ax.text(
                     c + 0.5,
                     r + 0.5,
-                    cell.text + ("\n" + tie.text if tie.value else ""),
+                    cell.text,
                     ha="center",
                     va="center",
-                    fontsize=4.8 if small else 6,
+                    fontsize=size,
                     color="white" if dark else "black",
                 )
         ax.set_xlim(0, len(cols))
         ax.set_ylim(len(rows), 0)
-        ax.set_yticks([r + 0.5 for r in rows], [_t(nums, f"map.per_class.{r}") for r in rows], fontsize=6.5)
-        if k == len(MAP_PANELS) - 1:
-            ax.set_xticks(
-                [c + 0.5 for c in cols],
-                [_wrap(_t(nums, f"map.column.{c}"), 9) for c in cols],
-                fontsize=5.5 if small else 6.3,
-                rotation=30 if small else 0,
-            )
-        else:
-            ax.set_xticks([])
-        ax.tick_params(length=0)
-        ax.set_title(title, fontsize=6.8, pad=3)
-        ax.set_ylabel("target labels / class", fontsize=6.3)
+        ax.set_yticks([r + 0.5 for r in rows], [_t(nums, f"map.per_class.{r}") for r in rows], fontsize=size)
+        ax.set_xticks([])
+        ax.tick_params(length=0, pad=2)
+        ax.set_ylabel("labels / class", fontsize=size, labelpad=2)
         for side in ax.spines.values():
             side.set_visible(False)
-    handles = [Patch(fc=WINNER_COLOUR[m], label=f"{WINNER_CODE[m]}: {WINNER_NAME[m]}") for m in WINNER_COLOUR]
-    handles.append(Patch(fc="white", ec="#777777", hatch="///", label="tie: within seed noise"))
-    fig.legend(
-        handles=handles,
-        loc="upper left",
-        bbox_to_anchor=(x0 - 0.012, 0.198),
-        ncol=1,
-        fontsize=5.8,
-        frameon=False,
-        handlelength=1.1,
-        columnspacing=0.6,
-        handletextpad=0.4,
-        labelspacing=0.22,
-    )
+        y -= panel_h
+        if k == len(panels) - 1:  # the task pairs, under the last panel
+            tallest = 0.0
+            for c in cols:
+                label = wrap(_t(nums, f"map.column.{c}"), wpt / len(cols) - 2, size)
+                xc = ax_x0 + (c + 0.5) / len(cols) * ax_w
+                fig.text(xc, y - 2 / PAGE_PT[1], label, ha="center", va="top", fontsize=size, linespacing=1.1)
+                tallest = max(tallest, _height(label, size, 1.1))
+            y -= (tallest + 6) / PAGE_PT[1]
+        else:
+            y -= 0.012
+    _map_legend(fig, (x0, y - 0.072, x1 - x0, 0.068))
+    y -= 0.078
     lines = []
     if "map.transfer_half.clear" in nums:
         lines.append(
-            f"Rule of thumb 'transfer when the target is small and a related source exists': holds clearly "
-            f"in {_t(nums, 'map.transfer_half.clear')} of {_t(nums, 'map.transfer_half.cells')} such cells."
+            f"Rule of thumb 'transfer when the target is small and a related source exists': holds clearly in "
+            f"{_t(nums, 'map.transfer_half.clear')} of {_t(nums, 'map.transfer_half.cells')} such cells."
         )
     if "map.multitask_half.clear" in nums:
         lines.append(
@@ -427,128 +414,187 @@ def _mini_map(fig, nums: dict[str, Number]) -> None:
             f"{_t(nums, 'map.multitask_half.clear')} of {_t(nums, 'map.multitask_half.cells')} such cells."
         )
     lines.append(f"read from {nums['map.per_class.0'].file}")
-    fig.text(x0 - 0.01, 0.098, "\n".join(_wrap(x, 50) for x in lines), fontsize=6, va="top", linespacing=1.2)
+    text = wrap(" ".join(lines), (x1 - x0) * PAGE_PT[0], 6)
+    fig.text(x0, y, text, fontsize=6, va="top", linespacing=1.15, color="#333333")
+
+
+def _map_legend(fig, rect) -> None:
+    """The map's key in its own box (so it cannot cover the map): member colours by family, and the hatch."""
+    from matplotlib.patches import Rectangle
+
+    ax = _panel(fig, rect)
+    w, h = _size_pt(rect)
+    entries = [(WINNER_COLOUR[m], f"{WINNER_CODE[m]}: {WINNER_NAME[m]}", False) for m in WINNER_COLOUR]
+    entries.append(("#DDDDDD", "hatched: undecided", True))
+    per_col = 3
+    for i, (colour, label, hatched) in enumerate(entries):
+        col, row = divmod(i, per_col)
+        x, yy = col * 0.5, 1 - (row + 0.5) / per_col
+        ax.add_patch(
+            Rectangle(
+                (x, yy - 3.5 / h),
+                9 / w,
+                7 / h,
+                fc=colour,
+                ec="#777777" if hatched else "none",
+                hatch="////" if hatched else None,
+                lw=0.5,
+            )
+        )
+        ax.text(x + 12 / w, yy, wrap(label, 0.5 * w - 14, 6), fontsize=6, va="center", linespacing=1.05)
 
 
 def _scoreboard(fig, nums: dict[str, Number]) -> None:
-    """Every source statement put to the test in the results files, with its verdict."""
-    x0, top = 0.745, 0.612
+    """Every source or literature statement put to the test in the results files: its outcome (mark and colour),
+    notebook and short text; statements whose file has no verdict yet are named as not yet measured."""
+    x0, x1, top, bottom = 0.715, 0.985, 0.978, 0.03
+    width = (x1 - x0) * PAGE_PT[0]
     fig.text(x0, top, "Common statements, put to the test", fontsize=9, weight="bold", va="top")
+    intro = "Source text and literature, each judged by the 95% interval of its paired per-seed differences:"
+    intro = wrap(intro, width, 6.3)
+    fig.text(x0, top - 14 / PAGE_PT[1], intro, fontsize=6.3, va="top", color="#444444", linespacing=1.1)
+    y = top - (16 + _height(intro, 6.3, 1.1)) / PAGE_PT[1]
+    x = x0
+    for verdict, (mark, colour) in VERDICT_STYLE.items():
+        label = f"{mark} {WORDS[verdict]}"
+        fig.text(x, y, label, fontsize=6.3, va="top", color=colour, weight="bold")
+        x += (text_width(label, 6.3, "bold") + 8) / PAGE_PT[0]
+    y -= 14 / PAGE_PT[1]
     keys = [k for k in nums if re.fullmatch(r"score\.[^.]+\.\d+", k)]
-    if not keys:
-        fig.text(
-            x0,
-            top - 0.04,
-            "not yet measured: no results file\nholds a source statement",
-            fontsize=8,
+    pending = sorted({k.split(".")[1][:2] for k in nums if k.startswith("pending.")})
+    foot = ""
+    if pending:
+        foot = wrap(
+            "Not yet measured (results files from before the verdicts): the statements of notebooks "
+            + ", ".join(pending),
+            width,
+            6,
             style="italic",
-            color="#444444",
-            va="top",
         )
+        fig.text(x0, bottom, foot, fontsize=6, va="bottom", style="italic", color="#555555", linespacing=1.1)
+    if not keys:
+        note = "not yet measured: no results file holds a judged source or literature statement"
+        fig.text(x0, y, wrap(note, width, 8), fontsize=8, style="italic", color="#444444", va="top")
         return
-    texts = [f"{k.split('.')[1][:2]} · " + nums[k + ".text"].text for k in keys]
-    wrapped = [_wrap(t, 56) for t in texts]
-    n_lines = sum(t.count("\n") + 1 for t in wrapped)
-    size = 6.3 if n_lines <= 33 else max(4.5, 6.3 * 33 / n_lines)
-    line = size * 1.18 / 72 / A4_LANDSCAPE[1]  # one text line, as a fraction of the page height
-    y = top - 0.03
-    for k, text in zip(keys, wrapped):
-        verdict = nums[k]
-        mark, colour = VERDICT_STYLE[verdict.value]
+    room = (y - bottom) * PAGE_PT[1] - (_height(foot, 6, 1.1) + 4 if foot else 0)
+    indent = text_width("✘", 7.2, "bold") + text_width("00", 7.2) + 6
+    for size in (7.2, 7.0, 6.8, 6.6, 6.4, 6.2, 6.0):
+        texts = [wrap(nums[k + ".text"].text, width - indent, size) for k in keys]
+        need = sum(_height(t, size, 1.1) + 0.3 * size for t in texts)
+        if need <= room:
+            break
+    floor = bottom + ((_height(foot, 6, 1.1) + 4) if foot else 0) / PAGE_PT[1]
+    for k, text in zip(keys, texts):
+        mark, colour = VERDICT_STYLE[nums[k].value]
+        step = (_height(text, size, 1.1) + 0.3 * size) / PAGE_PT[1]
+        if y - step < floor:  # no room left even at the smallest size: the rest are in the results files
+            fig.text(x0, y, "… more statements in the results files", fontsize=6, va="top", style="italic")
+            break
+        fig.text(x0, y, mark, fontsize=size, color=colour, va="top", weight="bold")
         fig.text(
-            x0,
+            x0 + (text_width("✘", size, "bold") + 2) / PAGE_PT[0],
             y,
-            mark,
+            k.split(".")[1][:2],
             fontsize=size,
-            color=colour,
             va="top",
-            weight="bold",
+            color="#666666",
         )
-        fig.text(x0 + 0.014, y, text, fontsize=size, va="top", linespacing=1.1)
-        y -= line * (text.count("\n") + 1) + 0.005
-    fig.text(
-        x0,
-        0.03,
-        _wrap(
-            "From the confidence interval of the paired per-seed differences: ✔ supported (wholly on the "
-            "statement's side), ✘ contradicted (wholly on the other), ? not shown at this scale (it contains zero).",
-            62,
-        ),
-        fontsize=5.8,
-        color="#555555",
-        va="bottom",
-        style="italic",
-    )
+        fig.text(x0 + indent / PAGE_PT[0], y, text, fontsize=size, va="top", linespacing=1.1)
+        y -= step
 
 
-# ------------------------------------------------------------------------------------------- checks and files
+def layout_problems(fig, min_pt: float = MIN_PT, tol_pt: float = 0.5) -> list[str]:
+    """What is wrong with the text of a drawn figure, [] when nothing: texts smaller than `min_pt` points, pairs of
+    texts whose boxes overlap by more than `tol_pt` points, texts that leave their axes' box (text placed in an
+    axes, table cells: their cell), the page, or that lie on another axes or a legend they do not belong to.
 
-
-def figure_texts(fig) -> list[str]:
-    """Every string drawn on the figure (text, titles, tick labels, table cells, legend entries)."""
+    Draws the figure with matplotlib's Agg renderer at 72 dpi (a pixel is a point) and reads each drawn text's
+    window extent (`Text.get_window_extent`); empty texts are ignored."""
+    from matplotlib.backends.backend_agg import RendererAgg
     from matplotlib.text import Text
 
-    return [t.get_text() for t in fig.findobj(Text) if t.get_text() and t.get_visible()]
+    w, h = fig.get_size_inches()
+    dpi = fig.dpi
+    renderer = RendererAgg(int(round(w * dpi)), int(round(h * dpi)), dpi)
+    drawn: list = []
+    original = Text.draw
 
+    def record(self, rend):  # the texts that are actually drawn (visible, inside visible parents)
+        if self.get_visible() and self.get_text().strip():
+            drawn.append(self)
+        return original(self, rend)
 
-def _flat(text: str) -> str:
-    """Text with line breaks and runs of spaces made single spaces (wrapped lines still match)."""
-    return " ".join(text.split())
+    Text.draw = record
+    try:
+        fig.draw(renderer)
+    finally:
+        Text.draw = original
+    scale = 72 / dpi
+    boxes = {id(t): t.get_window_extent(renderer) for t in drawn}
+    owner, home = {}, {}  # text -> the box it must stay inside, the axes it belongs to
+    for ax in fig.axes:
+        for t in ax.texts:
+            owner[id(t)] = ax.bbox
+        for tbl in ax.tables:
+            for cell in tbl.get_celld().values():
+                owner[id(cell.get_text())] = cell.get_window_extent(renderer)
+                home[id(cell.get_text())] = ax
+    regions = [(ax, ax.bbox, lambda t, ax=ax: (t.axes or home.get(id(t))) is ax) for ax in fig.axes]
+    for lg in [*fig.legends, *(a.get_legend() for a in fig.axes)]:
+        if lg is not None:
+            own = {id(x) for x in [*lg.texts, lg.get_title()]}
+            regions.append((lg, lg.get_window_extent(renderer), lambda t, own=own: id(t) in own))
 
+    def name(t) -> str:
+        return repr(" ".join(t.get_text().split())[:50])
 
-def check_figure(
-    fig, nums: dict[str, Number], folder: str | Path | None = None, files: dict[str, Path] | None = None
-) -> list[str]:
-    """Problems found, [] when none: each number re-read from its results file must equal its value, and its text
-    must appear on the figure. `files` ({stem: path}, from `gather`) locate the files; else `folder`."""
-    folder = Path(folder) if folder else default_folder()
-    by_name = {Path(p).name: Path(p) for p in (files or {}).values()}
-    drawn = "\n".join(_flat(t) for t in figure_texts(fig))
+    def overlap(a, b) -> bool:
+        return (min(a.x1, b.x1) - max(a.x0, b.x0)) * scale > tol_pt and (
+            min(a.y1, b.y1) - max(a.y0, b.y0)
+        ) * scale > tol_pt
+
+    def inside(a, b) -> bool:
+        t = tol_pt / scale
+        return a.x0 >= b.x0 - t and a.x1 <= b.x1 + t and a.y0 >= b.y0 - t and a.y1 <= b.y1 + t
+
     problems = []
-    for n in nums.values():
-        data = json.loads(by_name.get(n.file, folder / n.file).read_text())
-        raw = reduced(resolve(data, n.path), n.reduce)
-        if not (raw == n.value or (isinstance(raw, float) and math.isclose(raw, n.value, rel_tol=1e-12))):
-            problems.append(f"{n.name}: figure has {n.value!r}, {n.provenance} holds {raw!r}")
-        if n.text and _flat(n.text) not in drawn:
-            problems.append(f"{n.name}: {n.text!r} is not drawn on the figure")
+    page = fig.bbox
+    for t in drawn:
+        box = boxes[id(t)]
+        if t.get_fontsize() < min_pt - 1e-9:
+            problems.append(f"too small: {name(t)} at {t.get_fontsize():g} pt (minimum {min_pt:g})")
+        if not inside(box, page):
+            problems.append(f"off the page: {name(t)}")
+        elif id(t) in owner and not inside(box, owner[id(t)]):
+            problems.append(f"leaves its box: {name(t)}")
+        for _, region, mine in regions:
+            if not mine(t) and overlap(box, region):
+                problems.append(f"lies on another panel: {name(t)}")
+                break
+    for i, a in enumerate(drawn):
+        for b in drawn[i + 1 :]:
+            if overlap(boxes[id(a)], boxes[id(b)]):
+                problems.append(f"overlap: {name(a)} and {name(b)}")
     return problems
 
 
-def save(fig, out_dir: str | Path, stem: str = "course_infographic") -> dict[str, Path]:
-    """Write the figure as PNG (300 dpi) and SVG at A4 landscape, without timestamps; returns their paths."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fig.set_size_inches(*A4_LANDSCAPE)
-    paths = {"png": out_dir / f"{stem}.png", "svg": out_dir / f"{stem}.svg"}
-    fig.savefig(paths["png"], dpi=300, metadata={"Software": None})
-    fig.savefig(paths["svg"], metadata={"Date": None})
-    return paths
+def render(
+    folder: str | Path | None = None, out_dir: str | Path = "build/infographic", strict: bool = True
+) -> dict:
+    """Draw the page from the results files in `folder` (default: the committed ones; missing notebooks say "not
+    yet measured"), check it (`check_figure`, `layout_problems`) and save it as PNG (300 dpi) and SVG in `out_dir`;
+    returns their paths. A problem raises ValueError when `strict`, else it is printed and the page saved."""
+    import matplotlib.pyplot as plt
 
-
-def page_size(path: str | Path) -> tuple[float, float]:
-    """Width and height in inches of a written PNG (from its pixels and dpi) or SVG (from its pt size)."""
-    path = Path(path)
-    if path.suffix == ".svg":
-        head = path.read_text()[:2000]
-        w = float(re.search(r'width="([\d.]+)pt"', head)[1])
-        h = float(re.search(r'height="([\d.]+)pt"', head)[1])
-        return w / 72, h / 72
-    from PIL import Image
-
-    with Image.open(path) as im:
-        dpi = im.info.get("dpi", (72, 72))
-        return im.size[0] / float(dpi[0]), im.size[1] / float(dpi[1])
-
-
-def provenance_table(nums: dict[str, Number]) -> list[dict]:
-    """One row per number on the figure: name, value as drawn, file and key path (printed by notebook 12)."""
-    return [
-        {
-            "name": n.name,
-            "shown": n.text,
-            "file": n.file,
-            "path": f"{REDUCE_WORDS[n.reduce]} {n.path}" if n.reduce else n.path,
-        }
-        for n in nums.values()
-    ]
+    files = gather(folder)
+    nums = headline_numbers(files)
+    fig = figure(nums)
+    try:
+        problems = check_figure(fig, nums, folder, files) + layout_problems(fig)
+        if problems and strict:
+            raise ValueError(f"the infographic has {len(problems)} problem(s): {'; '.join(problems[:5])}")
+        for p in problems:
+            print(f"infographic: {p}")
+        return save(fig, out_dir)
+    finally:
+        plt.close(fig)

@@ -8,7 +8,9 @@ Sphinx there (conf.py in this folder: myst-nb with ``nb_execution_mode="off"``),
   ``solution`` collapsed (a markdown solution in a dropdown, a code solution with myst-nb's ``hide-cell``), and
   widget outputs reduced to their text (tqdm bars: the site loads no widget JavaScript);
 - the front page gets the course map and the runtime table from `companion.course` (notebooks/runtimes.json, read
-  now, never typed in) and the infographic taken from notebook 12's committed output;
+  now, never typed in) and the infographic: drawn now by `companion.infographic.render` from the committed results
+  files (notebooks/results/), checked (every number against its file, the layout), and copied into the site as an
+  SVG shown at full width, linked to the 300-dpi PNG;
 - the API page gets one section per public module of `companion`, written by autodoc from the docstrings;
 - MathJax 3 is vendored from the npm registry into the site when npm is available, so the pages need no CDN.
 
@@ -18,7 +20,6 @@ Usage: ``python docs/build.py [--out build/site] [--strict]`` (``--strict`` make
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import pkgutil
 import re
@@ -40,7 +41,6 @@ OUT = REPO / "build" / "site"
 VENDOR = REPO / "build" / "vendor"
 MATHJAX = "3.2.2"
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
-INFOGRAPHIC = "12_infographic.ipynb"
 
 
 def run_note(nb: course.Notebook) -> str:
@@ -91,15 +91,17 @@ def stage_notebook(nb: course.Notebook, src: Path, dst: Path) -> dict:
     return data
 
 
-def infographic_png(nb12: Path) -> bytes | None:
-    """The infographic as notebook 12 drew it in its committed run: the last PNG among its outputs."""
-    found = None
-    for cell in json.loads(nb12.read_text())["cells"]:
-        for out in cell.get("outputs", []):
-            png = out.get("data", {}).get("image/png")
-            if png:
-                found = base64.b64decode(png if isinstance(png, str) else "".join(png))
-    return found
+def infographic_files(dst: Path) -> dict[str, Path] | None:
+    """The infographic drawn from the committed results files, as SVG and PNG in `dst` (`render` checks every
+    number against its file and the layout, and prints what it finds); None, with the reason printed, when it
+    cannot be drawn."""
+    from companion import infographic
+
+    try:
+        return infographic.render(infographic.default_folder(), dst, strict=False)
+    except (OSError, ValueError, KeyError) as err:
+        print(f"site: no infographic on the front page ({err})")
+        return None
 
 
 def minutes(value: float | None) -> str:
@@ -107,7 +109,8 @@ def minutes(value: float | None) -> str:
 
 
 def front_parts(infographic: bool) -> dict[str, str]:
-    """The generated pieces of the front page, all from companion.course (titles, order, measured runtimes)."""
+    """The generated pieces of the front page: from companion.course (titles, order, measured runtimes), and the
+    infographic (`infographic`: whether it was drawn) as an SVG at full width linked to its PNG."""
     stems = [f"notebooks/{nb.stem}" for nb in course.COURSE]
     course_map = "\n".join(
         f"{i}. {{doc}}`{nb.title} <{s}>`" for i, (nb, s) in enumerate(zip(course.COURSE, stems))
@@ -117,11 +120,18 @@ def front_parts(infographic: bool) -> dict[str, str]:
         f"| {{doc}}`{nb.stem} <{s}>` | {nb.title} | {minutes(nb.cpu_minutes)} | {minutes(nb.gpu_minutes)} |"
         for nb, s in zip(course.COURSE, stems)
     ]
+    alt = (
+        "The course on one page: definitions, the comparison table, the strongest measured results, the decision "
+        "map and the verdict on each common statement, every number read from a results file"
+    )
+    png, svg = "_static/course_infographic.png", "_static/course_infographic.svg"
     figure = (
-        "```{image} images/course_infographic.png\n:alt: The course on one page: definitions, the comparison "
-        "table and the headline numbers, each read from a results file\n:width: 100%\n```\n"
+        '<div class="course-infographic">\n'
+        f'<a href="{png}"><img src="{svg}" alt="{alt}" style="width:100%;height:auto"></a>\n'
+        f'<p><a href="{png}">Full-size PNG (A4 landscape, 300 dpi)</a> · <a href="{svg}">SVG</a>: drawn from the '
+        "committed results files when the site is built.</p>\n</div>\n"
         if infographic
-        else "*The infographic is missing: notebook 12's committed run has no figure output.*\n"
+        else "*The infographic is missing: it could not be drawn from the committed results files.*\n"
     )
     extra = ["teaching"] if (STAGE / "teaching.md").exists() else []
     toc = "```{toctree}\n:hidden:\n:caption: Course\n\n" + "\n".join(stems) + "\n```\n\n"
@@ -197,11 +207,8 @@ def stage() -> None:
     (STAGE / "notebooks").mkdir()
     for nb in course.COURSE:
         stage_notebook(nb, course.NOTEBOOK_DIR / nb.file, STAGE / "notebooks" / nb.file)
-    png = infographic_png(course.NOTEBOOK_DIR / INFOGRAPHIC)
-    if png is not None:
-        (STAGE / "images").mkdir()
-        (STAGE / "images" / "course_infographic.png").write_bytes(png)
-    fill(STAGE / "index.md", front_parts(png is not None))
+    drawn = infographic_files(STAGE / "_static")
+    fill(STAGE / "index.md", front_parts(drawn is not None))
     fill(STAGE / "api.md", api_parts())
     es5 = vendor_mathjax()
     if es5 is None:
