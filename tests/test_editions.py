@@ -98,8 +98,8 @@ def test_student_keeps_other_companion_metadata():
 def test_exercises_lists_code_prompts_and_numbered_questions():
     assert editions.exercises(_toy()) == [
         "Exercise (code): double a number",
-        "Exercise 1: Is 2 * 21 even?",
-        "Exercise 2: Try `x = 1.5`.",
+        "Exercise 1: Is 2 * 21 even? Say why.",
+        "Exercise 2: Try `x = 1.5`. What does `double` return?",
         "Exercise 3: A third question, in its own cell.",
     ]
     inline = new_notebook(
