@@ -27,7 +27,7 @@ SESSIONS_START, SESSIONS_END = (
 # Per notebook: the sections (markdown headings, without the #) to leave out when a session runs short, and
 # the sections whose figures go on the projector. tests/test_course.py checks every name is a heading.
 SKIP = {
-    "00_start_here": ["3. Three ways to run a notebook", "6. How the course judges a comparison"],
+    "00_start_here": ["3. Three ways to run a notebook", "5. Same seed, same numbers"],
     "01_definitions": [
         "A first look at domain mismatch",
         "The same multi-task training with the tested library",
@@ -221,14 +221,10 @@ def _agenda(rows: list[dict]) -> tuple[list[str], int]:
         nb = r["stem"]
         machine = math.ceil(r["machine"]) if r["machine"] is not None else None
         parts = [
-            (INTRO_MINUTES, f"**{nb}** intro: the goal (below) and the question the claims answer"),
-            (
-                machine,
-                "demo: *Run All* on the projector and in the room (measured machine minutes; walk through the "
-                "first sections while it runs)",
-            ),
-            (math.ceil(r["reading"]), "reading: the markdown and the figures, at the learners' pace"),
-            (EXERCISE_MINUTES, "exercise: the code exercise (the numbered exercises are homework)"),
+            (INTRO_MINUTES, f"**{nb}**: intro, its goal (the objectives above)"),
+            (machine, "demo: *Run All*, on the projector and in the room"),
+            (math.ceil(r["reading"]), "reading, at the learners' pace"),
+            (EXERCISE_MINUTES, "exercise: the code exercise"),
             (DISCUSSION_MINUTES, "discussion: the claims table and the summary"),
         ]
         for minutes, what in parts:
@@ -271,7 +267,7 @@ def session_plan(times: dict | None = None, sessions: int = SESSIONS) -> str:
             "",
             *agenda,
             "",
-            "**Skip when short of time** (leave out of the reading and the discussion; the cells still run):",
+            "**Skip when short of time** (not read or discussed; the cells still run):",
             "",
             *[
                 f"- {nb.stem}: " + "; ".join(f'"{name}"' for name in SKIP.get(nb.stem, []))
