@@ -219,9 +219,10 @@ def _fill(text: str, start: str, end: str, body: str) -> str:
 
 def sync_runtimes(files: list[str] | None = None) -> list[str]:
     """Write measured runtimes into the notebooks' headers (all, or those named), the README's course table and
-    the workshop plan (docs/teaching.md: its table and its list of exercises); returns what changed. Only
-    markdown changes, so committed outputs stay fresh (the hash covers code cells).
-    """
+    the workshop plan (docs/teaching.md: its tables and exercises here, its reading table and sessions from
+    `workshop`); returns what changed. Only markdown changes, so committed outputs stay fresh."""
+    from . import workshop  # it imports this module
+
     changed = []
     for nb in COURSE:
         if files is not None and nb.file not in files:
@@ -242,7 +243,15 @@ def sync_runtimes(files: list[str] | None = None) -> list[str]:
             changed.append(nb.file)
     docs = [
         (REPO / "README.md", [(TABLE_START, TABLE_END, _course_table)]),
-        (TEACHING, [(PLAN_START, PLAN_END, _teaching_table), (LIST_START, LIST_END, _exercise_list)]),
+        (
+            TEACHING,
+            [
+                (PLAN_START, PLAN_END, _teaching_table),
+                (LIST_START, LIST_END, _exercise_list),
+                (workshop.READING_START, workshop.READING_END, workshop.reading_table),
+                (workshop.SESSIONS_START, workshop.SESSIONS_END, workshop.session_plan),
+            ],
+        ),
     ]
     for doc, parts in docs:
         if not doc.exists():

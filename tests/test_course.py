@@ -10,6 +10,8 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from companion.course import COURSE, NOTEBOOK_DIR, parse_value, source_hash, summary, table
 
@@ -216,3 +218,104 @@ def test_every_size_and_epoch_parameter_has_a_declared_range(file):
         n for n in names if _is_count(n) and n != "SEED" and not (bounds and f'"{n}"' in bounds.group(1))
     ]
     assert not missing, f"{file}: no range declared in setup(bounds=...) for {missing}"
+
+
+# --- the workshop plan's reading table and sessions (companion.workshop, docs/teaching.md) ----------------------
+
+
+def _markdown_words(file: str) -> int:
+    import nbformat
+
+    nb = nbformat.read(NOTEBOOK_DIR / file, as_version=4)
+    return sum(len(re.findall(r"\S+", c.source)) for c in nb.cells if c.cell_type == "markdown")
+
+
+def _cpu_minutes(stem: str) -> float:
+    run = json.loads((NOTEBOOK_DIR / "runtimes.json").read_text())[stem]["cpu"]
+    seconds = run["cpu_s"] if run["load"] > run["cores"] else run["wall_s"]
+    return round(seconds / 60, 1)
+
+
+def test_reading_and_machine_minutes_are_the_notebooks_and_runtimes():
+    from companion import workshop
+
+    rows = workshop.reading_table().splitlines()[2:-1]
+    assert len(rows) == len(COURSE)
+    for nb, row in zip(COURSE, rows, strict=True):
+        words = _markdown_words(nb.file)
+        reading, machine = round(words / 200, 1), _cpu_minutes(nb.stem)
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[1:] == [
+            nb.stem,
+            str(words),
+            f"{reading:g}",
+            f"{machine:g}",
+            f"{round(reading + machine, 1):g}",
+        ]
+    loads = [round(_markdown_words(nb.file) / 200, 1) + _cpu_minutes(nb.stem) for nb in COURSE]
+    groups = workshop.balanced_split(loads, workshop.SESSIONS)
+    summary = workshop.session_plan().splitlines()[2 : 2 + workshop.SESSIONS]
+    for group, line in zip(groups, summary, strict=True):
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        first, last = COURSE[group[0]].stem[:2], COURSE[group[-1]].stem[:2]
+        assert cells[1] == (first if first == last else f"{first} to {last}")
+        assert float(cells[5]) == pytest.approx(sum(loads[i] for i in group), abs=0.051)
+
+
+def test_balanced_split_reference_values():
+    from companion.workshop import balanced_split
+
+    assert balanced_split([1, 2, 3, 4, 5, 6, 7, 8, 9], 3) == [[0, 1, 2, 3, 4], [5, 6], [7, 8]]  # 15, 13, 17
+    # several splits reach the least largest session (5); the most even one is kept: 5 | 2 | 2
+    assert balanced_split([5, 1, 1, 1, 1], 3) == [[0], [1, 2], [3, 4]]
+    assert balanced_split([2.5, 2.5], 1) == [[0, 1]] and balanced_split([3, 1], 2) == [[0], [1]]
+    with pytest.raises(ValueError, match="sessions must be between 1 and the number of loads"):
+        balanced_split([1, 2], 3)
+    with pytest.raises(ValueError, match="loads must be finite and non-negative"):
+        balanced_split([1, -2], 1)
+
+
+@given(
+    st.lists(st.integers(0, 40).map(lambda x: x / 4), min_size=1, max_size=9),
+    st.integers(1, 4),
+)
+@settings(max_examples=60, deadline=None)
+def test_balanced_split_is_contiguous_and_optimal(loads, sessions):
+    from itertools import combinations
+
+    from companion.workshop import balanced_split
+
+    sessions = min(sessions, len(loads))
+    groups = balanced_split(loads, sessions)
+    assert [i for g in groups for i in g] == list(range(len(loads))) and all(groups), "contiguous, in order"
+    assert len(groups) == sessions
+    best = min(
+        max(sum(loads[a:b]) for a, b in zip((0, *cuts), (*cuts, len(loads)), strict=True))
+        for cuts in combinations(range(1, len(loads)), sessions - 1)
+    )
+    assert max(sum(loads[i] for i in g) for g in groups) == pytest.approx(best)
+
+
+def test_teaching_reading_table_and_sessions_are_generated():
+    from companion import workshop
+
+    text = (REPO / "docs" / "teaching.md").read_text()
+    for start, end, body in (
+        (workshop.READING_START, workshop.READING_END, workshop.reading_table),
+        (workshop.SESSIONS_START, workshop.SESSIONS_END, workshop.session_plan),
+    ):
+        assert start in text and end in text, f"docs/teaching.md lacks the markers {start} ... {end}"
+        assert text.split(start, 1)[1].split(end, 1)[0].strip("\n") == body(), (
+            "docs/teaching.md differs from the notebooks and runtimes.json; run `python -m companion runtimes`"
+        )
+
+
+def test_skipped_and_projected_sections_are_headings_of_their_notebooks():
+    from companion import workshop
+
+    assert set(workshop.SKIP) == set(workshop.PROJECT) == {nb.stem for nb in COURSE}
+    for nb in COURSE:
+        markdown = "\n".join(_code(c) for c in _nb(nb.file)["cells"] if c["cell_type"] == "markdown")
+        headings = set(re.findall(r"^#+ (.+?)\s*$", markdown, re.M))
+        for name in workshop.SKIP[nb.stem] + workshop.PROJECT[nb.stem]:
+            assert name in headings, f"{nb.stem} has no section {name!r}"
