@@ -7,6 +7,8 @@ import json
 import sys
 
 from . import course
+from .store import DATASETS
+from .summary import table
 
 
 def _params(pairs: list[list[str]] | None) -> dict:
@@ -31,9 +33,21 @@ def main(argv: list[str] | None = None) -> int:
         help="notebook files or number prefixes (default: all; prefixes are "
         "looked up in $COMPANION_NOTEBOOKS, else the checkout's notebooks/)",
     )
-    run.add_argument("--scale", default="auto", choices=["quick", "full", "auto"])
+    run.add_argument(
+        "--scale",
+        default="auto",
+        choices=["quick", "full", "auto"],
+        help="quick: CPU minutes; full: more data, epochs and seeds for a GPU; auto (default): full on a GPU",
+    )
     run.add_argument("--out", default="build", help="folder for executed notebooks and results files")
-    run.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"))
+    run.add_argument(
+        "-p",
+        "--param",
+        nargs=2,
+        action="append",
+        metavar=("NAME", "VALUE"),
+        help="set a notebook parameter (repeatable), e.g. -p SEED 3 -p SIZES '[1, 5]'",
+    )
     run.add_argument("--inplace", action="store_true", help="execute the committed notebooks in place")
     run.add_argument(
         "--force",
@@ -59,15 +73,23 @@ def main(argv: list[str] | None = None) -> int:
         metavar=("NAME", "VALUE"),
         help="fix another parameter for every run of the sweep",
     )
-    sweep.add_argument("--scale", default="auto", choices=["quick", "full", "auto"])
-    sweep.add_argument("--out", default="build")
+    sweep.add_argument(
+        "--scale", default="auto", choices=["quick", "full", "auto"], help="as for run: quick, full or auto"
+    )
+    sweep.add_argument("--out", default="build", help="folder for executed notebooks and results files")
 
-    data = sub.add_parser("data", help="datasets: list what is present, or fetch the rest")
-    data.add_argument("action", choices=["fetch", "list"])
-    data.add_argument("names", nargs="*")
+    data = sub.add_parser(
+        "data",
+        help="datasets: list what is present, or fetch the rest",
+        description=f"The course's datasets: {', '.join(DATASETS)}.",
+    )
+    data.add_argument(
+        "action", choices=["fetch", "list"], help="list: present / missing / corrupt; fetch: get or repair"
+    )
+    data.add_argument("names", nargs="*", help=f"datasets to fetch (default: all): {', '.join(DATASETS)}")
     data.add_argument("--mirror", default=None, help="local mirror folder (default: $COMPANION_DATA_MIRROR)")
 
-    sub.add_parser("env", help="print the environment report")
+    sub.add_parser("env", help="print the environment report: versions, device, datasets present")
     sub.add_parser(
         "runtimes",
         help="write measured runtimes (notebooks/runtimes.json) into headers, the README and "
@@ -184,7 +206,7 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
         print(json.dumps(env_report(), indent=2))
         return 0
-    print(course.table(rows))
+    print(table(rows))
     return 0 if sum(r["failures"] for r in rows) == 0 else 1
 
 

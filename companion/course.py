@@ -12,11 +12,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .claims import failed
+from tqdm.auto import tqdm
+
 from .files import atomic_write
 from .params import REPO, _resolve, check
 from .runs import _environment, execute, inside, slug, source_hash, uncommitted  # noqa: F401  (importable here)
-from .verdicts import VERDICTS
+from .summary import _empty_counts, summary, verdict_line
 
 NOTEBOOK_DIR = REPO / "notebooks"
 
@@ -420,6 +421,7 @@ def run(
     params: dict | None = None,
     inplace: bool = False,
     force: bool = False,
+    progress: bool = True,
 ) -> list[dict]:
     """Execute notebooks (optionally with parameters) and return one summary row each (make course).
 
@@ -428,7 +430,9 @@ def run(
     `--<slug>` of the parameters: `runs.slug`), never outside it; an `out` that is the course's notebook folder,
     or a target that is the notebook being run, is refused. `inplace` runs the notebooks themselves, keeping
     each previous version as `NAME.ipynb.prev`, and refuses one with uncommitted git edits unless `force`.
-    Every run is atomic (`runs.execute`): one that stops leaves the previous notebook as it was.
+    Every run is atomic (`runs.execute`): one that stops leaves the previous notebook as it was. Each notebook
+    is announced as it starts (n of N, the minutes measured for it) and as it ends (its minutes, its verdicts, the
+    time so far), with a progress bar over the notebooks (`progress`).
     """
     if scale not in ("quick", "full", "auto"):
         raise ValueError(f"--scale must be one of ['quick', 'full', 'auto'], got {scale!r}")
@@ -449,8 +453,11 @@ def run(
     else:
         _check_out(out, paths, asked)
     rows = []
-    for path in paths:
+    start = time.perf_counter()
+    bar = tqdm(total=len(paths), desc="notebooks", unit="nb", disable=not progress or len(paths) < 2)
+    for k, path in enumerate(paths, 1):
         given = dict(asked)
+        bar.write(f"[{k}/{len(paths)}] {path.stem}: running ({_expected(path.stem)})")
         if inplace:
             results = REPO / "results"  # the notebook's own RESULTS_DIR default
             cpu0 = _child_cpu()
@@ -461,9 +468,21 @@ def run(
             given["RESULTS_DIR"] = str(results)
             seconds = execute(path, target, given)
         rows.append(summary(path.stem, results, seconds))
+        bar.write(
+            f"[{k}/{len(paths)}] {path.stem}: done in {seconds / 60:.1f} min ({verdict_line(rows[-1])}); "
+            f"{(time.perf_counter() - start) / 60:.1f} min so far"
+        )
+        bar.update()
+    bar.close()
     if inplace:
         sync_runtimes([p.name for p in paths])
     return rows
+
+
+def _expected(stem: str) -> str:
+    """What a run of a notebook is expected to take, from notebooks/runtimes.json."""
+    minutes = _minutes(runtimes().get(stem, {}).get("cpu"))
+    return "no measured time yet" if minutes is None else f"measured about {minutes:g} min on a 2-core CPU"
 
 
 def _child_cpu() -> float:
@@ -546,51 +565,3 @@ def sweep(
                 }
             )
     return rows
-
-
-def _empty_counts() -> dict:
-    return {"course": 0, "course_supported": 0, "statements": dict.fromkeys(VERDICTS, 0)}
-
-
-def summary(notebook: str, results_dir: Path, seconds: float) -> dict:
-    """Read a run's results file into a row: notebook, parameters, minutes, course claims supported / total, the
-    verdicts of the statements put to the test (source and literature), demonstrations, failures."""
-    files = sorted(Path(results_dir).glob(f"{notebook}.json"))
-    row = {
-        "notebook": notebook,
-        "minutes": round(seconds / 60, 2),
-        **_empty_counts(),
-        "failures": 0,
-        "demos": 0,
-        "parameters": {},
-    }
-    for f in files:
-        data = json.loads(f.read_text())
-        row["parameters"] = {**data.get("parameters", {}), "SCALE": data.get("scale")}
-        for c in data.get("claims", []):
-            if c["kind"] == "course":
-                row["course"] += 1
-                row["course_supported"] += c.get("verdict") == "supported"
-            else:
-                row["statements"][c.get("verdict", "inconclusive")] += 1
-        row["failures"] += sum(failed(c) for c in data.get("claims", []))
-        row["demos"] += len(data.get("demonstrations", []))
-        row["failures"] += sum(not d["holds"] for d in data.get("demonstrations", []))
-    return row
-
-
-def table(rows: list[dict]) -> str:
-    """Format summary rows as a plain-text table: course claims supported apart from the statements put to the
-    test (supported / contradicted / not shown at this scale), and demonstrations apart from both."""
-    head = f"{'notebook':28} {'parameters':26} {'minutes':>7} {'course claims':>14}  {'statements: sup/con/not shown':>30} {'demos':>6}"
-    lines = [head]
-    for r in rows:
-        extra = {k: v for k, v in r["parameters"].items() if k in ("SEED", "SCALE")}
-        st = r["statements"]
-        course = f"{r['course_supported']}/{r['course']} supported"
-        tested = f"{st['supported']} / {st['contradicted']} / {st['inconclusive']}"
-        lines.append(
-            f"{r['notebook']:28} {json.dumps(extra):26} {r['minutes']:7.2f} {course:>14}  {tested:>30} "
-            f"{r.get('demos', 0):>6}"
-        )
-    return "\n".join(lines)

@@ -16,7 +16,9 @@ import json
 import os
 import re
 import secrets
+import shutil
 import subprocess
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -119,6 +121,31 @@ def _keep_failed(partial: Path, source: Path, out: Path, err: BaseException) -> 
     return failed
 
 
+def kernel_manager() -> type:
+    """The kernel manager the runner uses. On POSIX it talks to its kernel over Unix sockets in a private
+    temporary folder, removed with the kernel: no TCP port is opened, so the kernel has no plain-text transport to
+    warn about. Elsewhere it is jupyter_client's own (TCP). Imported here, like papermill: `import companion`
+    does not load the notebook machinery."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    if os.name != "posix":
+        return AsyncKernelManager
+
+    class QuietKernelManager(AsyncKernelManager):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self._folder = tempfile.mkdtemp(prefix="companion-kernel-")
+            self.transport = "ipc"
+            self.ip = os.path.join(self._folder, "kernel")
+
+        def cleanup_resources(self, restart: bool = False) -> None:
+            super().cleanup_resources(restart=restart)
+            if not restart:
+                shutil.rmtree(self._folder, ignore_errors=True)
+
+    return QuietKernelManager
+
+
 def execute(
     path: Path,
     out: Path,
@@ -154,6 +181,7 @@ def execute(
                 cwd=str(Path(path).parent),
                 progress_bar=progress,
                 kernel_name="python3",
+                kernel_manager_class=kernel_manager(),
             )
         seconds = time.perf_counter() - t0
         nb = json.loads(partial.read_text())

@@ -13,7 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from companion.course import COURSE, NOTEBOOK_DIR, parse_value, source_hash, summary, table
+from companion.course import COURSE, NOTEBOOK_DIR, parse_value, source_hash
+from companion.summary import summary, table
 
 REPO = Path(__file__).resolve().parents[1]
 
