@@ -25,13 +25,13 @@ MANIFEST = ".companion-edition.json"  # in OUT_DIR: {file name: sha256 of what t
 
 def _header(name: str | None) -> dict:
     """The markdown cell that opens a student edition."""
-    where = f"`notebooks/{name}`" if name else "the committed notebook of the same name"
     text = (
-        "**Student edition.** The solutions are removed from this copy and the cells tagged `exercise` have no\n"
-        "output yet: write your answer in each exercise cell, then run the cell after it to check it. Running the\n"
-        "whole notebook stops at the first exercise you have not solved, by design. The instructor edition, with\n"
-        f"every solution and output, is {where} in the course repository (`python -m companion student OUT_DIR\n"
-        "--instructor` copies it)."
+        f"**Your copy of {name or 'this notebook'}** (student edition). Run the cells in order and read as you\n"
+        "go. Each exercise has a cell for your answer (it stops with `NotImplementedError` until you write it)\n"
+        "and, right after it, a cell that checks your answer against the course's tested code: write, run the\n"
+        "check, and try again until it passes. Running the whole notebook stops at the first exercise you have\n"
+        "not solved yet, by design. Your edits are safe: making the student edition again does not overwrite a\n"
+        "notebook you have changed."
     )
     return {"cell_type": "markdown", "id": HEADER_ID, "metadata": {}, "source": text}
 

@@ -73,8 +73,8 @@ def test_student_removes_solutions_and_clears_exercise_outputs_only():
     out = editions.student(nb, name="toy.ipynb")
     assert nb == before, "student() leaves its argument as it is"
     nbformat.validate(out)
-    assert out.cells[0].cell_type == "markdown" and "Student edition" in out.cells[0].source
-    assert "notebooks/toy.ipynb" in out.cells[0].source
+    assert out.cells[0].cell_type == "markdown" and "student edition" in out.cells[0].source
+    assert "Your copy of toy.ipynb" in out.cells[0].source and "--instructor" not in out.cells[0].source
     kept = [c for c in nb.cells if "solution" not in _tags(c)]
     assert len(out.cells) == len(kept) + 1 and not any("solution" in _tags(c) for c in out.cells)
     for orig, new in zip(kept, out.cells[1:]):
