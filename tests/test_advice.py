@@ -233,3 +233,33 @@ def test_the_advisor_never_recommends_a_measured_worse_option(seed):
                     assert not worse[together, must][ri][ci][fam], (n, r, together, must, rec.approach)
                     if not cell["tie"]:
                         assert rec.approach == cell["member"] and rec.backed_by_measurements
+
+
+def test_the_advisor_never_recommends_a_measured_worse_option_on_the_committed_map():
+    """Every cell of the committed decision map (notebook 11's results file keeps the sweep's numbers)."""
+    import json
+    from pathlib import Path
+
+    from companion.advice import FAMILY_OF
+
+    path = Path(__file__).resolve().parents[1] / "notebooks" / "results" / "11_choosing.json"
+    data = json.loads(path.read_text())["metrics"]["sweep"]
+    synthetic = [c["relatedness"] for c in data["columns"] if c["relatedness"] is not None]
+    for together in (False, True):
+        for must in (False, True):
+            grid = decision_map(data, available=together, criterion="both" if must else "target")
+            for ri, n in enumerate(data["per_class"]):
+                for r in synthetic:
+                    ci = [c["relatedness"] for c in data["columns"]].index(r)
+                    rec = advise(
+                        target_per_class=n,
+                        source_examples=1000,
+                        labels_together=together,
+                        relatedness=r,
+                        source_must_work=must,
+                        measurements=data,
+                    )
+                    cell = grid[ri][ci]
+                    assert not _worse_families(cell)[FAMILY_OF[rec.approach]], (n, r, together, must)
+                    if not cell["tie"]:
+                        assert rec.approach == cell["member"]
