@@ -138,10 +138,12 @@ def kernel_manager() -> type:
             self.transport = "ipc"
             self.ip = os.path.join(self._folder, "kernel")
 
-        def cleanup_resources(self, restart: bool = False) -> None:
-            super().cleanup_resources(restart=restart)
+        async def _async_cleanup_resources(self, restart: bool = False) -> None:
+            await super()._async_cleanup_resources(restart=restart)
             if not restart:
                 shutil.rmtree(self._folder, ignore_errors=True)
+
+        cleanup_resources = _async_cleanup_resources  # what the async manager awaits
 
     return QuietKernelManager
 

@@ -43,7 +43,7 @@ SKIP = {
     "04_core_difference": ["Along training", "A second pair, with a relatedness knob"],
     "05_how_transfer_helps": ["One point of the curve, by hand"],
     "06_benefits_of_mtl": ["Convergence"],
-    "07_applications_of_transfer": ["5. Optional: the same recipe for text"],
+    "07_applications_of_transfer": ["3. Features, once"],
     "08_mtl_use_cases": [
         "Diagnostic: where did the weights go?",
         "Part 2 · Multi-label findings on scan-like images",

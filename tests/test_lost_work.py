@@ -447,3 +447,29 @@ def test_a_checkpoint_written_before_these_fields_still_resumes(tmp_path):
     with pytest.raises(ValueError, match=f"checkpoint {path} does not fit this run's model.*size mismatch"):
         fit(nn.Linear(2, 3), TensorBatches(x, y, 8), epochs=2, checkpoint=path, **FAST)
     assert fit(nn.Linear(2, 2), TensorBatches(x, y, 8), epochs=2, checkpoint=path, **FAST).last["step"] == 8
+
+
+def test_the_runner_talks_to_its_kernel_without_a_tcp_warning_and_cleans_up(tmp_path, capfd):
+    """The kernel runs over Unix sockets in a private folder (POSIX), removed with the kernel."""
+    import glob
+    import os
+    import tempfile
+
+    import nbformat
+
+    from companion.runs import execute
+
+    if os.name != "posix":
+        pytest.skip("Unix sockets: POSIX only")
+    meta = {"kernelspec": {"name": "python3", "language": "python", "display_name": "Python 3"}}
+    src = tmp_path / "tiny.ipynb"
+    nbformat.write(
+        nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(6 * 7)")], metadata=meta), src
+    )
+    before = set(glob.glob(os.path.join(tempfile.gettempdir(), "companion-kernel-*")))
+    execute(src, tmp_path / "out" / "tiny.ipynb")
+    after = set(glob.glob(os.path.join(tempfile.gettempdir(), "companion-kernel-*")))
+    assert after <= before
+    out = nbformat.read(tmp_path / "out" / "tiny.ipynb", 4)
+    assert out.cells[0].outputs[0]["text"] == "42\n"
+    assert "without encryption" not in capfd.readouterr().err
