@@ -29,12 +29,6 @@ STRICT_ENV = "COMPANION_STRICT_CLAIMS"
 MARKS = {"supported": "SUPPORTED", "contradicted": "CONTRADICTED", "inconclusive": "NOT SHOWN"}
 
 
-def spread(values) -> float:
-    """Seed spread of one method: max - min of its per-seed values (what the figures' whiskers show)."""
-    v = [float(x) for x in values]
-    return max(v) - min(v) if v else 0.0
-
-
 def failed(claim: dict) -> bool:
     """The course's one failure rule for a recorded claim: a course claim that is not supported, or a
     contradicted source or literature statement left without the note that explains it (the results file, the
