@@ -8,6 +8,7 @@ import json
 import os
 import re
 import resource
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -431,8 +432,8 @@ def run(
     or a target that is the notebook being run, is refused. `inplace` runs the notebooks themselves, keeping
     each previous version as `NAME.ipynb.prev`, and refuses one with uncommitted git edits unless `force`.
     Every run is atomic (`runs.execute`): one that stops leaves the previous notebook as it was. Each notebook
-    is announced as it starts (n of N, the minutes measured for it) and as it ends (its minutes, its verdicts, the
-    time so far), with a progress bar over the notebooks (`progress`).
+    is announced on stderr as it starts (n of N, the minutes measured for it) and as it ends (its minutes, its
+    verdicts, the time so far), with a progress bar over the notebooks (`progress`); stdout keeps the table.
     """
     if scale not in ("quick", "full", "auto"):
         raise ValueError(f"--scale must be one of ['quick', 'full', 'auto'], got {scale!r}")
@@ -457,7 +458,7 @@ def run(
     bar = tqdm(total=len(paths), desc="notebooks", unit="nb", disable=not progress or len(paths) < 2)
     for k, path in enumerate(paths, 1):
         given = dict(asked)
-        bar.write(f"[{k}/{len(paths)}] {path.stem}: running ({_expected(path.stem)})")
+        bar.write(f"[{k}/{len(paths)}] {path.stem}: running ({_expected(path.stem)})", file=sys.stderr)
         if inplace:
             results = REPO / "results"  # the notebook's own RESULTS_DIR default
             cpu0 = _child_cpu()
@@ -470,7 +471,8 @@ def run(
         rows.append(summary(path.stem, results, seconds))
         bar.write(
             f"[{k}/{len(paths)}] {path.stem}: done in {seconds / 60:.1f} min ({verdict_line(rows[-1])}); "
-            f"{(time.perf_counter() - start) / 60:.1f} min so far"
+            f"{(time.perf_counter() - start) / 60:.1f} min so far",
+            file=sys.stderr,
         )
         bar.update()
     bar.close()
