@@ -233,3 +233,24 @@ def test_the_advisor_never_recommends_a_measured_worse_option_on_the_committed_m
 
     path = Path(__file__).resolve().parents[1] / "notebooks" / "results" / "11_choosing.json"
     _assert_never_worse(json.loads(path.read_text())["metrics"]["sweep"])
+
+
+def test_rule_against_map_reads_only_decided_cells():
+    from companion.advice import rule_against_map
+    from companion.verdicts import seeds_needed
+
+    got = rule_against_map(_map(), source_examples=1000)
+    alone_panel = got["no_labels_together/target"][0]
+    assert (alone_panel["rule"], alone_panel["family"], alone_panel["status"]) == ("probe", "transfer", "agrees")
+    assert alone_panel["seeds_needed"] is None
+    # Labels together: the probe (0.61 mean) against multi-task (0.6067) is not decided; the open comparison has
+    # differences (+0.01, -0.01, +0.01), judged at the last Holm step (level 95 %).
+    together = got["labels_together/target"][0]
+    assert together["status"] == "undecided"
+    diffs = np.array([0.01, -0.01, 0.01])
+    assert together["seeds_needed"] == seeds_needed(diffs.mean(), diffs.std(ddof=1))
+    # The same numbers at relatedness 0: the rule says "alone", the decided cell says transfer.
+    unrelated = _map()
+    unrelated["columns"][0]["relatedness"] = 0.0
+    cell = rule_against_map(unrelated, source_examples=1000)["no_labels_together/target"][0]
+    assert (cell["rule"], cell["family"], cell["status"]) == ("alone", "transfer", "contradicts")
