@@ -254,3 +254,15 @@ def test_rule_against_map_reads_only_decided_cells():
     unrelated["columns"][0]["relatedness"] = 0.0
     cell = rule_against_map(unrelated, source_examples=1000)["no_labels_together/target"][0]
     assert (cell["rule"], cell["family"], cell["status"]) == ("alone", "transfer", "contradicts")
+
+
+def test_sweep_in_worker_processes_gives_the_same_numbers():
+    from companion.sweeps import sweep, synthetic_pair
+
+    def pairs(seed):
+        return [synthetic_pair(r, seed=seed, n_source=200, n_pool=60) for r in (0.0, 1.0)]
+
+    kw = dict(steps=5, source_steps=10, lr_grid=(1e-3, 5e-3), progress=False)
+    one = sweep(pairs, [1, 3], [0, 1], workers=1, **kw)
+    assert sweep(pairs, [1, 3], [0, 1], workers=2, **kw) == one
+    assert len(one["scores"]["r=1"]["3"]["probe"]["target"]) == 2
