@@ -59,6 +59,8 @@ html_theme_options = {
     # is folded away); the theme would also put a field in the page header
     "navbar_persistent": [],
 }
+# the search page has its own search field in the page: its sidebar leaves the theme's out
+html_sidebars = {"search": ["navbar-logo.html", "icon-links.html", "sbt-sidebar-nav.html"]}
 
 # companion's docstrings are plain prose in Markdown's spirit, not reStructuredText: backticks for code and
 # **double stars** for a term in bold (the same markup in both). Those spans are kept as markup; outside them,
