@@ -23,13 +23,14 @@ course: data
 	COMPANION_SEED_WORKERS=$${COMPANION_SEED_WORKERS:-auto} $(PY) -m companion run --scale $(SCALE) --out build
 
 # Unit tests and every notebook rerun at another seed through the runner (the seed guard), then nbval over every
-# committed notebook (strict mode turns a course claim that did not hold into a failing cell). Two pytest-xdist
+# committed notebook (strict mode turns a course claim that did not hold into a failing cell; their results files go
+# to build/nbval/, not over the committed ones beside the notebooks). Two pytest-xdist
 # workers with one thread each use a 2-core machine better than one process with two threads.
 TEST_WORKERS ?= 2
 THREADS := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 test: data
 	$(THREADS) $(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal --durations 15 tests
-	COMPANION_STRICT_CLAIMS=1 $(THREADS) $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --nbval-lax --nbval-current-env -p no:cacheprovider --ignore-glob='*.failed.ipynb' notebooks
+	COMPANION_STRICT_CLAIMS=1 COMPANION_RESULTS_BASE=$(CURDIR)/build/nbval $(THREADS) $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --nbval-lax --nbval-current-env -p no:cacheprovider --ignore-glob='*.failed.ipynb' notebooks
 
 lint: install
 	$(VENV)/bin/ruff check companion tests notebooks docs benchmarks

@@ -16,7 +16,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .files import atomic_write
-from .params import REPO, _resolve, check
+from .params import REPO, check, results_folder
 from .runs import _environment, execute, inside, slug, source_hash, uncommitted  # noqa: F401  (importable here)
 from .summary import _empty_counts, summary, verdict_line
 
@@ -390,7 +390,7 @@ def parse_value(text: str):
 def _outputs(out: Path, path: Path, given: dict) -> tuple[Path, Path]:
     """Where a run with parameters `given` keeps its results folder and executed notebook, inside `out`."""
     results = (
-        _resolve(given["RESULTS_DIR"])
+        results_folder(given["RESULTS_DIR"])
         if "RESULTS_DIR" in given
         else out / "results" / path.stem / slug(given)
     )
@@ -460,7 +460,9 @@ def run(
         given = dict(asked)
         bar.write(f"[{k}/{len(paths)}] {path.stem}: running ({_expected(path.stem)})", file=sys.stderr)
         if inplace:
-            results = REPO / "results"  # the notebook's own RESULTS_DIR default
+            results = results_folder(
+                "results", path.parent
+            )  # the notebook's RESULTS_DIR default, in its folder
             cpu0 = _child_cpu()
             seconds = execute(path, path, keep_previous=True)
             _record(path.stem, results, seconds, _child_cpu() - cpu0)
@@ -503,7 +505,8 @@ def _record(stem: str, results: Path, wall_s: float, cpu_s: float) -> None:
     if not file.exists():
         return
     text = file.read_bytes()
-    atomic_write(COMMITTED_RESULTS / f"{stem}.json", lambda f: f.write(text))
+    if file.resolve() != (COMMITTED_RESULTS / f"{stem}.json").resolve():  # a run in notebooks/ wrote it there
+        atomic_write(COMMITTED_RESULTS / f"{stem}.json", lambda f: f.write(text))
     import torch
 
     data = json.loads(file.read_text())

@@ -19,6 +19,7 @@ from . import checks
 from .device import DEVICE_CHOICES, pick_device, seed_everything
 
 REPO = Path(__file__).resolve().parents[1]
+RESULTS_BASE_ENV = "COMPANION_RESULTS_BASE"
 SCALES = ("quick", "full", "auto")
 _COUNTS = (
     "EPOCHS",
@@ -256,11 +257,24 @@ def setup(
     data_dir = params.get("DATA_DIR") or ""
     # passed on as root=cfg.data_dir by the notebooks; the process environment is not touched
     cfg.data_dir = _resolve(data_dir) if data_dir else None
-    cfg.results_dir = _resolve(params.get("RESULTS_DIR") or "results")
+    cfg.results_dir = results_folder(params.get("RESULTS_DIR") or "results")
     _writable(cfg.results_dir)
     if "SEED" in params:
         seed_everything(params["SEED"])
     return cfg
+
+
+def results_folder(path: str | Path, cwd: str | Path | None = None) -> Path:
+    """The absolute folder a RESULTS_DIR value names. An absolute path (or ``~/...``) is taken as given; a relative
+    one lies beside the learner: inside the folder the notebook runs in, the kernel's working directory (`cwd`
+    when given, else the process's), which JupyterLab, papermill (so the runner) and nbval set to the notebook's
+    folder. ``$COMPANION_RESULTS_BASE``, when set (an absolute path), replaces that folder (`make test` points it into build/, so a
+    test run leaves the committed results files in notebooks/results/ alone)."""
+    p = Path(path).expanduser()
+    if p.is_absolute():
+        return p
+    base = os.environ.get(RESULTS_BASE_ENV) or (cwd if cwd is not None else Path.cwd())
+    return (Path(base).expanduser().absolute() / p).absolute()
 
 
 def _resolve(path: str) -> Path:

@@ -152,18 +152,18 @@ def default_folder() -> Path:
 
 def folder_of(text: str) -> Path:
     """The folder a SOURCE_RESULTS_DIR parameter names: "" is the committed results (`default_folder`), a relative
-    path is read like RESULTS_DIR (inside the repository in a checkout)."""
-    from .params import _resolve
+    path is read like RESULTS_DIR (`params.results_folder`: inside the folder the notebook runs in)."""
+    from .params import results_folder
 
-    return default_folder() if not text else _resolve(text)
+    return default_folder() if not text else results_folder(text)
 
 
 def out_folder(text: str, results_dir: str | Path) -> Path:
     """Where an OUT_DIR parameter puts the PNG and SVG: "" is RESULTS_DIR/infographic, a relative path is read
-    like RESULTS_DIR."""
-    from .params import _resolve
+    like RESULTS_DIR (`params.results_folder`)."""
+    from .params import results_folder
 
-    return Path(results_dir) / "infographic" if not text else _resolve(text)
+    return Path(results_dir) / "infographic" if not text else results_folder(text)
 
 
 def shown(path: str | Path) -> str:

@@ -11,7 +11,9 @@ Sphinx there (conf.py in this folder: myst-nb with ``nb_execution_mode="off"``),
   now, never typed in) and the infographic: drawn now by `companion.infographic.render` from the committed results
   files (notebooks/results/), checked (every number against its file, the layout), and copied into the site as an
   SVG shown at full width, linked to the 300-dpi PNG;
-- the API page gets one section per public module of `companion`, written by autodoc from the docstrings;
+- the API reference gets one page per public module of `companion` (found by walking the package, subpackages
+  included: moving a module needs no edit of the docs), written by autodoc from the docstrings, and an index page
+  with each module's summary line;
 - MathJax 3 is vendored from the npm registry into the site when npm is available, so the pages need no CDN.
 
 Usage: ``python docs/build.py [--out build/site] [--strict]`` (``--strict`` makes Sphinx warnings fatal).
@@ -140,18 +142,32 @@ def front_parts(infographic: bool) -> dict[str, str]:
 
 
 def public_modules() -> list[str]:
+    """Every public module of `companion`, subpackages included, found by walking the package (so a module that
+    moves needs no edit here): dotted names without the ``companion.`` prefix, private ones (``_x``,
+    ``__main__``) left out."""
     import companion
 
-    return [m.name for m in pkgutil.iter_modules(companion.__path__) if not m.name.startswith("_")]
-
-
-def api_parts() -> dict[str, str]:
-    mods = public_modules()
-    table = "```{eval-rst}\n.. autosummary::\n\n" + "".join(f"   companion.{m}\n" for m in mods) + "```\n"
-    sections = "".join(
-        f"\n## `companion.{m}`\n\n```{{eval-rst}}\n.. automodule:: companion.{m}\n```\n" for m in mods
+    names = (m.name for m in pkgutil.walk_packages(companion.__path__, "companion."))
+    return sorted(
+        n.removeprefix("companion.") for n in names if not any(p.startswith("_") for p in n.split("."))
     )
-    return {"MODULE_TABLE": table, "MODULES": sections}
+
+
+def api_page(module: str) -> str:
+    """The API page of one module: its title and autodoc's rendering of its docstrings."""
+    return f"# `companion.{module}`\n\n```{{eval-rst}}\n.. automodule:: companion.{module}\n```\n"
+
+
+def api_parts(folder: Path) -> dict[str, str]:
+    """One page per public module written into `folder` (api/<module>.md), and the API index's pieces: a summary
+    table (each module's first docstring line) and the hidden toctree of the module pages."""
+    mods = public_modules()
+    folder.mkdir(parents=True, exist_ok=True)
+    for m in mods:
+        (folder / f"{m}.md").write_text(api_page(m))
+    table = "```{eval-rst}\n.. autosummary::\n\n" + "".join(f"   companion.{m}\n" for m in mods) + "```\n"
+    toc = "```{toctree}\n:hidden:\n:maxdepth: 1\n\n" + "".join(f"api/{m}\n" for m in mods) + "```\n"
+    return {"MODULE_TABLE": table, "MODULES": toc}
 
 
 def fill(path: Path, parts: dict[str, str]) -> None:
@@ -209,7 +225,7 @@ def stage() -> None:
         stage_notebook(nb, course.NOTEBOOK_DIR / nb.file, STAGE / "notebooks" / nb.file)
     drawn = infographic_files(STAGE / "_static")
     fill(STAGE / "index.md", front_parts(drawn is not None))
-    fill(STAGE / "api.md", api_parts())
+    fill(STAGE / "api.md", api_parts(STAGE / "api"))
     es5 = vendor_mathjax()
     if es5 is None:
         print("site: MathJax not vendored (npm unavailable or offline): pages load it from its CDN")

@@ -66,6 +66,25 @@ def test_committed_notebook_is_fresh_and_well_formed(file):
     )
 
 
+def test_nbval_markers_are_cell_tags_not_comments():
+    """Learners never see an ``# NBVAL_...`` comment: the cells whose output nbval compares carry its cell tag, which
+    nbval itself reads (its own parser, so a tag it would ignore fails here)."""
+    from nbval.plugin import find_comment_markers, find_metadata_tags
+
+    checked = []
+    for nb in COURSE:
+        for i, cell in enumerate(_nb(nb.file)["cells"]):
+            if cell["cell_type"] != "code":
+                continue
+            assert not dict(find_comment_markers(_code(cell))), (
+                f"{nb.file} cell {i}: an NBVAL comment, not a tag"
+            )
+            assert "NBVAL_" not in _code(cell), f"{nb.file} cell {i}: an NBVAL marker left in the source"
+            if dict(find_metadata_tags(cell["metadata"])).get("check"):
+                checked.append(nb.stem)
+    assert {"00_start_here", "01_definitions"} <= set(checked), f"cells nbval compares: {checked}"
+
+
 @pytest.mark.parametrize("file", [nb.file for nb in COURSE])
 def test_papermill_sees_every_parameter(file):
     import papermill as pm
