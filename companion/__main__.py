@@ -6,9 +6,9 @@ import argparse
 import json
 import sys
 
-from . import course
+from .course import runner as course
+from .course.summary import table
 from .store import DATASETS
-from .summary import table
 
 
 def _params(pairs: list[list[str]] | None) -> dict:
@@ -185,7 +185,7 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                 print(f"{name:14} {state:8} {note}".rstrip())
         return 0
     elif args.command == "student":
-        from . import editions
+        from .course import editions
 
         write = editions.write_instructor if args.instructor else editions.write_student
         for path in write(args.out_dir, args.notebooks or None, force=args.force):

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from . import checks
 from .aggregators import _OPTIONS, METHODS, aggregate, conflict, task_gradients, write_grad
-from .train import StepContext
+from .loop import StepContext
 
 __all__ = [
     "DWA",
@@ -395,6 +395,17 @@ class GradAggregation:
     """
 
     per_task_grads = True  # differentiates each task's loss: under torchrun, fit all-reduces each gradient
+
+    def torchrun_refusal(self, model: nn.Module) -> str | None:
+        """Why this balancer cannot equal its single-process result under torchrun with `model` (None: it can).
+        Per-sample gradients of the shared representation ("features" mode) are split across processes, so only
+        "params" mode is exact there; `distributed.check_balancer` asks before training."""
+        if self.mode == "features" or (self.mode == "auto" and hasattr(model, "shared")):
+            return (
+                f"GradAggregation(mode={self.mode!r}) aggregates per-sample gradients of the shared representation, "
+                "which are split across processes under torchrun; pass GradAggregation(..., mode='params')"
+            )
+        return None
 
     def __init__(
         self,

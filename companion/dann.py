@@ -17,8 +17,9 @@ from torch import Tensor, nn
 from . import checks
 from .batches import TensorBatches
 from .device import pick_device
+from .loop import History
 from .models import features
-from .train import History, fit
+from .train import fit
 from .transfer import _check_pair, _classifier, _seeded
 
 __all__ = ["DANN", "GradientReversal", "dann_lambda", "domain_discriminator", "grad_reverse", "train_dann"]

@@ -25,33 +25,18 @@ from torch import Tensor
 
 from . import batches as _batches
 from . import checks
-from .batches import (  # noqa: F401  (the names of companion.batches stay importable from here)
-    EpochLoader,
-    EpochSampler,
-    Target,
-    TensorBatches,
-    loader,
-    subsample_per_class,
-)
 from .files import atomic_write
-from .store import (  # noqa: F401  (the public names of companion.store stay importable from here)
+from .store import (
     _INFO,
-    CHECKSUMS,
     DATASETS,
     TEXT_DATASETS,
-    DamagedFileError,
     _dataset_of,
     _inside,
     _locate,
     _mirror,
     _reading,
     _verified,
-    available_datasets,
-    damaged_files,
     data_root,
-    fetch,
-    file_ok,
-    sha256,
 )
 
 SPLITS = ("train", "test", "all")

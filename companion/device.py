@@ -10,6 +10,8 @@ from importlib import metadata
 import numpy as np
 import torch
 
+from .store import available_datasets
+
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 
 
@@ -72,8 +74,6 @@ def env_report(device: str | torch.device = "auto") -> dict[str, object]:
     for pkg in ("torch", "torchvision", "timm", "numpy", "matplotlib", "papermill", "nbval", "scikit-learn"):
         report[pkg] = _version(pkg)
     try:
-        from .data import available_datasets
-
         report["datasets"] = {k: v["present"] for k, v in available_datasets().items()}
     except Exception as err:  # the report must never fail
         report["datasets"] = f"unavailable ({err})"

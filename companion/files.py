@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+REPO = Path(__file__).resolve().parents[1]  # the course checkout, when the package runs from one
 _STALE_AFTER_S = 15 * 60  # a temporary untouched this long is an orphan even if its writer's pid looks alive
 _TEMP = re.compile(r"(?:(?P<pid>\d+)-)?[a-z0-9_]{8}")  # the middle of `.<name>.<pid>-<random>.part`
 
@@ -113,3 +114,31 @@ def atomic_write(
             raise write_error(path, err) from err
         raise
     return path
+
+
+# ------------------------------------------------------------------------------------------------ locations
+
+
+def in_checkout() -> bool:
+    """True when the package runs from a checkout of the course (pyproject.toml and notebooks/ beside it), False
+    for an installed copy (site-packages)."""
+    return (REPO / "pyproject.toml").is_file() and (REPO / "notebooks").is_dir()
+
+
+def user_folder() -> Path:
+    """The per-user folder of an installed course (data/, results/): $XDG_DATA_HOME/companion or
+    ~/.local/share/companion on Linux, ~/Library/Application Support/companion on macOS, %LOCALAPPDATA%\\companion
+    on Windows. A checkout keeps both inside the repository instead."""
+    if sys.platform == "win32":
+        base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
+    elif sys.platform == "darwin":
+        base = Path.home() / "Library" / "Application Support"
+    else:
+        base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return base.expanduser() / "companion"
+
+
+def resolve(path: str) -> Path:
+    """A relative path is inside the repository in a checkout, else inside the per-user folder."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else (REPO if in_checkout() else user_folder()) / p

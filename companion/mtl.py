@@ -18,18 +18,6 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from . import checks
-from .aggregators import aggregate  # noqa: F401  (importable from here, as before)
-from .balancers import (  # noqa: F401  (the balancers have their own module; importable from here)
-    DWA,
-    FAMO,
-    GradAggregation,
-    GradNorm,
-    Uncertainty,
-    Weighted,
-    dwa_weights,
-    task_affinity,
-)
-from .experiments import compare_models, size_sweep  # noqa: F401  (runners, importable from here)
 from .models import count_params
 
 __all__ = [

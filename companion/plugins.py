@@ -13,17 +13,9 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from . import checks, distributed
-from .checkpoints import check_fingerprint
-from .train import (
-    FitState,
-    History,
-    LossFn,
-    _resume_from,
-    _rng_state,
-    _set_rng_state,
-    evaluate,
-    save_checkpoint,
-)
+from .checkpoints import _resume_from, _rng_state, _set_rng_state, check_fingerprint, save_checkpoint
+from .evaluation import LossFn, evaluate
+from .loop import FitState, History
 
 _MODES = ("min", "max")
 

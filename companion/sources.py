@@ -19,11 +19,13 @@ from torch import Tensor, nn
 
 from . import checks
 from .batches import TensorBatches, subsample_per_class
+from .checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from .data import load_dataset
 from .device import pick_device
+from .evaluation import evaluate
 from .models import backbone
 from .store import data_root
-from .train import CheckpointError, evaluate, fit, load_checkpoint, save_checkpoint
+from .train import fit
 from .transfer import _seeded
 
 __all__ = ["cached_source", "source_model"]

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from . import checks
-from .files import atomic_write
+from .files import REPO, atomic_write, in_checkout, user_folder
 
 DATASETS = ("digits", "mnist", "fashion_mnist", "usps", "animal_mnist", "omniglot", "rotten_tomatoes")
 TEXT_DATASETS = ("rotten_tomatoes",)  # texts, not images: `companion.data.load_texts` reads them
@@ -114,7 +114,6 @@ def data_root() -> Path:
     """The data folder: $COMPANION_DATA if set, else <repo>/data in a checkout of the course, else a per-user
     folder such as ~/.local/share/companion/data (an installed package; see `params.user_folder`) (notebook 00).
     """
-    from .params import REPO, in_checkout, user_folder
 
     env = os.environ.get("COMPANION_DATA")
     if env:

@@ -14,43 +14,28 @@ import torch
 from torch import Tensor, nn
 
 from . import distributed
-from .checkpoints import (  # noqa: F401  (checkpoints have their own module; these names stay importable here)
-    CheckpointError,
+from .batches import TensorBatches
+from .checkpoints import (
     _own_rng,
-    _resume_from,
-    _rng_state,
-    _set_rng_state,
-    load_checkpoint,
     run_fingerprint,
-    save_checkpoint,
 )
-from .data import TensorBatches
-from .evaluation import (  # noqa: F401  (losses and metrics have their own module; these names stay importable here)
+from .evaluation import (
     _PRECISIONS,
     LossFn,
-    _add,
-    _as_dict,
-    _autocast,
-    _is_binary,
-    _move,
-    accuracy,
-    batch_losses,
-    default_loss,
-    evaluate,
 )
-from .loop import (  # noqa: F401  (fit's loop has its own module; these names stay importable here)
+from .loop import (
     Balancer,
     Callback,
     FitState,
     History,
     LossStep,
-    StepContext,
     Update,
     WeightedSum,
     _Loop,
     _Record,
 )
-from .optim import _OPTIMIZERS, _SCHEDULERS, _make_optimizer, _make_scheduler  # noqa: F401
+from .optim import _OPTIMIZERS, _make_optimizer, _make_scheduler
+from .plugins import Checkpointer, EarlyStopping, RestoreBest, Validate
 
 
 def fit(
@@ -246,7 +231,6 @@ def _plugins(
     resume,
 ) -> list:
     """The callbacks fit calls: the given ones, fit's bookkeeping and the plug-ins its keywords ask for, by order."""
-    from .plugins import Checkpointer, EarlyStopping, RestoreBest, Validate
 
     built = [Validate(val, loss_fns, precision)] if val is not None else []
     built += [*callbacks, _Record()]

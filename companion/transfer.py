@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import importlib
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
 
@@ -34,9 +33,11 @@ from torch import Tensor, nn
 
 from . import checks
 from .device import pick_device
+from .evaluation import evaluate
+from .loop import History
 from .models import new_head, stages
 from .optim import _OPTIMIZERS
-from .train import History, evaluate, fit
+from .train import fit
 
 __all__ = [
     "BN_POLICIES",
@@ -551,33 +552,3 @@ def forgetting(
     if accs[0] is None:
         raise ValueError("source_batches must hold class labels, to measure an accuracy")
     return {"before": accs[0], "after": accs[1], "drop": accs[0] - accs[1]}
-
-
-# ------------------------------------------------------------------------------ moved, still importable
-
-# Modules built on this one keep their names importable from here; they import this module themselves, so
-# their names are looked up on first use rather than imported at the top.
-_MOVED = {
-    **dict.fromkeys(("cached_source", "source_model"), "sources"),
-    **dict.fromkeys(
-        ("DANN", "GradientReversal", "dann_lambda", "domain_discriminator", "grad_reverse", "train_dann"),
-        "dann",
-    ),
-    **dict.fromkeys(
-        ("block_sweep", "group_rows", "label_efficiency", "labels_to_reach", "probe_accuracy"),
-        "experiments",
-    ),
-    "steps_to": "experiments",
-}
-
-
-def __getattr__(name: str) -> object:
-    """A name that moved to a module built on this one, imported from there on first use (PEP 562)."""
-    if name in _MOVED:
-        return getattr(importlib.import_module(f"{__package__}.{_MOVED[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    """This module's names and the moved ones."""
-    return sorted({*globals(), *_MOVED})

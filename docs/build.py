@@ -34,7 +34,7 @@ DOCS = Path(__file__).resolve().parent
 REPO = DOCS.parent
 sys.path.insert(0, str(REPO))
 
-from companion import course  # noqa: E402  (the checkout's package, importable without installing)
+from companion.course import runner as course  # noqa: E402
 
 STAGE = REPO / "build" / "site-src"
 OUT = REPO / "build" / "site"
@@ -95,7 +95,7 @@ def infographic_files(dst: Path) -> dict[str, Path] | None:
     """The infographic drawn from the committed results files, as SVG and PNG in `dst` (`render` checks every
     number against its file and the layout, and prints what it finds); None, with the reason printed, when it
     cannot be drawn."""
-    from companion import infographic
+    from companion.course import infographic
 
     try:
         return infographic.render(infographic.default_folder(), dst, strict=False)
@@ -142,7 +142,9 @@ def front_parts(infographic: bool) -> dict[str, str]:
 def public_modules() -> list[str]:
     import companion
 
-    return [m.name for m in pkgutil.iter_modules(companion.__path__) if not m.name.startswith("_")]
+    found = pkgutil.walk_packages(companion.__path__, "companion.")
+    names = [m.name.removeprefix("companion.") for m in found if not m.ispkg]
+    return [n for n in names if not n.rpartition(".")[2].startswith("_")]
 
 
 def api_parts() -> dict[str, str]:

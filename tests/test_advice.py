@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from companion.advice import SMALL, Recommendation, advise, decision_map, map_summary
+from companion.course.advice import SMALL, Recommendation, advise, decision_map, map_summary
 
 
 def _map(probe=(0.6, 0.62, 0.61), alone=(0.3, 0.31, 0.29), mtl=(0.59, 0.63, 0.6)):
@@ -159,7 +159,8 @@ def test_nonsense_is_refused_in_one_line(kw, name):
 
 
 def test_cost_table_counts():
-    from companion.advice import cost_table, synthetic_pair
+    from companion.course.advice import cost_table
+    from companion.experiments.sweeps import synthetic_pair
 
     pair = synthetic_pair(1.0, seed=0, n_source=50, n_pool=40, n_val=2, n_test=10, size=8)
     data = {"steps": 10, "source_steps": 20, "hidden": [16]}
@@ -194,7 +195,7 @@ def _random_map(rng, seeds=5):
 
 def _worse_families(cell):
     """Families the cell measures as better than each family (paired, Holm over the pairs): the test's own."""
-    from companion.verdicts import holm
+    from companion.experiments.verdicts import holm
 
     fams = list(cell["values"])
     pairs = {f"{g}>{f}": (cell["values"][g], cell["values"][f]) for g in fams for f in fams if g != f}
@@ -205,7 +206,7 @@ def _worse_families(cell):
 def _assert_never_worse(data):
     """For every situation that lands on a synthetic cell of `data`: the advice's family is never one the cell
     measures as worse than another family, and a decided cell's member is the advice."""
-    from companion.advice import FAMILY_OF
+    from companion.course.advice import FAMILY_OF
 
     columns = [c["relatedness"] for c in data["columns"]]
     for together in (False, True):

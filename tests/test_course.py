@@ -13,8 +13,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from companion.course import COURSE, NOTEBOOK_DIR, parse_value, source_hash
-from companion.summary import summary, table
+from companion.course.catalog import COURSE, NOTEBOOK_DIR
+from companion.course.runner import parse_value
+from companion.course.runs import source_hash
+from companion.course.summary import summary, table
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -169,7 +171,7 @@ def test_ci_calls_the_readme_test_command():
 
 
 def test_runtimes_are_measured_and_shown_identically_in_headers_and_readme():
-    from companion.course import RUNTIMES, expected_time, runtimes
+    from companion.course.catalog import RUNTIMES, expected_time, runtimes
 
     measured = runtimes()
     readme = (REPO / "README.md").read_text()
@@ -187,7 +189,7 @@ def test_runtimes_are_measured_and_shown_identically_in_headers_and_readme():
 
 
 def test_expected_time_uses_cpu_time_on_a_busy_machine(tmp_path, monkeypatch):
-    import companion.course as course
+    import companion.course.runner as course
 
     monkeypatch.setattr(course, "RUNTIMES", tmp_path / "runtimes.json")
     nb = course.Notebook("99_x.ipynb", "x")
@@ -208,7 +210,7 @@ def test_expected_time_uses_cpu_time_on_a_busy_machine(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("file", [nb.file for nb in COURSE])
 def test_every_size_and_epoch_parameter_has_a_declared_range(file):
-    from companion.params import _is_count
+    from companion.course.params import _is_count
 
     nb = _nb(file)
     i = next(i for i, c in enumerate(nb["cells"]) if "parameters" in c.get("metadata", {}).get("tags", []))
@@ -238,7 +240,7 @@ def _cpu_minutes(stem: str) -> float:
 
 
 def test_reading_and_machine_minutes_are_the_notebooks_and_runtimes():
-    from companion import workshop
+    from companion.course import workshop
 
     rows = workshop.reading_table().splitlines()[2:-1]
     assert len(rows) == len(COURSE)
@@ -264,7 +266,7 @@ def test_reading_and_machine_minutes_are_the_notebooks_and_runtimes():
 
 
 def test_balanced_split_reference_values():
-    from companion.workshop import balanced_split
+    from companion.course.workshop import balanced_split
 
     assert balanced_split([1, 2, 3, 4, 5, 6, 7, 8, 9], 3) == [[0, 1, 2, 3, 4], [5, 6], [7, 8]]  # 15, 13, 17
     # several splits reach the least largest session (5); the most even one is kept: 5 | 2 | 2
@@ -284,7 +286,7 @@ def test_balanced_split_reference_values():
 def test_balanced_split_is_contiguous_and_optimal(loads, sessions):
     from itertools import combinations
 
-    from companion.workshop import balanced_split
+    from companion.course.workshop import balanced_split
 
     sessions = min(sessions, len(loads))
     groups = balanced_split(loads, sessions)
@@ -298,7 +300,7 @@ def test_balanced_split_is_contiguous_and_optimal(loads, sessions):
 
 
 def test_teaching_reading_table_and_sessions_are_generated():
-    from companion import workshop
+    from companion.course import workshop
 
     text = (REPO / "docs" / "teaching.md").read_text()
     for start, end, body in (
@@ -312,7 +314,7 @@ def test_teaching_reading_table_and_sessions_are_generated():
 
 
 def test_skipped_and_projected_sections_are_headings_of_their_notebooks():
-    from companion import workshop
+    from companion.course import workshop
 
     assert set(workshop.SKIP) == set(workshop.PROJECT) == {nb.stem for nb in COURSE}
     for nb in COURSE:

@@ -15,8 +15,9 @@ import torch.distributed as dist
 from torch import nn
 
 from companion import distributed
-from companion.data import TensorBatches
-from companion.train import fit, load_checkpoint, save_checkpoint
+from companion.batches import TensorBatches
+from companion.checkpoints import load_checkpoint, save_checkpoint
+from companion.train import fit
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -11,9 +11,10 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from companion import course, editions
 from companion.__main__ import main
-from companion.course import COURSE, NOTEBOOK_DIR
+from companion.course import editions
+from companion.course import runner as course
+from companion.course.catalog import COURSE, NOTEBOOK_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -13,7 +13,7 @@ import pytest
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from companion import infographic as ig  # noqa: E402
+from companion.course import infographic as ig
 
 
 def _claim(text, measured, held=True, kind="course", note="", short="", ci=None, seeds=5):
@@ -487,7 +487,7 @@ def test_wrap_measures_the_text():
 
 
 def test_missing_run_calls_the_runner_at_quick_scale(tmp_path, monkeypatch):
-    from companion import course
+    from companion.course import runner as course
 
     calls = []
 

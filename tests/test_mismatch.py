@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import companion.transfer as transfer
-from companion.mismatch import (
+from companion.experiments.mismatch import (
     ADAPTATIONS,
     by_cell,
     corrupt_labels,
@@ -130,7 +130,7 @@ def _tiny(seed=0, n=48, k=3):
 def test_dann_at_lambda_zero_is_class_loss_training_bit_for_bit():
     """At max_lambda = 0 the domain loss sends exactly no gradient into the network: the weights equal those of
     training on the class loss alone (same source batches, same target batches through BatchNorm)."""
-    from companion.data import TensorBatches
+    from companion.batches import TensorBatches
     from companion.train import fit
 
     src, tgt = _tiny(0), _tiny(1)[0]

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from companion.claims import Claims, write_json
+from companion.course.claims import Claims, write_json
+from companion.course.params import ParameterError, check, scale_of, setup
 from companion.device import env_report, pick_device, seed_everything
-from companion.params import ParameterError, check, scale_of, setup
 
 
 @pytest.mark.parametrize(
@@ -140,7 +140,7 @@ def test_env_report_names_versions_and_device():
 
 
 def test_claims_file_round_trip_and_strict_mode(tmp_path, capsys):
-    from companion.verdicts import paired
+    from companion.experiments.verdicts import paired
 
     cfg = setup(SEED=3, DEVICE="cpu", RESULTS_DIR=str(tmp_path))
     c = Claims("99_demo", cfg)
@@ -207,8 +207,8 @@ def test_claims_file_round_trip_and_strict_mode(tmp_path, capsys):
 
 
 def test_a_contradicted_statement_needs_its_note():
-    from companion.claims import failed
-    from companion.verdicts import paired
+    from companion.course.claims import failed
+    from companion.experiments.verdicts import paired
 
     c = Claims("99_demo")
     c.check("s", {}, paired([0, 0, 0.1], [1, 1, 1.2]), kind="source", ref="Benefits")
@@ -218,7 +218,7 @@ def test_a_contradicted_statement_needs_its_note():
 
 
 def test_the_claims_table_wraps_as_html():
-    from companion.verdicts import paired
+    from companion.experiments.verdicts import paired
 
     c = Claims("99_demo")
     c.check("A <b> beats B", {}, paired([1.0, 2.0, 3.0], [0.5, 1.4, 2.6]))
@@ -234,7 +234,7 @@ def test_write_json_is_atomic(tmp_path):
 
 
 def test_demonstrations_are_kept_apart_from_claims(tmp_path, capsys):
-    from companion.verdicts import fixed, paired
+    from companion.experiments.verdicts import fixed, paired
 
     cfg = setup(SEED=0, RESULTS_DIR=str(tmp_path))
     c = Claims("99_demo", cfg)
@@ -254,7 +254,7 @@ def test_demonstrations_are_kept_apart_from_claims(tmp_path, capsys):
 
 
 def test_results_path_is_printed_relative_to_the_repository(capsys):
-    from companion.params import REPO
+    from companion.files import REPO
 
     cfg = setup(SEED=0, RESULTS_DIR="build/test-relative")
     Claims("99_demo", cfg).report(strict=False)
@@ -263,7 +263,7 @@ def test_results_path_is_printed_relative_to_the_repository(capsys):
 
 
 def test_tune_picks_the_best_validation_score_and_over_seeds_stacks():
-    from companion.protocol import over_seeds, tune
+    from companion.experiments.protocol import over_seeds, tune
 
     best, scores = tune(lambda lr: {1e-3: 0.7, 3e-3: 0.9, 1e-2: 0.9}[lr], [1e-3, 3e-3, 1e-2], name="lr")
     assert best == 3e-3 and scores[1e-2] == 0.9  # ties keep the earlier value
@@ -276,7 +276,7 @@ def test_tune_picks_the_best_validation_score_and_over_seeds_stacks():
 
 
 def test_delta_m_matches_the_papers_formula_on_hand_values():
-    from companion.protocol import delta_m
+    from companion.experiments.protocol import delta_m
 
     # accuracy 0.90 vs 0.80 (+12.5 %), error 0.30 vs 0.40 (lower is better: +25 %): mean +18.75 %
     assert delta_m(

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from companion.protocol import mean_range, over_seeds, seed_stats, seed_workers
+from companion.experiments.protocol import mean_range, over_seeds, seed_stats, seed_workers
 
 
 def _train(seed: int) -> dict[str, float]:

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from companion import course
 from companion import data as D
-from companion import params as P
 from companion.__main__ import main
-from companion.params import ParameterError, setup
+from companion.course import params as P
+from companion.course import runner as course
+from companion.course.params import ParameterError, setup
 
 NB = course.NOTEBOOK_DIR / "01_definitions.ipynb"
 

@@ -18,21 +18,13 @@ import pytest
 import torch
 from torch import nn
 
-from companion.data import TensorBatches
+from companion.batches import TensorBatches
+from companion.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from companion.device import seed_everything
-from companion.train import (
-    _OPTIMIZERS,
-    CheckpointError,
-    StepContext,
-    WeightedSum,
-    _make_optimizer,
-    accuracy,
-    default_loss,
-    evaluate,
-    fit,
-    load_checkpoint,
-    save_checkpoint,
-)
+from companion.evaluation import accuracy, default_loss, evaluate
+from companion.loop import StepContext, WeightedSum
+from companion.optim import _OPTIMIZERS, _make_optimizer
+from companion.train import fit
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -13,9 +13,9 @@ from timm.scheduler import CosineLRScheduler
 from torch import nn
 
 import companion.transfer as T
-from companion.data import TensorBatches
+from companion.batches import TensorBatches
+from companion.evaluation import evaluate
 from companion.models import new_head, stages
-from companion.train import evaluate
 
 LR, DECAY = 0.1, 0.5
 

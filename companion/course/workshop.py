@@ -8,7 +8,7 @@ import math
 import re
 from collections.abc import Sequence
 
-from .course import COURSE, NOTEBOOK_DIR, Notebook, _minutes, runtimes
+from .catalog import COURSE, NOTEBOOK_DIR, Notebook, expected_minutes, runtimes
 
 WORDS_PER_MINUTE = 200  # a common estimate of silent reading speed for technical text
 SESSIONS = 4
@@ -129,7 +129,7 @@ def loads(times: dict | None = None) -> list[dict]:
                 "stem": nb.stem,
                 "words": words,
                 "reading": reading_minutes(words),
-                "machine": _minutes(times.get(nb.stem, {}).get("cpu")),
+                "machine": expected_minutes(times.get(nb.stem, {}).get("cpu")),
             }
         )
     return rows

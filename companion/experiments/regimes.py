@@ -24,13 +24,15 @@ from collections.abc import Callable, Iterator, Mapping
 import torch
 from torch import Tensor, nn
 
-from . import checks
-from .data import TensorBatches
-from .device import pick_device
-from .models import backbone, features, new_head
-from .mtl import HardSharing
-from .train import WeightedSum, evaluate, fit
-from .transfer import l2sp, prepare
+from .. import checks
+from ..batches import TensorBatches
+from ..device import pick_device
+from ..evaluation import evaluate
+from ..loop import WeightedSum
+from ..models import backbone, features, new_head
+from ..mtl import HardSharing
+from ..train import fit
+from ..transfer import l2sp, prepare
 
 __all__ = [
     "SEQUENTIAL",

@@ -19,13 +19,14 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from . import checks
-from .batches import TensorBatches, subsample_per_class
-from .device import pick_device
-from .models import count_params, stages
-from .plugins import EvaluateEvery
-from .train import evaluate, fit
-from .transfer import BN_POLICIES, STRATEGIES, _check_pair, adapt, layer_groups, prepare, transfer_blocks
+from .. import checks
+from ..batches import TensorBatches, subsample_per_class
+from ..device import pick_device
+from ..evaluation import evaluate
+from ..models import count_params, stages
+from ..plugins import EvaluateEvery
+from ..train import fit
+from ..transfer import BN_POLICIES, STRATEGIES, _check_pair, adapt, layer_groups, prepare, transfer_blocks
 
 __all__ = [
     "block_sweep",

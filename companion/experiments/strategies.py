@@ -17,13 +17,14 @@ from collections.abc import Iterable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from . import checks
-from .data import TensorBatches, subsample_per_class
-from .device import pick_device
+from .. import checks
+from ..batches import TensorBatches, subsample_per_class
+from ..device import pick_device
+from ..evaluation import evaluate
+from ..train import fit
+from ..transfer import STRATEGIES, adapt, layer_groups, prepare, transfer_blocks
+from ..transfer import _check_pair as _pair
 from .protocol import tune
-from .train import evaluate, fit
-from .transfer import STRATEGIES, adapt, layer_groups, prepare, transfer_blocks
-from .transfer import _check_pair as _pair  # one check of (images, labels) pairs
 
 __all__ = ["base_network", "copy_stages", "random_network", "summarize", "tuned_strategies"]
 
