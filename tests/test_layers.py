@@ -1,0 +1,42 @@
+"""The package's start-up stays light: importing it, or the command line, loads no notebook machinery."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def loaded(statement: str) -> set[str]:
+    """Top-level names of the modules in sys.modules after running `statement` in a fresh interpreter."""
+    code = (
+        f"import sys, json\n{statement}\nprint(json.dumps(sorted({{m.split('.')[0] for m in sys.modules}})))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    return set(json.loads(done.stdout.splitlines()[-1]))
+
+
+@pytest.mark.parametrize(
+    ("statement", "absent"),
+    [
+        ("import companion", {"papermill", "nbformat", "jupyter_client", "jupyter_core", "torch", "scipy"}),
+        ("import companion.train", {"papermill", "nbformat", "jupyter_client", "jupyter_core"}),
+        ("import companion.__main__", {"papermill", "nbformat", "torch", "scipy"}),
+    ],
+)
+def test_imports_stay_light(statement, absent):
+    assert loaded(statement) & absent == set()
+
+
+def test_core_imports_neither_experiments_nor_course():
+    """The core library's modules (companion/*.py) load no module of the layers above them."""
+    core = sorted(p.stem for p in (REPO / "companion").glob("*.py") if not p.stem.startswith("_"))
+    statement = "\n".join(f"import companion.{m}" for m in core)
+    code = f"import sys\n{statement}\nprint(sorted(m for m in sys.modules if m.startswith(('companion.experiments', 'companion.course'))))"
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "[]"
