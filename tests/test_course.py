@@ -189,11 +189,12 @@ def test_runtimes_are_measured_and_shown_identically_in_headers_and_readme():
 
 
 def test_expected_time_uses_cpu_time_on_a_busy_machine(tmp_path, monkeypatch):
-    import companion.course.runner as course
+    from companion.course import catalog
+    from companion.course.catalog import Notebook
 
-    monkeypatch.setattr(course, "RUNTIMES", tmp_path / "runtimes.json")
-    nb = course.Notebook("99_x.ipynb", "x")
-    assert nb.cpu_minutes is None and "not yet measured on a CPU" in course.expected_time(nb)
+    monkeypatch.setattr(catalog, "RUNTIMES", tmp_path / "runtimes.json")
+    nb = Notebook("99_x.ipynb", "x")
+    assert nb.cpu_minutes is None and "not yet measured on a CPU" in catalog.expected_time(nb)
     (tmp_path / "runtimes.json").write_text(
         json.dumps(
             {
@@ -205,7 +206,7 @@ def test_expected_time_uses_cpu_time_on_a_busy_machine(tmp_path, monkeypatch):
         )
     )
     assert (nb.cpu_minutes, nb.gpu_minutes) == (2.0, 0.5)
-    assert "about 2 minutes on a 2-core CPU" in course.expected_time(nb)
+    assert "about 2 minutes on a 2-core CPU" in catalog.expected_time(nb)
 
 
 @pytest.mark.parametrize("file", [nb.file for nb in COURSE])

@@ -490,7 +490,7 @@ SCRIPT = textwrap.dedent(
     """
     import sys, time, torch
     from torch import nn
-    from companion.data import TensorBatches
+    from companion.batches import TensorBatches
     from companion.train import fit
 
     ckpt, out, slow = sys.argv[1], sys.argv[2], float(sys.argv[3])
@@ -541,8 +541,9 @@ MT_SCRIPT = textwrap.dedent(
     """
     import os, signal, sys, torch
     from torch import nn
-    from companion.data import TensorBatches
-    from companion.mtl import DWA, FAMO, GradNorm, HardSharing
+    from companion.batches import TensorBatches
+    from companion.balancers import DWA, FAMO, GradNorm
+    from companion.mtl import HardSharing
     from companion.train import fit
 
     BALANCERS = {"dwa": DWA, "gradnorm": GradNorm, "famo": FAMO}
