@@ -133,6 +133,7 @@ def test_sweep_runs_once_per_value(tmp_path):
     assert proc.stdout.count("00_start_here") == 2
 
 
+@pytest.mark.slow  # the command line in a subprocess: about 30 s on a busy 2-core machine
 def test_bad_parameter_stops_before_training_with_one_line(tmp_path):
     proc = _run("run", "00", "-p", "EPOCHS", "-1", "--out", str(tmp_path), check=False)
     assert proc.returncode != 0
@@ -152,7 +153,9 @@ def test_install_files_name_the_same_packages():
         }
 
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    declared = names(project["dependencies"] + project["optional-dependencies"]["dev"])
+    extras = project["optional-dependencies"]
+    assert {"companion[course,site]"} <= set(extras["dev"]), "the dev extra installs everything"
+    declared = names(project["dependencies"] + [d for deps in extras.values() for d in deps]) - {"companion"}
     locked = names((REPO / "requirements-lock.txt").read_text().splitlines())
     env = (REPO / "environment.yml").read_text().split("- pip:")[1]
     conda = names(ln.strip()[2:] for ln in env.splitlines() if ln.strip().startswith("- "))
