@@ -1,4 +1,4 @@
-"""Training on several processes with torchrun and DistributedDataParallel (fit's scale-out, notebook 00).
+"""Training on several processes with torchrun and DistributedDataParallel (fit's scale-out).
 
 Launch a training script with `torchrun --nproc_per_node N script.py` (one process per GPU, or N processes on
 CPU): `fit` reads torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK) through `init`, joins the process

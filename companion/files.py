@@ -1,4 +1,4 @@
-"""Files written so that no reader ever sees half of one (notebook 00 shows why): a temporary file in the
+"""Files written so that no reader ever sees half of one: a temporary file in the
 target's folder, flushed and fsynced, then `os.replace`. Data, checkpoints, results files and notebooks all go
 through `atomic_write`; the dataset module is not needed to write a file.
 """
@@ -38,7 +38,7 @@ def _alive(pid: int) -> bool:
 def stale_temporaries(path: str | os.PathLike) -> list[Path]:
     """Temporaries that killed `atomic_write` calls left for this target (`.<name>.<pid>-<random>.part`, or the
     older `.<name>.<random>.part`) and that no live writer is using: their writer's process is gone, or they
-    have not changed for 15 minutes (notebook 00). Files of other targets never match."""
+    have not changed for 15 minutes. Files of other targets never match."""
     path = Path(path)
     prefix, now, out = f".{path.name}.", time.time(), []
     with contextlib.suppress(OSError):
@@ -82,7 +82,7 @@ def write_error(path: str | os.PathLike, err: OSError) -> OSError:
 def atomic_write(
     path: str | os.PathLike, write: Callable[[BinaryIO], object], *, keep_previous: bool = False
 ) -> Path:
-    """Write a file via a temp file in its folder and os.replace, so no half file is ever visible (notebook 00).
+    """Write a file via a temp file in its folder and os.replace, so no half file is ever visible.
 
     With `keep_previous`, an existing file is kept as `<name>.prev` (checkpoints use it). Temporaries that
     killed earlier writes of the same target left behind are removed first (see `stale_temporaries`). A write

@@ -1,4 +1,4 @@
-"""fit's plug-ins: validation, early stopping, best-weights restore and checkpointing as callbacks (notebook 09).
+"""fit's plug-ins: validation, early stopping, best-weights restore and checkpointing as callbacks.
 
 Each is a small object with some of the `companion.train.Callback` hooks; `fit`'s keywords (`val`,
 `early_stop`, `restore_best`, `checkpoint`, ...) build them, or they can be passed in `callbacks=[...]`. Their
@@ -30,7 +30,7 @@ def infer_mode(monitor: str, mode: str | None = None) -> str:
 
 
 class Validate:
-    """Adds `evaluate(model, val, loss_fns)` to each epoch's row as val_* entries (notebooks 00 and 09).
+    """Adds `evaluate(model, val, loss_fns)` to each epoch's row as val_* entries.
 
     What `fit(val=...)` builds: val_loss, val_acc and their per-task entries (val_loss/<task>, ...), computed in
     eval mode without gradients at the end of every epoch, before the other callbacks see the row.
@@ -49,7 +49,7 @@ class Validate:
 
 
 class EvaluateEvery:
-    """Evaluates on `val` every `steps` optimiser steps, mid-epoch included: a convergence curve (notebook 05).
+    """Evaluates on `val` every `steps` optimiser steps, mid-epoch included: a convergence curve.
 
     Its rows, {"epoch": k (the k-th evaluation), "step", "val_loss", "val_acc", ...}, are in `rows` and in
     `history()`. The evaluation runs in eval mode without gradients, and every module's train/eval flag is put back
@@ -112,7 +112,7 @@ class _Best:
 
 
 class EarlyStopping(_Best):
-    """Stops training after `patience` epochs in a row without a better `monitor` value (notebooks 00 and 09).
+    """Stops training after `patience` epochs in a row without a better `monitor` value.
 
     `mode="min"` (a loss) or `"max"` (an accuracy); when not given it is inferred as fit always did: "max" if
     "acc" is in the monitor's name, else "min". What `fit(early_stop=patience, monitor=..., mode=...)` builds.
@@ -137,7 +137,7 @@ class EarlyStopping(_Best):
 
 
 class RestoreBest(_Best):
-    """Ends training on the weights of the epoch with the best `monitor` value (notebooks 00 and 09).
+    """Ends training on the weights of the epoch with the best `monitor` value.
 
     A copy of the model's state is kept at every improvement and loaded at on_fit_end (so callbacks still see
     the last epoch's weights at their own on_fit_end). `mode` as in `EarlyStopping`. The copy is saved in
@@ -166,17 +166,17 @@ class RestoreBest(_Best):
 
 class Checkpointer:
     """Writes fit's full training state to `path` and resumes from it, so a killed run ends on the same weights
-    (notebooks 00 and 09).
+    .
 
-    Written atomically (temp file, fsync, rename; the previous file kept as `<name>.prev`) at every epoch end and,
-    with `every`, after every `every`-th optimiser step: model, optimiser, scheduler, GradScaler, balancer, each
-    callback's `state_dict()`, the random states (each rank's under torchrun), the position (epoch, step, batch
-    in epoch), the epoch's running sums, the history and the run's fingerprint. At `setup` an existing file is
-    resumed from (a checkpoint of another run, by seed, lr, epochs, precision, steps per epoch, process count,
-    optimiser class and hyperparameters, scheduler, clipping or parameter names and shapes, is refused with its
-    path and the first differing field: `checkpoints.run_fingerprint`); a corrupt one stops with its path, or with `resume="latest-good"` its `.prev` is used. Under
-    torchrun rank 0 writes and the others wait. What `fit(checkpoint=path, checkpoint_every=every,
-    resume=resume)` builds.
+     Written atomically (temp file, fsync, rename; the previous file kept as `<name>.prev`) at every epoch end and,
+     with `every`, after every `every`-th optimiser step: model, optimiser, scheduler, GradScaler, balancer, each
+     callback's `state_dict()`, the random states (each rank's under torchrun), the position (epoch, step, batch
+     in epoch), the epoch's running sums, the history and the run's fingerprint. At `setup` an existing file is
+     resumed from (a checkpoint of another run, by seed, lr, epochs, precision, steps per epoch, process count,
+     optimiser class and hyperparameters, scheduler, clipping or parameter names and shapes, is refused with its
+     path and the first differing field: `checkpoints.run_fingerprint`); a corrupt one stops with its path, or with `resume="latest-good"` its `.prev` is used. Under
+     torchrun rank 0 writes and the others wait. What `fit(checkpoint=path, checkpoint_every=every,
+     resume=resume)` builds.
     """
 
     order = 30

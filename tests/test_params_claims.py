@@ -126,7 +126,7 @@ def test_seed_everything_reproduces_all_generators():
     a = (random.random(), np.random.rand(), torch.rand(1).item())
     seed_everything(42)
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == a
-    with pytest.raises(ValueError, match="SEED must be a non-negative integer"):
+    with pytest.raises(ValueError, match="seed must be a non-negative integer"):
         seed_everything(-5)
 
 

@@ -379,7 +379,7 @@ def test_early_stopping_and_restore_best():
         ({"precision": "fp8"}, "precision must be one of"),
         ({"optimizer": "lamb"}, "optimizer must be one of"),
         ({"scheduler": "linear"}, "scheduler must be one of"),
-        ({"device": "tpu"}, "DEVICE must be one of"),
+        ({"device": "tpu"}, "device must be one of"),
         ({"seed": -1}, "seed must be a non-negative integer, got -1"),
         ({"mode": "up"}, "mode must be None, 'min' or 'max', got 'up'"),
         ({"resume": "best"}, "resume must be 'latest' or 'latest-good', got 'best'"),
