@@ -26,7 +26,7 @@ class CheckpointError(RuntimeError):
     """A checkpoint file that cannot be read (truncated, corrupt or not a course checkpoint)."""
 
 
-def _rng_state() -> dict:
+def rng_state() -> dict:
     np_state = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
@@ -40,7 +40,7 @@ def _rng_state() -> dict:
     return state
 
 
-def _set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict) -> None:
     torch.set_rng_state(
         state["torch"].cpu()
     )  # a checkpoint loaded with map_location="cuda" holds CUDA tensors
@@ -149,7 +149,7 @@ def _resume_state(path: Path, how: str, map_location) -> tuple[dict, Path]:
         return state, prev
 
 
-def _resume_from(path: Path, how: str, map_location) -> dict | None:
+def resume_from(path: Path, how: str, map_location) -> dict | None:
     """The state to resume from, or None for a fresh start. Under torchrun rank 0 picks the file (and sets a
     corrupt one aside), then every rank loads the file it picked."""
     if distributed.world() == 1:

@@ -20,7 +20,7 @@ from .device import pick_device, seeded
 from .loop import History
 from .models import features
 from .train import fit
-from .transfer import _check_pair, _classifier
+from .transfer import _classifier, check_pair
 
 __all__ = ["DANN", "GradientReversal", "dann_lambda", "domain_discriminator", "grad_reverse", "train_dann"]
 
@@ -190,7 +190,7 @@ def train_dann(
     The source batches and the target stream are both seeded by `seed`; max_lambda = 0 gives the matched
     source-only baseline (see `DANN`). Returns fit's History and the DANN object (its discriminator trained).
     """
-    x, y = _check_pair("source", source)
+    x, y = check_pair("source", source)
     checks.integer("epochs", epochs, 1)
     checks.integer("batch_size", batch_size, 1)
     dev = pick_device(device)

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from . import checks, distributed
-from .checkpoints import _resume_from, _rng_state, _set_rng_state, check_fingerprint, save_checkpoint
+from .checkpoints import check_fingerprint, resume_from, rng_state, save_checkpoint, set_rng_state
 from .evaluation import LossFn, evaluate
 from .loop import FitState, History
 
@@ -189,7 +189,7 @@ class Checkpointer:
         self.path, self.every, self.resume = Path(path), every, resume
 
     def setup(self, state: FitState) -> None:
-        saved = _resume_from(self.path, self.resume, state.device)
+        saved = resume_from(self.path, self.resume, state.device)
         if saved is None:
             return
         world = distributed.world()
@@ -231,7 +231,7 @@ class Checkpointer:
         )  # each rank's random state, running sums
         running = own.get("running", {})
         state.sums, state.counts = dict(running.get("sums", {})), dict(running.get("counts", {}))
-        _set_rng_state(own["rng"])
+        set_rng_state(own["rng"])
 
     def on_step_end(self, state: FitState) -> None:
         if self.every and state.step % self.every == 0:
@@ -243,7 +243,7 @@ class Checkpointer:
     def save(self, state: FitState, epoch: int, batch_in_epoch: int, running: dict) -> None:
         """Write the state at a position: `epoch` and `batch_in_epoch` are where a resumed run starts."""
         ranks = (
-            distributed.gather({"rng": _rng_state(), "running": running}) if distributed.world() > 1 else None
+            distributed.gather({"rng": rng_state(), "running": running}) if distributed.world() > 1 else None
         )
         if not distributed.is_main():
             distributed.barrier()  # rank 0 writes the checkpoint alone; the others wait for it here
@@ -260,7 +260,7 @@ class Checkpointer:
                     cb.state_dict() if hasattr(cb, "state_dict") else None for cb in state.callbacks
                 ],
                 "callback_names": _names(state.callbacks),
-                "rng": _rng_state(),
+                "rng": rng_state(),
                 "epoch": epoch,
                 "step": state.step,
                 "batch_in_epoch": batch_in_epoch,

@@ -71,7 +71,7 @@ def _classifier(model: nn.Module) -> nn.Module:
     return model.get_classifier()
 
 
-def _check_pair(name: str, pair: object) -> tuple[Tensor, Tensor]:
+def check_pair(name: str, pair: object) -> tuple[Tensor, Tensor]:
     """(images, labels) from a pair of tensors with one label per image (shared by the sweeps and DANN)."""
     ok = (
         isinstance(pair, (tuple, list))

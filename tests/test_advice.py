@@ -222,6 +222,7 @@ def _assert_never_worse(data):
                         assert rec.approach == cell["member"] and rec.backed_by_measurements
 
 
+@pytest.mark.slow  # 10 to 30 s per seed on a busy 2-core machine; the committed map is checked in the unit tier
 @pytest.mark.parametrize("seed", range(4))
 def test_the_advisor_never_recommends_a_measured_worse_option(seed):
     _assert_never_worse(_random_map(np.random.default_rng(seed)))
