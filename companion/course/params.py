@@ -14,7 +14,10 @@ from types import SimpleNamespace
 
 import torch
 
-from .. import checks
+from .. import (
+    checks,
+    models,  # noqa: F401  (registers the course's own small models with timm, for _check_model)
+)
 from ..device import DEVICE_CHOICES, pick_device, seed_everything
 from ..files import resolve
 from ..store import DATASETS
