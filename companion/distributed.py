@@ -122,7 +122,7 @@ def init(device: str | torch.device = "auto") -> tuple[int, int, torch.device]:
     kind = pick_device(device).type
     if kind == "mps":
         raise ValueError(
-            "DEVICE='mps' cannot train under torchrun (no distributed backend); use 'cpu' or 'auto'"
+            "device='mps' cannot train under torchrun (no distributed backend); use 'cpu' or 'auto'"
         )
     dev = torch.device("cuda", local) if kind == "cuda" else torch.device("cpu")
     if not dist.is_initialized():
