@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from companion.claims import Claims, write_json
+from companion.course.claims import Claims, write_json
+from companion.course.params import ParameterError, check, scale_of, setup
 from companion.device import env_report, pick_device, seed_everything
-from companion.params import ParameterError, check, scale_of, setup
 
 
 @pytest.mark.parametrize(
@@ -127,7 +127,7 @@ def test_seed_everything_reproduces_all_generators():
     a = (random.random(), np.random.rand(), torch.rand(1).item())
     seed_everything(42)
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == a
-    with pytest.raises(ValueError, match="SEED must be a non-negative integer"):
+    with pytest.raises(ValueError, match="seed must be a non-negative integer"):
         seed_everything(-5)
 
 
@@ -141,7 +141,7 @@ def test_env_report_names_versions_and_device():
 
 
 def test_claims_file_round_trip_and_strict_mode(tmp_path, capsys):
-    from companion.verdicts import paired
+    from companion.experiments.verdicts import paired
 
     cfg = setup(SEED=3, DEVICE="cpu", RESULTS_DIR=str(tmp_path))
     c = Claims("99_demo", cfg)
@@ -208,8 +208,8 @@ def test_claims_file_round_trip_and_strict_mode(tmp_path, capsys):
 
 
 def test_a_contradicted_statement_needs_its_note():
-    from companion.claims import failed
-    from companion.verdicts import paired
+    from companion.course.claims import failed
+    from companion.experiments.verdicts import paired
 
     c = Claims("99_demo")
     c.check("s", {}, paired([0, 0, 0.1], [1, 1, 1.2]), kind="source", ref="Benefits")
@@ -219,7 +219,7 @@ def test_a_contradicted_statement_needs_its_note():
 
 
 def test_the_claims_table_wraps_as_html():
-    from companion.verdicts import paired
+    from companion.experiments.verdicts import paired
 
     c = Claims("99_demo")
     c.check("A <b> beats B", {}, paired([1.0, 2.0, 3.0], [0.5, 1.4, 2.6]))
@@ -235,7 +235,7 @@ def test_write_json_is_atomic(tmp_path):
 
 
 def test_demonstrations_are_kept_apart_from_claims(tmp_path, capsys):
-    from companion.verdicts import fixed, paired
+    from companion.experiments.verdicts import fixed, paired
 
     cfg = setup(SEED=0, RESULTS_DIR=str(tmp_path))
     c = Claims("99_demo", cfg)
@@ -255,7 +255,7 @@ def test_demonstrations_are_kept_apart_from_claims(tmp_path, capsys):
 
 
 def test_a_relative_results_dir_lies_in_the_folder_the_notebook_runs_in(tmp_path, monkeypatch, capsys):
-    from companion.params import RESULTS_BASE_ENV, results_folder
+    from companion.course.params import RESULTS_BASE_ENV, results_folder
 
     monkeypatch.delenv(RESULTS_BASE_ENV, raising=False)
     monkeypatch.chdir(tmp_path)
@@ -280,7 +280,7 @@ def _lesson(folder: Path) -> Path:
     params = nbformat.v4.new_code_cell('SEED: int = 0\nRESULTS_DIR: str = "results"\n')
     params.metadata["tags"] = ["parameters"]
     run = nbformat.v4.new_code_cell(
-        "from companion import Claims, setup\n"
+        "from companion.course.claims import Claims\nfrom companion.course.params import setup\n"
         "Claims('lesson', setup(SEED=SEED, RESULTS_DIR=RESULTS_DIR)).report(strict=False);"
     )
     nb = nbformat.v4.new_notebook(cells=[params, run])
@@ -296,8 +296,8 @@ def test_a_notebook_run_writes_its_results_beside_it_and_a_committed_copy_names_
     """The runner (papermill) starts the kernel in the notebook's folder, as JupyterLab does: the default
     RESULTS_DIR lands there, from any working directory. A learner's run prints the absolute path; an
     unparameterised run (the committed copy) prints it relative to the notebook's folder."""
-    from companion.params import RESULTS_BASE_ENV
-    from companion.runs import execute
+    from companion.course.params import RESULTS_BASE_ENV
+    from companion.course.runs import execute
 
     monkeypatch.delenv(RESULTS_BASE_ENV, raising=False)
     monkeypatch.chdir(tmp_path)
@@ -318,7 +318,7 @@ def test_a_notebook_run_writes_its_results_beside_it_and_a_committed_copy_names_
 
 
 def test_tune_picks_the_best_validation_score_and_over_seeds_stacks():
-    from companion.protocol import over_seeds, tune
+    from companion.experiments.protocol import over_seeds, tune
 
     best, scores = tune(lambda lr: {1e-3: 0.7, 3e-3: 0.9, 1e-2: 0.9}[lr], [1e-3, 3e-3, 1e-2], name="lr")
     assert best == 3e-3 and scores[1e-2] == 0.9  # ties keep the earlier value
@@ -331,7 +331,7 @@ def test_tune_picks_the_best_validation_score_and_over_seeds_stacks():
 
 
 def test_delta_m_matches_the_papers_formula_on_hand_values():
-    from companion.protocol import delta_m
+    from companion.experiments.protocol import delta_m
 
     # accuracy 0.90 vs 0.80 (+12.5 %), error 0.30 vs 0.40 (lower is better: +25 %): mean +18.75 %
     assert delta_m(

@@ -23,7 +23,7 @@ import time
 import warnings
 from pathlib import Path
 
-from .files import atomic_write, write_error
+from ..files import atomic_write, write_error
 
 
 def source_hash(nb: dict) -> str:

@@ -21,9 +21,9 @@ from html import escape
 from pathlib import Path
 from types import SimpleNamespace
 
-from .files import atomic_write
+from ..experiments.verdicts import WORDS, describe, fmt
+from ..files import REPO, atomic_write
 from .params import results_folder
-from .verdicts import WORDS, describe, fmt
 
 KINDS = ("course", "source", "literature")
 STRICT_ENV = "COMPANION_STRICT_CLAIMS"
@@ -58,7 +58,6 @@ def _plain(value):
 
 def _shown(path: Path) -> str:
     """A path as printed in committed outputs: relative to the repository when inside it."""
-    from .params import REPO
 
     try:
         return str(Path(path).resolve().relative_to(REPO))

@@ -21,11 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import checks
-from .data import fashion_groups, load_dataset, subsample_per_class
-from .mtl import HardSharing
+from .. import checks
+from ..batches import subsample_per_class
+from ..data import fashion_groups, load_dataset
+from ..mtl import HardSharing
+from ..synthetic import make_tasks
 from .protocol import per_seed, tune
-from .synthetic import make_tasks
 
 METHODS = ("alone", "probe", "finetune", "mtl", "pretrain_mtl")
 

@@ -16,21 +16,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .mtl import param_count
-from .sweeps import (  # noqa: F401  (the sweep has its own module; these names stay importable here)
+from ..experiments.sweeps import (
     METHODS,
     TaskPair,
-    _acc,
-    _steps,
-    fashion_pair,
-    mlp,
     model_for,
-    pretrain,
-    run_cell,
-    sweep,
-    synthetic_pair,
 )
-from .verdicts import best_of, holm
+from ..experiments.verdicts import best_of, holm
+from ..mtl import param_count
 
 LABELS = {
     "alone": "target alone",

@@ -8,8 +8,8 @@ import math
 import re
 from collections.abc import Sequence
 
-from . import course
-from .course import COURSE, Notebook, _minutes, runtimes
+from . import catalog
+from .catalog import COURSE, Notebook, expected_minutes, runtimes
 
 WORDS_PER_MINUTE = 200  # a common estimate of silent reading speed for technical text
 SESSIONS = 4
@@ -92,7 +92,7 @@ PROJECT = {
 
 
 def _cells(nb: Notebook) -> list[dict]:
-    path = course.NOTEBOOK_DIR / nb.file  # looked up at call time (a test may point it elsewhere)
+    path = catalog.NOTEBOOK_DIR / nb.file  # looked up at call time (a test may point it elsewhere)
     return json.loads(path.read_text())["cells"] if path.exists() else []
 
 
@@ -130,7 +130,7 @@ def loads(times: dict | None = None) -> list[dict]:
                 "stem": nb.stem,
                 "words": words,
                 "reading": reading_minutes(words),
-                "machine": _minutes(times.get(nb.stem, {}).get("cpu")),
+                "machine": expected_minutes(times.get(nb.stem, {}).get("cpu")),
             }
         )
     return rows
