@@ -332,7 +332,7 @@ def test_text_sections_have_no_skip_path(file):
     code = ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]
     text = [c for c in code if "load_texts(" in c or "embed_texts(" in c]
     assert text, f"{file} has no text section"
-    for cell in text:
+    for cell in (re.sub(r"#.*", "", c) for c in text):  # comments may name the fix; the code may not branch
         assert not re.search(r"\btry\s*:|\bexcept\b|skip|not installed|find_spec|importorskip", cell, re.I), (
             cell
         )
