@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 SCALE ?= auto
 STAMP := $(VENV)/.installed
 
-.PHONY: install data course test lint notebooks clean student site bench gpu-check
+.PHONY: install data course test test-fast lint notebooks clean student site bench gpu-check
 
 $(STAMP): pyproject.toml requirements-lock.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,18 +22,25 @@ data: install
 course: data
 	COMPANION_SEED_WORKERS=$${COMPANION_SEED_WORKERS:-auto} $(PY) -m companion run --scale $(SCALE) --out build
 
-# Unit tests and every notebook rerun at another seed through the runner (the seed guard), then nbval over every
-# committed notebook (strict mode turns a course claim that did not hold into a failing cell). Two pytest-xdist
+# Unit tests (`make test-fast` runs these alone) and every notebook rerun at another seed through the runner (the seed
+# guard), then nbval over every committed notebook (strict mode turns a course claim that did not hold into a failing
+# cell; their results files go to build/nbval/, not over the committed ones beside the notebooks). Two pytest-xdist
 # workers with one thread each use a 2-core machine better than one process with two threads.
 TEST_WORKERS ?= 2
 THREADS := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 test: data
 	$(THREADS) $(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal --durations 15 tests
-	COMPANION_STRICT_CLAIMS=1 $(THREADS) $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --nbval-lax --nbval-current-env -p no:cacheprovider --ignore-glob='*.failed.ipynb' notebooks
+	COMPANION_STRICT_CLAIMS=1 COMPANION_RESULTS_BASE=$(CURDIR)/build/nbval $(THREADS) $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --nbval-lax --nbval-current-env -p no:cacheprovider --ignore-glob='*.failed.ipynb' notebooks
 
+# The unit tier alone (no notebook runs, no test marked slow): a change to the package checked in minutes.
+test-fast: data
+	$(THREADS) $(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal --durations 15 -m "not slow" tests
+
+# ruff, then import-linter: the package's layers (core <- experiments <- course) and no import cycles.
 lint: install
 	$(VENV)/bin/ruff check companion tests notebooks docs benchmarks
 	$(VENV)/bin/ruff format --check companion tests docs benchmarks
+	$(VENV)/bin/lint-imports
 
 # Ratios of timings measured side by side (benchmarks/README.md); writes benchmarks/results/bench.json, then the
 # full-scale runtime estimate from the committed notebooks' cell timings (benchmarks/results/fullscale.json).

@@ -48,11 +48,13 @@ if str(ROOT) not in sys.path:  # `python benchmarks/bench.py` as well as `python
 from benchmarks import references  # noqa: E402
 from companion import transferability as tr  # noqa: E402
 from companion.aggregators import METHODS, aggregate, backward_features, task_gradients  # noqa: E402
-from companion.data import TensorBatches  # noqa: E402
+from companion.balancers import GradAggregation  # noqa: E402
+from companion.batches import TensorBatches  # noqa: E402
 from companion.device import seed_everything  # noqa: E402
 from companion.files import atomic_write  # noqa: E402
-from companion.mtl import GradAggregation, HardSharing, conv_tower, head  # noqa: E402
-from companion.train import StepContext, fit  # noqa: E402
+from companion.loop import StepContext  # noqa: E402
+from companion.mtl import HardSharing, conv_tower, head  # noqa: E402
+from companion.train import fit  # noqa: E402
 
 SECTIONS = ("fit", "aggregation", "scores", "batches")
 RESULTS = Path(__file__).resolve().parent / "results"

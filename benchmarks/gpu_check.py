@@ -41,10 +41,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from companion.data import TensorBatches  # noqa: E402
+from companion.balancers import GradAggregation  # noqa: E402
+from companion.batches import TensorBatches  # noqa: E402
 from companion.device import pick_device  # noqa: E402
 from companion.files import atomic_write  # noqa: E402
-from companion.mtl import GradAggregation, HardSharing, conv_tower, head  # noqa: E402
+from companion.mtl import HardSharing, conv_tower, head  # noqa: E402
 from companion.train import fit  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -6,9 +6,19 @@ import argparse
 import json
 import sys
 
-from . import course
-from .store import DATASETS
-from .summary import table
+from .course import editions, tables
+from .store import DATASETS, available_datasets, fetch
+
+# The notebook runner loads torch, scipy and papermill: only the subcommands that run notebooks import it
+# (`_runner`), so `--help`, `data`, `student` and `runtimes` answer in well under a second;
+# `env` imports torch too.
+
+
+def _runner():
+    """The notebook runner and its summary table, imported when a subcommand runs notebooks."""
+    from .course import runner, summary
+
+    return runner, summary
 
 
 def _params(pairs: list[list[str]] | None) -> dict:
@@ -17,7 +27,7 @@ def _params(pairs: list[list[str]] | None) -> dict:
     for name, value in pairs or []:
         if name in out:
             raise ValueError(f"parameter {name} is given twice (-p {name} ...); give each parameter once")
-        out[name] = course.parse_value(value)
+        out[name] = _runner()[0].parse_value(value)
     return out
 
 
@@ -146,6 +156,8 @@ def _notes(err: BaseException) -> str:
 
 
 def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    if args.command in ("run", "sweep"):
+        course, summary = _runner()
     if args.command == "run":
         rows = course.run(
             args.notebooks,
@@ -170,12 +182,10 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             args.notebook, name, values, scale=args.scale, out=args.out, params=_params(args.set)
         )
     elif args.command == "data":
-        from . import data as datamod
-
         if args.action == "fetch":
-            datamod.fetch(args.names or None, mirror=args.mirror)
+            fetch(args.names or None, mirror=args.mirror)
         else:
-            for name, info in datamod.available_datasets(mirror=args.mirror).items():
+            for name, info in available_datasets(mirror=args.mirror).items():
                 state = info["state"]
                 if state == "corrupt":
                     files = ", ".join(info["damaged"])
@@ -185,8 +195,6 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                 print(f"{name:14} {state:8} {note}".rstrip())
         return 0
     elif args.command == "student":
-        from . import editions
-
         write = editions.write_instructor if args.instructor else editions.write_student
         for path in write(args.out_dir, args.notebooks or None, force=args.force):
             found = editions.exercises(json.loads(path.read_text()))
@@ -194,7 +202,7 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             print(f"{path}: {code} code exercise(s), {len(found) - code} question(s)")
         return 0
     elif args.command == "runtimes":
-        changed = course.sync_runtimes()
+        changed = tables.sync_runtimes()
         print(
             "updated: " + ", ".join(changed)
             if changed
@@ -202,11 +210,11 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         )
         return 0
     else:
-        from .device import env_report
+        from .device import env_report  # loads torch
 
         print(json.dumps(env_report(), indent=2))
         return 0
-    print(table(rows))
+    print(summary.table(rows))
     return 0 if sum(r["failures"] for r in rows) == 0 else 1
 
 

@@ -1,4 +1,4 @@
-"""Which tasks to train together: task affinity grouping after Fifty et al. 2021, "TAG" (notebook 10).
+"""Which tasks to train together: task affinity grouping after Fifty et al. 2021, "TAG".
 
 TAG trains all tasks in one network for a while and measures, at every step, how much a step on task i's loss
 alone lowers task j's loss (the lookahead affinity, `companion.balancers.task_affinity`). Averaged over the
@@ -36,7 +36,7 @@ def _groups(groups: Sequence[int], tasks: int) -> tuple[int, ...]:
 
 
 def grouping_score(affinity, groups: Sequence[int]) -> float:
-    """TAG's score of a grouping (notebook 10): for every task j, the mean affinity onto j from the other tasks
+    """TAG's score of a grouping: for every task j, the mean affinity onto j from the other tasks
     of its group, mean_{i in group(j), i != j} A[i, j]; a task alone in its group scores 0. Averaged over tasks.
 
     `affinity[i, j]` is the lookahead affinity of task i onto task j; `groups[t]` is task t's group index.
@@ -52,7 +52,7 @@ def grouping_score(affinity, groups: Sequence[int]) -> float:
 
 def two_group_splits(tasks: int, *, balanced: bool = True) -> list[tuple[int, ...]]:
     """Every split of `tasks` tasks into two non-empty groups, as group indices with task 0 in group 0
-    (notebook 10). `balanced`: only splits whose group sizes differ by at most one (4 tasks: 3 splits of 2 + 2).
+    . `balanced`: only splits whose group sizes differ by at most one (4 tasks: 3 splits of 2 + 2).
     """
     checks.integer("tasks", tasks, 2)
     out = []
@@ -65,7 +65,7 @@ def two_group_splits(tasks: int, *, balanced: bool = True) -> list[tuple[int, ..
 
 
 def rank_splits(affinity, *, balanced: bool = True) -> list[tuple[tuple[int, ...], float]]:
-    """The two-group splits of `two_group_splits` with their `grouping_score`, best first (notebook 10).
+    """The two-group splits of `two_group_splits` with their `grouping_score`, best first.
 
     Ties keep the order of `two_group_splits`. The first entry is the grouping the affinities suggest, the last
     the one they advise against.
@@ -76,7 +76,7 @@ def rank_splits(affinity, *, balanced: bool = True) -> list[tuple[tuple[int, ...
 
 
 class AffinityMeter:
-    """A `fit` callback that averages the lookahead affinity over training, as TAG does (notebook 10).
+    """A `fit` callback that averages the lookahead affinity over training, as TAG does.
 
     Every `every` optimiser steps it calls `task_affinity(model, loss_fns, batch, lr)` on the step's batch
     (after the step; the model is restored each time, so training is unchanged). `mean` is the running T×T mean,

@@ -1,4 +1,4 @@
-"""Gradient-level aggregation for multi-task learning: per-task gradients, PCGrad, MGDA, CAGrad, UPGrad (notebook 10).
+"""Gradient-level aggregation for multi-task learning: per-task gradients, PCGrad, MGDA, CAGrad, UPGrad.
 
 Every method turns a matrix ``G`` of per-task gradients (T tasks x P numbers) into one update direction of
 length P. All methods only need the T x T Gramian ``G @ G.T``: they pick a weight per task from it and return
@@ -59,7 +59,7 @@ def _noise_floor(eps: float) -> float:
 
 
 def gramian(G: Tensor) -> Tensor:
-    """Return the T x T Gramian G @ G.T of the task gradients, formed in float64 (notebook 10).
+    """Return the T x T Gramian G @ G.T of the task gradients, formed in float64.
 
     Computed on G's device (on the CPU for MPS, which has no float64); the result stays float64.
     """
@@ -69,7 +69,7 @@ def gramian(G: Tensor) -> Tensor:
 
 
 def min_norm(gram: Tensor) -> Tensor:
-    """Weights of the min-norm point of the convex hull of the task gradients, from their Gramian (notebook 10).
+    """Weights of the min-norm point of the convex hull of the task gradients, from their Gramian.
 
     Exact: closed form for two tasks; beyond, an active-set (Lawson-Hanson) non-negative least squares, both on
     the ridge-regularised Gramian (see the module docstring).
@@ -81,7 +81,7 @@ def min_norm(gram: Tensor) -> Tensor:
 
 
 def pcgrad(G: Tensor, *, seed: int | torch.Generator | None = None) -> Tensor:
-    """PCGrad (Yu et al. 2020): remove from each gradient its conflicting components, then sum (notebook 10).
+    """PCGrad (Yu et al. 2020): remove from each gradient its conflicting components, then sum.
 
     For each task i, in a random order of the others (``seed``: int, torch.Generator, or None for torch's
     global generator): if g_i conflicts with g_j (negative dot product), project g_i onto g_j's normal plane.
@@ -100,7 +100,7 @@ def pcgrad(G: Tensor, *, seed: int | torch.Generator | None = None) -> Tensor:
 
 
 def gramian_weights(gram: Tensor, method: str, *, c: float = 0.4, eps: float | None = None) -> Tensor:
-    """Per-task weights of a Gramian-only method: direction = weights @ G (notebook 10).
+    """Per-task weights of a Gramian-only method: direction = weights @ G.
 
     ``method`` is one of mean, sum, mgda, upgrad, cagrad, imtl_g (PCGrad is in `pcgrad`). ``c`` is CAGrad's
     radius, as a fraction of the mean gradient's norm. ``eps``: relative precision of the gradients behind
@@ -116,7 +116,7 @@ def gramian_weights(gram: Tensor, method: str, *, c: float = 0.4, eps: float | N
 
 
 def aggregate(G: Tensor, method: str, *, seed: int | torch.Generator | None = None, **kw: float) -> Tensor:
-    """Combine per-task gradients G (T x P) into one direction of length P with `method` (notebook 10).
+    """Combine per-task gradients G (T x P) into one direction of length P with `method`.
 
     - mean, sum: the plain average / total (in G's dtype).
     - pcgrad (Yu et al. 2020): see `pcgrad`; ``seed`` (int or torch.Generator) fixes the random task order.
@@ -169,7 +169,7 @@ def task_gradients(
     mode: str = "params",
     retain_graph: bool = False,
 ) -> Tensor:
-    """Stack one gradient row per task (T x P), w.r.t. shared parameters or a shared feature tensor (notebook 10).
+    """Stack one gradient row per task (T x P), w.r.t. shared parameters or a shared feature tensor.
 
     mode="params": gradients w.r.t. ``params`` (flattened and concatenated; unused -> zeros).
     mode="features": gradients w.r.t. the shared representation ``params`` (e.g. B x D); only the task heads
@@ -205,7 +205,7 @@ def task_gradients(
 
 
 def backward_features(features: Tensor, direction: Tensor) -> None:
-    """Back-propagate a feature-space direction (flat or shaped like ``features``) through the trunk (notebook 10).
+    """Back-propagate a feature-space direction (flat or shaped like ``features``) through the trunk.
 
     Accumulates into the trunk parameters' ``.grad``, like ``loss.backward()``, and frees the trunk's graph.
     """
@@ -217,7 +217,7 @@ def backward_features(features: Tensor, direction: Tensor) -> None:
 
 
 def write_grad(params: Iterable[Tensor] | Tensor, direction: Tensor, *, accumulate: bool = False) -> None:
-    """Put a flat direction back into the ``.grad`` of params, in order (notebook 10).
+    """Put a flat direction back into the ``.grad`` of params, in order.
 
     accumulate=False (default) replaces any existing ``.grad``; accumulate=True adds to it, like backward.
     """
@@ -240,7 +240,7 @@ def write_grad(params: Iterable[Tensor] | Tensor, direction: Tensor, *, accumula
 
 
 def cosine_matrix(G: Tensor) -> Tensor:
-    """Pairwise cosine similarities of the task gradients, T x T (a zero gradient has cosine 0; notebook 10).
+    """Pairwise cosine similarities of the task gradients, T x T (a zero gradient has cosine 0).
 
     Computed from the float64 Gramian, returned in G's dtype (float32 at least).
     """
@@ -252,7 +252,7 @@ def cosine_matrix(G: Tensor) -> Tensor:
 
 
 def conflict(G: Tensor, names: Sequence[str] | None = None) -> dict:
-    """Conflict diagnostics: pairwise cosines, any conflicting pair, and the max/min gradient-norm ratio (notebook 10).
+    """Conflict diagnostics: pairwise cosines, any conflicting pair, and the max/min gradient-norm ratio.
 
     Keys: cosine (T x T tensor), pairs {(a, b): cosine} for a before b, any_conflict (some cosine < 0),
     min_cosine (nan for one task), norms (list), magnitude_ratio (max/min norm; inf if one is zero, nan if all).
@@ -285,7 +285,7 @@ def benchmark_aggregators(
     seed: int = 0,
     device: str | torch.device = "cpu",
 ) -> dict[int, dict[str, float]]:
-    """Per-call time of each method relative to "mean", measured side by side in one run (notebook 10).
+    """Per-call time of each method relative to "mean", measured side by side in one run.
 
     Methods are timed in turn within each repeat, on the same random G, and medians are compared.
     """

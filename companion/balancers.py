@@ -1,5 +1,5 @@
 """Multi-task loss balancers: fixed weights, uncertainty weighting, DWA, GradNorm, FAMO, gradient aggregation,
-and lookahead task affinity (taught in notebooks 06 and 10).
+and lookahead task affinity.
 
 Balancers follow the contract of `companion.train.fit`: `backward(losses, ctx) -> logs` leaves in `.grad` the
 gradient of the *scaled* objective and returns scalars to log, always including the task weights "w/<task>".
@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from . import checks
 from .aggregators import _OPTIONS, METHODS, aggregate, conflict, task_gradients, write_grad
-from .train import StepContext
+from .loop import StepContext
 
 __all__ = [
     "DWA",
@@ -82,7 +82,7 @@ def _shared_params(model: nn.Module) -> list[nn.Parameter]:
 
 
 class Weighted:
-    """Fixed weights: backward through sum_t w_t L_t (missing tasks weigh 1; notebook 06)."""
+    """Fixed weights: backward through sum_t w_t L_t (missing tasks weigh 1)."""
 
     def __init__(self, weights: dict[str, float] | None = None):
         weights = dict(weights or {})
@@ -99,7 +99,7 @@ class Weighted:
 
 
 class Uncertainty(nn.Module):
-    """Homoscedastic-uncertainty weighting (Kendall et al. 2018) with learned log-variances (notebook 10).
+    """Homoscedastic-uncertainty weighting (Kendall et al. 2018) with learned log-variances.
 
     Objective: sum_t exp(-s_t) L_t + s_t with s_t = log sigma_t^2, starting at 0. The paper writes
     1/(2 sigma^2) L + log sigma for regression, i.e. half of this; we drop the common factor 1/2 (same minimiser,
@@ -130,7 +130,7 @@ class Uncertainty(nn.Module):
 
 
 def dwa_weights(history: Sequence[dict[str, float]], temperature: float = 2.0) -> dict[str, float]:
-    """Dynamic Weight Average weights from per-epoch mean losses, oldest first (Liu et al. 2019; notebook 10).
+    """Dynamic Weight Average weights from per-epoch mean losses, oldest first (Liu et al. 2019).
 
     w_t = T exp(r_t / temperature) / sum_s exp(r_s / temperature) with r_t = L_t(last) / L_t(one before);
     with fewer than two epochs every weight is 1.
@@ -151,7 +151,7 @@ def dwa_weights(history: Sequence[dict[str, float]], temperature: float = 2.0) -
 
 
 class DWA:
-    """Dynamic Weight Average (Liu et al. 2019): tasks whose loss fell least last epoch weigh more (notebook 10).
+    """Dynamic Weight Average (Liu et al. 2019): tasks whose loss fell least last epoch weigh more.
 
     Weights change once per epoch, in `on_epoch_end`, from the last two epochs' mean training losses (see
     `dwa_weights`); the first two epochs use equal weights.
@@ -218,7 +218,7 @@ def _pick_layer(model: nn.Module, layer: str | Tensor | None) -> Tensor:
 
 
 class GradNorm:
-    """GradNorm (Chen et al. 2018): learn task weights so gradient norms follow relative training rates (notebook 10).
+    """GradNorm (Chen et al. 2018): learn task weights so gradient norms follow relative training rates.
 
     On one shared weight W (`layer`: a parameter name or tensor; default the last shared weight with 2+ dims)
     it measures G_t = ||grad_W w_t L_t||, sets targets mean(G) * r_t^alpha with r_t = (L_t / L_t(0)) divided by
@@ -294,7 +294,7 @@ class GradNorm:
 
 
 class FAMO:
-    """Fast Adaptive Multitask Optimisation (Liu et al. 2023): one backward per step (notebook 10).
+    """Fast Adaptive Multitask Optimisation (Liu et al. 2023): one backward per step.
 
     Task weights z = softmax(xi) live on the simplex. The network gets the gradient of
     c * sum_t z_t log L_t with c = 1 / sum_t (z_t / L_t) (so task t's gradient is scaled by c z_t / L_t), which
@@ -366,7 +366,7 @@ class FAMO:
 
 
 class GradAggregation:
-    """Gradient-level balancing: combine the per-task gradients with an aggregator (notebook 10).
+    """Gradient-level balancing: combine the per-task gradients with an aggregator.
 
     mode="params": the rows of G are each task's gradient over all trainable parameters (shared ones first);
     `aggregate(G, method)` gives one direction, written to `.grad`, replacing what is there (a head's block is
@@ -395,6 +395,17 @@ class GradAggregation:
     """
 
     per_task_grads = True  # differentiates each task's loss: under torchrun, fit all-reduces each gradient
+
+    def torchrun_refusal(self, model: nn.Module) -> str | None:
+        """Why this balancer cannot equal its single-process result under torchrun with `model` (None: it can).
+        Per-sample gradients of the shared representation ("features" mode) are split across processes, so only
+        "params" mode is exact there; `distributed.check_balancer` asks before training."""
+        if self.mode == "features" or (self.mode == "auto" and hasattr(model, "shared")):
+            return (
+                f"GradAggregation(mode={self.mode!r}) aggregates per-sample gradients of the shared representation, "
+                "which are split across processes under torchrun; pass GradAggregation(..., mode='params')"
+            )
+        return None
 
     def __init__(
         self,
@@ -472,7 +483,7 @@ def _evaluate_losses(model: nn.Module, loss_fns: dict, x: Tensor, y: dict[str, T
 
 
 def task_affinity(model: nn.Module, loss_fns: dict, batch: tuple, lr: float) -> np.ndarray:
-    """Lookahead task affinity (Fifty et al. 2021, TAG) on one batch, as a T×T numpy array (notebook 10).
+    """Lookahead task affinity (Fifty et al. 2021, TAG) on one batch, as a T×T numpy array.
 
     Entry [i, j] = 1 - L_j(after) / L_j(before), where "after" follows one plain SGD step of size `lr` on task
     i's loss alone (all trainable parameters). Positive: a step for task i also helps task j. Rows and columns

@@ -1,5 +1,5 @@
 """Seeded mini-batches and samples of in-memory data: `TensorBatches`, `EpochSampler`, `EpochLoader`,
-`loader`, `split` and `subsample_per_class` (taught in notebook 00; `split` in 02, subsampling in 05).
+`loader`, `split` and `subsample_per_class`.
 
 The order of every epoch is a pure function of (seed, epoch), so a run repeats exactly and resumes mid-epoch
 with `set_epoch`; under torchrun `TensorBatches.shard` gives each process its share of every batch. All of it
@@ -41,7 +41,7 @@ def _index(y: Target, idx: Tensor) -> Target:
 
 
 class TensorBatches:
-    """Mini-batches of in-memory tensors, moved to the device once, seeded per epoch (notebook 00).
+    """Mini-batches of in-memory tensors, moved to the device once, seeded per epoch.
 
     The order of epoch e is a pure function of (seed, e): call `set_epoch(e)` before iterating to pick it
     (resuming mid-epoch = set_epoch, then skip the first k batches). Without set_epoch, each new pass
@@ -85,7 +85,7 @@ class TensorBatches:
         return torch.randperm(self.n, generator=torch.Generator().manual_seed(_mix(self.seed, epoch)))
 
     def shard(self, rank: int, world: int) -> TensorBatches:
-        """Process `rank`'s share of every batch when `world` processes train together (taught with fit, notebook 00).
+        """Process `rank`'s share of every batch when `world` processes train together (taught with fit).
 
         Batch b of an epoch (the same global order on every process) is cut into `world` equal, disjoint,
         consecutive slices and this process gets slice `rank`: world x local batch = `batch_size`, and the slices
@@ -125,7 +125,7 @@ class TensorBatches:
 
 
 class EpochSampler(torch.utils.data.Sampler[int]):
-    """Indices 0..N-1, shuffled as a pure function of (seed, epoch) (notebook 00)."""
+    """Indices 0..N-1, shuffled as a pure function of (seed, epoch)."""
 
     def __init__(self, n: int, *, shuffle: bool = True, seed: int = 0):
         self.n, self.shuffle, self.seed, self.epoch = n, shuffle, seed, 0
@@ -153,7 +153,7 @@ def _seed_worker(worker_id: int) -> None:
 
 
 class EpochLoader(torch.utils.data.DataLoader):
-    """A DataLoader whose order and worker seeds are a pure function of (seed, epoch) (notebook 00)."""
+    """A DataLoader whose order and worker seeds are a pure function of (seed, epoch)."""
 
     def __init__(self, dataset, batch_size: int, *, shuffle: bool, seed: int, num_workers: int):
         self._seed, self.epoch = seed, 0
@@ -185,7 +185,7 @@ def loader(
     seed: int = 0,
     num_workers: int = 0,
 ) -> EpochLoader:
-    """A DataLoader for data too large for TensorBatches, with the same set_epoch semantics (notebook 00)."""
+    """A DataLoader for data too large for TensorBatches, with the same set_epoch semantics."""
     checks.integer("batch_size", batch_size)
     checks.integer("num_workers", num_workers, 0)
     return EpochLoader(dataset, batch_size, shuffle=shuffle, seed=seed, num_workers=num_workers)
@@ -194,7 +194,7 @@ def loader(
 def split(
     x: Tensor, y: Target, sizes_or_fractions: Sequence[int] | Sequence[float], *, seed: int
 ) -> list[tuple[Tensor, Target]]:
-    """Random disjoint parts of (x, y), by sizes or by fractions of N (notebook 02).
+    """Random disjoint parts of (x, y), by sizes or by fractions of N.
 
     Fractions summing to 1 share out the leftover rows one by one from the first part, so every row is used.
     """
@@ -226,7 +226,7 @@ def split(
 def subsample_per_class(
     x: Tensor, y: Target, per_class: int, *, seed: int, key: str | None = None
 ) -> tuple[Tensor, Target]:
-    """Keep `per_class` random samples of every class, in their original order (notebook 05).
+    """Keep `per_class` random samples of every class, in their original order.
 
     With dict targets, `key` names the labels that define the classes.
     """

@@ -1,20 +1,18 @@
-"""Checkpoints and random states for `fit`: atomic saves, safe loads, resume (notebook 00).
+"""Checkpoints and random states for `fit`: atomic saves, safe loads, resume.
 
 A checkpoint is a dict of tensors and plain containers written atomically (temp file + rename, the previous one
 kept as `<name>.prev`) and read with `torch.load(..., weights_only=True)`, so loading one cannot run code. The
 random states of Python, NumPy and torch travel in it, so a resumed run draws the same numbers as an
-uninterrupted one; `_own_rng` gives fit its own seeded streams without touching the caller's.
+uninterrupted one; `device.seeded` gives fit its own seeded streams without touching the caller's.
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import pickle
 import random
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +26,7 @@ class CheckpointError(RuntimeError):
     """A checkpoint file that cannot be read (truncated, corrupt or not a course checkpoint)."""
 
 
-def _rng_state() -> dict:
+def rng_state() -> dict:
     np_state = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
@@ -42,7 +40,7 @@ def _rng_state() -> dict:
     return state
 
 
-def _set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict) -> None:
     torch.set_rng_state(
         state["torch"].cpu()
     )  # a checkpoint loaded with map_location="cuda" holds CUDA tensors
@@ -53,36 +51,6 @@ def _set_rng_state(state: dict) -> None:
         "cuda" in state and torch.cuda.is_available() and torch.cuda.is_initialized()
     ):  # else: no seed is queued
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
-
-
-@contextlib.contextmanager
-def _own_rng(seed: int, device: torch.device) -> Iterator[None]:
-    """Run a block seeded as `seed_everything(seed)` seeds, leaving the caller's random states as they were.
-
-    Python's `random`, NumPy's global generator, torch's CPU generator and the accelerator generators training
-    can draw from are saved before and restored after (also on an error): fit neither reseeds nor advances the
-    caller's streams (notebook 00). CUDA generators are forked when CUDA is in use (all devices, as
-    seed_everything seeds all); a CUDA never initialised is left alone, so no seed is queued for it.
-    """
-    cuda_used = torch.cuda.is_available() and (torch.cuda.is_initialized() or device.type == "cuda")
-    cuda = list(range(torch.cuda.device_count())) if cuda_used else []
-    saved = random.getstate(), np.random.get_state()
-    mps = torch.mps.get_rng_state() if device.type == "mps" else None
-    with torch.random.fork_rng(devices=cuda):
-        try:
-            random.seed(seed)
-            np.random.seed(seed % 2**32)
-            torch.default_generator.manual_seed(seed)
-            if cuda:
-                torch.cuda.manual_seed_all(seed)
-            if mps is not None:
-                torch.mps.manual_seed(seed)
-            yield
-        finally:
-            random.setstate(saved[0])
-            np.random.set_state(saved[1])
-            if mps is not None:
-                torch.mps.set_rng_state(mps)
 
 
 def _plain(value):
@@ -181,7 +149,7 @@ def _resume_state(path: Path, how: str, map_location) -> tuple[dict, Path]:
         return state, prev
 
 
-def _resume_from(path: Path, how: str, map_location) -> dict | None:
+def resume_from(path: Path, how: str, map_location) -> dict | None:
     """The state to resume from, or None for a fresh start. Under torchrun rank 0 picks the file (and sets a
     corrupt one aside), then every rank loads the file it picked."""
     if distributed.world() == 1:

@@ -1,4 +1,4 @@
-"""Input checks shared by every module: one message style, "NAME must be ..., got ..." (notebook 00).
+"""Input checks shared by every module: one message style, "NAME must be ..., got ...".
 
 Each check takes the parameter's name first, then its value, and returns the value (converted where said) so a
 call can sit in an assignment. A failed check raises `ValueError` with one line naming the parameter and what

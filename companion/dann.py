@@ -1,5 +1,5 @@
 """Domain-adversarial training, DANN (Ganin et al. 2016): the gradient reversal layer, the adaptation-weight
-schedule, the domain discriminator and training through fit's extension point (taught in notebook 09).
+schedule, the domain discriminator and training through fit's extension point.
 
 `grad_reverse`/`GradientReversal`, `dann_lambda` and `domain_discriminator` are the pieces; the `DANN` callback
 and loss step plug them into `fit`, and `train_dann` runs it end to end. All names are importable from
@@ -16,10 +16,11 @@ from torch import Tensor, nn
 
 from . import checks
 from .batches import TensorBatches
-from .device import pick_device
+from .device import pick_device, seeded
+from .loop import History
 from .models import features
-from .train import History, fit
-from .transfer import _check_pair, _classifier, _seeded
+from .train import fit
+from .transfer import _classifier, check_pair
 
 __all__ = ["DANN", "GradientReversal", "dann_lambda", "domain_discriminator", "grad_reverse", "train_dann"]
 
@@ -38,7 +39,7 @@ class _ReverseGrad(torch.autograd.Function):
 
 
 def grad_reverse(x: Tensor, lam: float = 1.0) -> Tensor:
-    """The gradient reversal layer R_lambda: R(x) = x forward, dR/dx = -lambda I backward (notebook 09)."""
+    """The gradient reversal layer R_lambda: R(x) = x forward, dR/dx = -lambda I backward."""
     if not isinstance(x, Tensor):
         raise ValueError(f"x must be a tensor, got {type(x).__name__}")
     if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam) or lam < 0:
@@ -47,7 +48,7 @@ def grad_reverse(x: Tensor, lam: float = 1.0) -> Tensor:
 
 
 class GradientReversal(nn.Module):
-    """`grad_reverse` as a layer with a settable `lam` (notebook 09)."""
+    """`grad_reverse` as a layer with a settable `lam`."""
 
     def __init__(self, lam: float = 1.0):
         super().__init__()
@@ -59,7 +60,7 @@ class GradientReversal(nn.Module):
 
 
 def dann_lambda(p: float, gamma: float = 10.0) -> float:
-    """DANN's adaptation-weight schedule lambda_p = 2 / (1 + exp(-gamma p)) - 1, p in [0, 1] (notebook 09).
+    """DANN's adaptation-weight schedule lambda_p = 2 / (1 + exp(-gamma p)) - 1, p in [0, 1].
 
     Ganin et al. (2016) use gamma = 10: lambda rises from 0 at the start (when the domain classifier's signal is
     noise) to about 1 at the end. Reference values: 0 at p = 0, 0.98661 at p = 0.5, 0.99991 at p = 1.
@@ -71,15 +72,15 @@ def dann_lambda(p: float, gamma: float = 10.0) -> float:
 
 
 def domain_discriminator(in_features: int, hidden: int = 100, *, seed: int = 0) -> nn.Sequential:
-    """The domain classifier of DANN: features -> hidden ReLU layer -> one logit "is target" (notebook 09)."""
+    """The domain classifier of DANN: features -> hidden ReLU layer -> one logit "is target"."""
     checks.integer("in_features", in_features, 1)
     checks.integer("hidden", hidden, 1)
-    with _seeded(seed):
+    with seeded(seed):
         return nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, 1))
 
 
 class DANN(nn.Module):
-    """Domain-adversarial training (Ganin et al. 2016) as a fit callback plus loss step (notebook 09).
+    """Domain-adversarial training (Ganin et al. 2016) as a fit callback plus loss step.
 
     Train with `fit(model, source_batches, callbacks=[dann], loss_step=dann.loss_step)` (or `train_dann`). At each
     step a batch of unlabelled target images is drawn from its own seeded stream; source and target go through
@@ -184,12 +185,12 @@ def train_dann(
     device: str | torch.device = "auto",
     **fit_kw,
 ) -> tuple[History, DANN]:
-    """Train `model` on labelled source images and unlabelled target images with DANN, through `fit` (notebook 09).
+    """Train `model` on labelled source images and unlabelled target images with DANN, through `fit`.
 
     The source batches and the target stream are both seeded by `seed`; max_lambda = 0 gives the matched
     source-only baseline (see `DANN`). Returns fit's History and the DANN object (its discriminator trained).
     """
-    x, y = _check_pair("source", source)
+    x, y = check_pair("source", source)
     checks.integer("epochs", epochs, 1)
     checks.integer("batch_size", batch_size, 1)
     dev = pick_device(device)

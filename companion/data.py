@@ -1,5 +1,5 @@
 """Datasets as tensors: the readers, the tensor cache, `load_dataset`, `resize`, the multi-task targets and
-the text set `load_texts` (taught in notebook 00, start here; multi-task targets in notebooks 03 and 08).
+the text set `load_texts`.
 
 `load_dataset` decodes a dataset's files once and caches the tensors in `<data root>/cache/`, reading straight
 from the read-only mirror when the data root lacks the dataset. Where the files live and how they are
@@ -25,33 +25,18 @@ from torch import Tensor
 
 from . import batches as _batches
 from . import checks
-from .batches import (  # noqa: F401  (the names of companion.batches stay importable from here)
-    EpochLoader,
-    EpochSampler,
-    Target,
-    TensorBatches,
-    loader,
-    subsample_per_class,
-)
 from .files import atomic_write
-from .store import (  # noqa: F401  (the public names of companion.store stay importable from here)
+from .store import (
     _INFO,
-    CHECKSUMS,
     DATASETS,
     TEXT_DATASETS,
-    DamagedFileError,
     _dataset_of,
     _inside,
     _locate,
     _mirror,
     _reading,
     _verified,
-    available_datasets,
-    damaged_files,
     data_root,
-    fetch,
-    file_ok,
-    sha256,
 )
 
 SPLITS = ("train", "test", "all")
@@ -225,7 +210,7 @@ def _cached(
     name: str = "",
     mirror: Path | None = None,
 ) -> dict:
-    """Decoded tensors from the .pt cache, else build and store them (notebook 00).
+    """Decoded tensors from the .pt cache, else build and store them.
 
     The stamp records each source file's name, size, mtime and sha256. While size and mtime are unchanged
     the cache is used as is (no hashing on every load); when they change the files are hashed again: a known
@@ -294,7 +279,7 @@ def _take(blob: dict, key: str, split: str) -> Tensor:
 
 
 def resize(images: Tensor, size: int) -> Tensor:
-    """Resize N×C×H×W images to size×size with antialiased bilinear interpolation, kept in [0, 1] (notebook 07)."""
+    """Resize N×C×H×W images to size×size with antialiased bilinear interpolation, kept in [0, 1]."""
     checks.integer("size", size)
     if images.shape[-2:] == (size, size):
         return images
@@ -312,7 +297,7 @@ def load_dataset(
     size: int | None = None,
     mirror: str | os.PathLike | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Images (float32 N×1×H×W in [0, 1]) and int64 labels of one split of a dataset (notebook 00).
+    """Images (float32 N×1×H×W in [0, 1]) and int64 labels of one split of a dataset.
 
     `size` resizes to size×size (Omniglot is decoded at 28 unless given). Splits without an official
     one are fixed forever: digits and animal_mnist 80/20 stratified, mnist's 10k test set 8k/2k, Omniglot
@@ -337,7 +322,7 @@ def load_dataset(
 def omniglot_alphabets(
     split: str = "train", root: str | os.PathLike | None = None, *, mirror: str | os.PathLike | None = None
 ) -> tuple[Tensor, list[str]]:
-    """Alphabet id per Omniglot image, aligned with load_dataset("omniglot", split), and the names (notebook 08)."""
+    """Alphabet id per Omniglot image, aligned with load_dataset("omniglot", split), and the names."""
     checks.choice("split", split, SPLITS)
     base, mir = Path(root) if root else data_root(), _mirror(mirror)
     files = _locate("omniglot", base, mir)
@@ -436,7 +421,7 @@ def multi_digits(
     images: Tensor, labels: Tensor, n: int, *, seed: int, size: int = 36
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """MultiMNIST (Sabour et al. 2017, in the multi-task form of Sener & Koltun 2018): two 28×28 digits, top-left
-    and bottom-right, pixel-wise max (notebook 03).
+    and bottom-right, pixel-wise max.
 
     Any digit source works: images are resized to 28×28 first. The two digits of one image are always
     distinct source images. Returns images n×1×size×size and {"left": labels, "right": labels}.
@@ -462,7 +447,7 @@ def multi_digits(
 
 
 def fashion_groups(labels: Tensor) -> dict[str, Tensor]:
-    """Fine Fashion-MNIST labels plus 3 coarse groups: tops, footwear, other (notebook 08).
+    """Fine Fashion-MNIST labels plus 3 coarse groups: tops, footwear, other.
 
     tops = T-shirt/top, Pullover, Coat, Shirt; footwear = Sandal, Sneaker, Ankle boot;
     other = Trouser, Dress, Bag. Returns {"fine": labels, "coarse": group ids into FASHION_GROUPS}.

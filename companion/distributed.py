@@ -1,4 +1,4 @@
-"""Training on several processes with torchrun and DistributedDataParallel (fit's scale-out, notebook 00).
+"""Training on several processes with torchrun and DistributedDataParallel (fit's scale-out).
 
 Launch a training script with `torchrun --nproc_per_node N script.py` (one process per GPU, or N processes on
 CPU): `fit` reads torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK) through `init`, joins the process
@@ -53,6 +53,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from .batches import TensorBatches
 from .device import pick_device
 
 __all__ = [
@@ -121,7 +122,7 @@ def init(device: str | torch.device = "auto") -> tuple[int, int, torch.device]:
     kind = pick_device(device).type
     if kind == "mps":
         raise ValueError(
-            "DEVICE='mps' cannot train under torchrun (no distributed backend); use 'cpu' or 'auto'"
+            "device='mps' cannot train under torchrun (no distributed backend); use 'cpu' or 'auto'"
         )
     dev = torch.device("cuda", local) if kind == "cuda" else torch.device("cpu")
     if not dist.is_initialized():
@@ -226,8 +227,6 @@ def wrap(model: nn.Module, device: torch.device | None = None) -> nn.Module:
 
 def shard(batches):
     """This process's share of a TensorBatches (see `TensorBatches.shard`); the batches as they are on one process."""
-    from .data import TensorBatches
-
     if not active():
         return batches
     if not isinstance(batches, TensorBatches):
@@ -244,19 +243,14 @@ def per_task_grads(balancer) -> bool:
 
 
 def check_balancer(balancer, model: nn.Module) -> None:
-    """Refuse, before training, a balancer that cannot equal the single-process result under torchrun."""
+    """Refuse, before training, a balancer that cannot equal the single-process result under torchrun. A balancer
+    declares this itself: a method `torchrun_refusal(model)` returning why not, or None (no method: it can)."""
     if not active():
         return
-    from .mtl import GradAggregation
-
-    mode = getattr(balancer, "mode", "params")
-    if isinstance(balancer, GradAggregation) and (
-        mode == "features" or (mode == "auto" and hasattr(model, "shared"))
-    ):
-        raise ValueError(
-            f"balancer: GradAggregation(mode={mode!r}) aggregates per-sample gradients of the shared representation, "
-            "which are split across processes under torchrun; pass GradAggregation(..., mode='params')"
-        )
+    refusal = getattr(balancer, "torchrun_refusal", None)
+    why = refusal(model) if refusal is not None else None
+    if why:
+        raise ValueError(f"balancer: {why}")
 
 
 class Sync:

@@ -1,4 +1,4 @@
-"""Losses and metrics shared by training and evaluation (notebooks 00 and 01): `default_loss`, `accuracy`,
+"""Losses and metrics shared by training and evaluation: `default_loss`, `accuracy`,
 `batch_losses` (one batch through the model, one loss per task) and `evaluate`."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ def _as_dict(value, name: str = "main") -> dict:
 
 
 def default_loss(out: Tensor, target: Tensor) -> Tensor:
-    """Cross-entropy for class indices, BCE-with-logits for 0/1 multi-label, MSE otherwise (notebook 01)."""
+    """Cross-entropy for class indices, BCE-with-logits for 0/1 multi-label, MSE otherwise."""
     if not target.is_floating_point() and out.ndim == target.ndim + 1:
         return nn.functional.cross_entropy(out, target)
     if out.shape == target.shape and out.ndim >= 2 and out.shape[1] > 1 and _is_binary(target):
@@ -64,7 +64,7 @@ def batch_losses(
     device: torch.device,
     precision: str = "fp32",
 ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """One batch through the model: ({task: output}, {task: loss}), one loss per task of y (notebook 01).
+    """One batch through the model: ({task: output}, {task: loss}), one loss per task of y.
 
     The forward pass runs under `precision`'s autocast, the losses in float32 outside it. fit's step and
     `evaluate` both use it (evaluate under no_grad), so a training loss and a validation loss are one formula.
@@ -88,7 +88,7 @@ def evaluate(
     device: str | torch.device = "auto",
     precision: str = "fp32",
 ) -> dict[str, float]:
-    """Mean loss and accuracy per task over batches, in eval mode without gradients (notebook 00).
+    """Mean loss and accuracy per task over batches, in eval mode without gradients.
 
     The model is moved to `device` (as fit does), so a model trained or loaded elsewhere evaluates where the
     batches go."""

@@ -1,4 +1,4 @@
-"""Files written so that no reader ever sees half of one (notebook 00 shows why): a temporary file in the
+"""Files written so that no reader ever sees half of one: a temporary file in the
 target's folder, flushed and fsynced, then `os.replace`. Data, checkpoints, results files and notebooks all go
 through `atomic_write`; the dataset module is not needed to write a file.
 """
@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+REPO = Path(__file__).resolve().parents[1]  # the course checkout, when the package runs from one
 _STALE_AFTER_S = 15 * 60  # a temporary untouched this long is an orphan even if its writer's pid looks alive
 _TEMP = re.compile(r"(?:(?P<pid>\d+)-)?[a-z0-9_]{8}")  # the middle of `.<name>.<pid>-<random>.part`
 
@@ -37,7 +38,7 @@ def _alive(pid: int) -> bool:
 def stale_temporaries(path: str | os.PathLike) -> list[Path]:
     """Temporaries that killed `atomic_write` calls left for this target (`.<name>.<pid>-<random>.part`, or the
     older `.<name>.<random>.part`) and that no live writer is using: their writer's process is gone, or they
-    have not changed for 15 minutes (notebook 00). Files of other targets never match."""
+    have not changed for 15 minutes. Files of other targets never match."""
     path = Path(path)
     prefix, now, out = f".{path.name}.", time.time(), []
     with contextlib.suppress(OSError):
@@ -81,7 +82,7 @@ def write_error(path: str | os.PathLike, err: OSError) -> OSError:
 def atomic_write(
     path: str | os.PathLike, write: Callable[[BinaryIO], object], *, keep_previous: bool = False
 ) -> Path:
-    """Write a file via a temp file in its folder and os.replace, so no half file is ever visible (notebook 00).
+    """Write a file via a temp file in its folder and os.replace, so no half file is ever visible.
 
     With `keep_previous`, an existing file is kept as `<name>.prev` (checkpoints use it). Temporaries that
     killed earlier writes of the same target left behind are removed first (see `stale_temporaries`). A write
@@ -113,3 +114,31 @@ def atomic_write(
             raise write_error(path, err) from err
         raise
     return path
+
+
+# ------------------------------------------------------------------------------------------------ locations
+
+
+def in_checkout() -> bool:
+    """True when the package runs from a checkout of the course (pyproject.toml and notebooks/ beside it), False
+    for an installed copy (site-packages)."""
+    return (REPO / "pyproject.toml").is_file() and (REPO / "notebooks").is_dir()
+
+
+def user_folder() -> Path:
+    """The per-user folder of an installed course (data/, results/): $XDG_DATA_HOME/companion or
+    ~/.local/share/companion on Linux, ~/Library/Application Support/companion on macOS, %LOCALAPPDATA%\\companion
+    on Windows. A checkout keeps both inside the repository instead."""
+    if sys.platform == "win32":
+        base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
+    elif sys.platform == "darwin":
+        base = Path.home() / "Library" / "Application Support"
+    else:
+        base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return base.expanduser() / "companion"
+
+
+def resolve(path: str) -> Path:
+    """A relative path is inside the repository in a checkout, else inside the per-user folder."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else (REPO if in_checkout() else user_folder()) / p

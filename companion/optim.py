@@ -1,4 +1,4 @@
-"""Optimisers and learning-rate schedules for `fit`, from timm's factory and torch (notebook 01)."""
+"""Optimisers and learning-rate schedules for `fit`, from timm's factory and torch."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ _TIMM_NAMES = {"adamw": "adamw", "adam": "adam", "sgd": "momentum"}  # timm's ow
 
 
 def _make_optimizer(name, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """A named optimiser from timm's factory, or `name` itself when it is a torch Optimizer (notebook 01).
+    """A named optimiser from timm's factory, or `name` itself when it is a torch Optimizer.
 
     `timm.optim.create_optimizer_v2` with the groups passed through (filter_bias_and_bn=False) builds the very
     torch.optim classes fit used to build itself: AdamW, Adam, and for "sgd" classical momentum 0.9 (timm's

@@ -1,4 +1,4 @@
-"""fit's plug-ins: validation, early stopping, best-weights restore and checkpointing as callbacks (notebook 09).
+"""fit's plug-ins: validation, early stopping, best-weights restore and checkpointing as callbacks.
 
 Each is a small object with some of the `companion.train.Callback` hooks; `fit`'s keywords (`val`,
 `early_stop`, `restore_best`, `checkpoint`, ...) build them, or they can be passed in `callbacks=[...]`. Their
@@ -13,17 +13,9 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from . import checks, distributed
-from .checkpoints import check_fingerprint
-from .train import (
-    FitState,
-    History,
-    LossFn,
-    _resume_from,
-    _rng_state,
-    _set_rng_state,
-    evaluate,
-    save_checkpoint,
-)
+from .checkpoints import check_fingerprint, resume_from, rng_state, save_checkpoint, set_rng_state
+from .evaluation import LossFn, evaluate
+from .loop import FitState, History
 
 _MODES = ("min", "max")
 
@@ -38,7 +30,7 @@ def infer_mode(monitor: str, mode: str | None = None) -> str:
 
 
 class Validate:
-    """Adds `evaluate(model, val, loss_fns)` to each epoch's row as val_* entries (notebooks 00 and 09).
+    """Adds `evaluate(model, val, loss_fns)` to each epoch's row as val_* entries.
 
     What `fit(val=...)` builds: val_loss, val_acc and their per-task entries (val_loss/<task>, ...), computed in
     eval mode without gradients at the end of every epoch, before the other callbacks see the row.
@@ -57,7 +49,7 @@ class Validate:
 
 
 class EvaluateEvery:
-    """Evaluates on `val` every `steps` optimiser steps, mid-epoch included: a convergence curve (notebook 05).
+    """Evaluates on `val` every `steps` optimiser steps, mid-epoch included: a convergence curve.
 
     Its rows, {"epoch": k (the k-th evaluation), "step", "val_loss", "val_acc", ...}, are in `rows` and in
     `history()`. The evaluation runs in eval mode without gradients, and every module's train/eval flag is put back
@@ -120,7 +112,7 @@ class _Best:
 
 
 class EarlyStopping(_Best):
-    """Stops training after `patience` epochs in a row without a better `monitor` value (notebooks 00 and 09).
+    """Stops training after `patience` epochs in a row without a better `monitor` value.
 
     `mode="min"` (a loss) or `"max"` (an accuracy); when not given it is inferred as fit always did: "max" if
     "acc" is in the monitor's name, else "min". What `fit(early_stop=patience, monitor=..., mode=...)` builds.
@@ -145,7 +137,7 @@ class EarlyStopping(_Best):
 
 
 class RestoreBest(_Best):
-    """Ends training on the weights of the epoch with the best `monitor` value (notebooks 00 and 09).
+    """Ends training on the weights of the epoch with the best `monitor` value.
 
     A copy of the model's state is kept at every improvement and loaded at on_fit_end (so callbacks still see
     the last epoch's weights at their own on_fit_end). `mode` as in `EarlyStopping`. The copy is saved in
@@ -174,17 +166,17 @@ class RestoreBest(_Best):
 
 class Checkpointer:
     """Writes fit's full training state to `path` and resumes from it, so a killed run ends on the same weights
-    (notebooks 00 and 09).
+    .
 
-    Written atomically (temp file, fsync, rename; the previous file kept as `<name>.prev`) at every epoch end and,
-    with `every`, after every `every`-th optimiser step: model, optimiser, scheduler, GradScaler, balancer, each
-    callback's `state_dict()`, the random states (each rank's under torchrun), the position (epoch, step, batch
-    in epoch), the epoch's running sums, the history and the run's fingerprint. At `setup` an existing file is
-    resumed from (a checkpoint of another run, by seed, lr, epochs, precision, steps per epoch, process count,
-    optimiser class and hyperparameters, scheduler, clipping or parameter names and shapes, is refused with its
-    path and the first differing field: `checkpoints.run_fingerprint`); a corrupt one stops with its path, or with `resume="latest-good"` its `.prev` is used. Under
-    torchrun rank 0 writes and the others wait. What `fit(checkpoint=path, checkpoint_every=every,
-    resume=resume)` builds.
+     Written atomically (temp file, fsync, rename; the previous file kept as `<name>.prev`) at every epoch end and,
+     with `every`, after every `every`-th optimiser step: model, optimiser, scheduler, GradScaler, balancer, each
+     callback's `state_dict()`, the random states (each rank's under torchrun), the position (epoch, step, batch
+     in epoch), the epoch's running sums, the history and the run's fingerprint. At `setup` an existing file is
+     resumed from (a checkpoint of another run, by seed, lr, epochs, precision, steps per epoch, process count,
+     optimiser class and hyperparameters, scheduler, clipping or parameter names and shapes, is refused with its
+     path and the first differing field: `checkpoints.run_fingerprint`); a corrupt one stops with its path, or with `resume="latest-good"` its `.prev` is used. Under
+     torchrun rank 0 writes and the others wait. What `fit(checkpoint=path, checkpoint_every=every,
+     resume=resume)` builds.
     """
 
     order = 30
@@ -197,7 +189,7 @@ class Checkpointer:
         self.path, self.every, self.resume = Path(path), every, resume
 
     def setup(self, state: FitState) -> None:
-        saved = _resume_from(self.path, self.resume, state.device)
+        saved = resume_from(self.path, self.resume, state.device)
         if saved is None:
             return
         world = distributed.world()
@@ -239,7 +231,7 @@ class Checkpointer:
         )  # each rank's random state, running sums
         running = own.get("running", {})
         state.sums, state.counts = dict(running.get("sums", {})), dict(running.get("counts", {}))
-        _set_rng_state(own["rng"])
+        set_rng_state(own["rng"])
 
     def on_step_end(self, state: FitState) -> None:
         if self.every and state.step % self.every == 0:
@@ -251,7 +243,7 @@ class Checkpointer:
     def save(self, state: FitState, epoch: int, batch_in_epoch: int, running: dict) -> None:
         """Write the state at a position: `epoch` and `batch_in_epoch` are where a resumed run starts."""
         ranks = (
-            distributed.gather({"rng": _rng_state(), "running": running}) if distributed.world() > 1 else None
+            distributed.gather({"rng": rng_state(), "running": running}) if distributed.world() > 1 else None
         )
         if not distributed.is_main():
             distributed.barrier()  # rank 0 writes the checkpoint alone; the others wait for it here
@@ -268,7 +260,7 @@ class Checkpointer:
                     cb.state_dict() if hasattr(cb, "state_dict") else None for cb in state.callbacks
                 ],
                 "callback_names": _names(state.callbacks),
-                "rng": _rng_state(),
+                "rng": rng_state(),
                 "epoch": epoch,
                 "step": state.step,
                 "batch_in_epoch": batch_in_epoch,

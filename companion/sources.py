@@ -1,5 +1,5 @@
 """Cached source models for transfer: trained once on a course dataset, then loaded from a checkpoint file
-(taught in notebooks 02, 05 and 07; the noisy sources of notebook 09 use the same cache).
+(noisy sources, trained on corrupted labels, use the same cache).
 
 `source_model` keys a checkpoint by the whole training configuration and keeps it in
 `<data root>/cache/sources/`; `cached_source` is the shared machinery (atomic writes, reads with
@@ -19,12 +19,13 @@ from torch import Tensor, nn
 
 from . import checks
 from .batches import TensorBatches, subsample_per_class
+from .checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from .data import load_dataset
-from .device import pick_device
+from .device import pick_device, seeded
+from .evaluation import evaluate
 from .models import backbone
 from .store import data_root
-from .train import CheckpointError, evaluate, fit, load_checkpoint, save_checkpoint
-from .transfer import _seeded
+from .train import fit
 
 __all__ = ["cached_source", "source_model"]
 
@@ -49,7 +50,7 @@ def source_model(
     root: str | Path | None = None,
     device: str | torch.device = "auto",
 ) -> tuple[nn.Module, dict]:
-    """A course source model trained on a dataset once, then loaded from its cached checkpoint (notebooks 05, 07).
+    """A course source model trained on a dataset once, then loaded from its cached checkpoint.
 
     n: training images per class (None: all). The checkpoint is `<root or data_root()>/cache/sources/<key>.pt`,
     keyed by the whole configuration, written atomically and read with weights_only; a missing or corrupt one
@@ -79,7 +80,7 @@ def cached_source(
 ) -> tuple[nn.Module, dict]:
     """Train `config["model"]` on `config["dataset"]` once, then load it from `<root>/cache/<folder>/<key>.pt`
     (the key hashes the whole `config`; written atomically, read with weights_only, retrained when missing,
-    corrupt or stale). Shared by `source_model` and `mismatch.noisy_source` (notebooks 05, 07, 09).
+    corrupt or stale). Shared by `source_model` and `mismatch.noisy_source`.
 
     `config` holds model, dataset, epochs, n (images per class or None), seed, lr, batch_size and size, plus
     anything else that should key the cache. `relabel(y, num_classes)` changes the training labels (label noise);
@@ -107,7 +108,7 @@ def cached_source(
     in_chans, num_classes = x.shape[1], int(y.max()) + 1
     if relabel is not None:
         y = relabel(y, num_classes)
-    with _seeded(seed):
+    with seeded(seed):
         model = backbone(name, in_chans=in_chans, num_classes=num_classes)
     dev = pick_device(device)
     batches = TensorBatches(x, y, config["batch_size"], seed=seed)

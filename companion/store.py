@@ -1,5 +1,5 @@
 """Where the course's data files live and whether they can be trusted: the data root, sha256 checks, the
-read-only mirror, `fetch` and `available_datasets` (taught in notebook 00, start here).
+read-only mirror, `fetch` and `available_datasets`.
 
 Files live in the data root (`COMPANION_DATA`, default `<repo>/data`), one folder per dataset laid out
 like the read-only course mirror (`COMPANION_DATA_MIRROR`). `fetch` fills the data root from the mirror
@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from . import checks
-from .files import atomic_write
+from .files import REPO, atomic_write, in_checkout, user_folder
 
 DATASETS = ("digits", "mnist", "fashion_mnist", "usps", "animal_mnist", "omniglot", "rotten_tomatoes")
 TEXT_DATASETS = ("rotten_tomatoes",)  # texts, not images: `companion.data.load_texts` reads them
@@ -112,9 +112,8 @@ class DamagedFileError(ValueError):
 
 def data_root() -> Path:
     """The data folder: $COMPANION_DATA if set, else <repo>/data in a checkout of the course, else a per-user
-    folder such as ~/.local/share/companion/data (an installed package; see `params.user_folder`) (notebook 00).
+    folder such as ~/.local/share/companion/data (an installed package; see `params.user_folder`).
     """
-    from .params import REPO, in_checkout, user_folder
 
     env = os.environ.get("COMPANION_DATA")
     if env:
@@ -126,7 +125,7 @@ def data_root() -> Path:
 
 
 def sha256(path: str | os.PathLike) -> str:
-    """The sha256 hex digest of a file, read in 1 MiB blocks (notebook 00)."""
+    """The sha256 hex digest of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -142,7 +141,7 @@ def _known(path: Path) -> tuple[str, tuple[int, str]] | None:
 
 def file_ok(path: str | os.PathLike) -> bool | None:
     """True when a known data file has its recorded size and sha256, False when it differs (damaged), None when
-    the course has no checksum for it (notebook 00)."""
+    the course has no checksum for it."""
     path = Path(path)
     known = _known(path)
     if known is None:
@@ -257,7 +256,7 @@ def _locate(name: str, root: Path, mirror: Path | None) -> dict[str, Path] | Non
 def available_datasets(
     root: str | os.PathLike | None = None, mirror: str | os.PathLike | None = None
 ) -> dict:
-    """Which datasets can be loaded now, with source, licence and how to get them (notebook 00).
+    """Which datasets can be loaded now, with source, licence and how to get them.
 
     Each value is {"present", "state", "damaged", "source", "licence", "how", "where"}; "where" is the folder
     read from, "state" is "present", "missing" or "corrupt" (some file fails its sha256 check) and "damaged"
@@ -336,7 +335,7 @@ def _sync(src: Path, dst: Path) -> tuple[int, int]:
 
 
 def damaged_files(name: str, root: str | os.PathLike | None = None) -> list[Path]:
-    """The files of one dataset folder whose sha256 differs from the course's record (notebook 00)."""
+    """The files of one dataset folder whose sha256 differs from the course's record."""
     checks.choice("name", name, DATASETS)
     folder = (Path(root) if root else data_root()) / name
     known = [folder / file for dataset, file in CHECKSUMS if dataset == name]
@@ -401,7 +400,7 @@ def fetch(
     mirror: str | os.PathLike | None = None,
     download: bool = True,
 ) -> dict[str, str]:
-    """Fill the data root from the mirror, else torchvision downloads; print and return a status per dataset (notebook 00).
+    """Fill the data root from the mirror, else torchvision downloads; print and return a status per dataset.
 
     Statuses: "bundled", "present", "copied N files" (with "(replaced K damaged)" when some copies here had
     the right size but the wrong sha256), "downloaded", "missing", "corrupt: <files>" (damaged and no good

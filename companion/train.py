@@ -1,4 +1,4 @@
-"""One training loop for single-task and multi-task models (taught in notebooks 00 and 01).
+"""One training loop for single-task and multi-task models.
 
 `fit` is a thin facade: its loop is in `companion.loop`, the losses and metrics it shares with `evaluate` in
 `companion.evaluation`; their names stay importable from here."""
@@ -14,43 +14,28 @@ import torch
 from torch import Tensor, nn
 
 from . import distributed
-from .checkpoints import (  # noqa: F401  (checkpoints have their own module; these names stay importable here)
-    CheckpointError,
-    _own_rng,
-    _resume_from,
-    _rng_state,
-    _set_rng_state,
-    load_checkpoint,
+from .batches import TensorBatches
+from .checkpoints import (
     run_fingerprint,
-    save_checkpoint,
 )
-from .data import TensorBatches
-from .evaluation import (  # noqa: F401  (losses and metrics have their own module; these names stay importable here)
+from .device import seeded
+from .evaluation import (
     _PRECISIONS,
     LossFn,
-    _add,
-    _as_dict,
-    _autocast,
-    _is_binary,
-    _move,
-    accuracy,
-    batch_losses,
-    default_loss,
-    evaluate,
 )
-from .loop import (  # noqa: F401  (fit's loop has its own module; these names stay importable here)
+from .loop import (
     Balancer,
     Callback,
     FitState,
     History,
     LossStep,
-    StepContext,
     Update,
     WeightedSum,
     _Loop,
     _Record,
 )
-from .optim import _OPTIMIZERS, _SCHEDULERS, _make_optimizer, _make_scheduler  # noqa: F401
+from .optim import _OPTIMIZERS, _make_optimizer, _make_scheduler
+from .plugins import Checkpointer, EarlyStopping, RestoreBest, Validate
 
 
 def fit(
@@ -84,7 +69,7 @@ def fit(
     callbacks: Iterable[Callback] | None = None,
     loss_step: LossStep | None = None,
 ) -> History:
-    """Train a single- or multi-task model; returns per-epoch metrics per task (notebooks 00 and 01).
+    """Train a single- or multi-task model; returns per-epoch metrics per task.
 
     `train` yields `(x, y)` batches; `y` and the model output are tensors (one task, named "main") or dicts
     keyed by task. Each step (`Update`): per-task losses (`batch_losses`, shared with `evaluate`) ->
@@ -93,7 +78,7 @@ def fit(
     with `seed` (Python, NumPy, torch) inside, and the caller's random states are restored on return: a fit call
     neither reseeds nor advances them, and two fits with the same seed give the same weights.
 
-    fit is a facade over small plug-ins (`companion.plugins`, notebook 09), which its keywords build:
+    fit is a facade over small plug-ins (`companion.plugins`), which its keywords build:
 
     - `val` -> `Validate(val, loss_fns, precision)`: val_* entries (`evaluate`) in each epoch's row;
     - `early_stop` -> `EarlyStopping(early_stop, monitor, mode)`: stop after that many epochs without a better
@@ -106,7 +91,7 @@ def fit(
     - no keyword: `EvaluateEvery(val, steps)` in `callbacks` scores `val` every `steps` optimiser steps, mid-epoch
       included (a convergence curve, in its `rows`).
 
-    Extension point (notebook 09), small and in the spirit of fastai's Learner events or Lightning callbacks:
+    Extension point, small and in the spirit of fastai's Learner events or Lightning callbacks:
 
     - `callbacks`: objects with any of `setup`, `on_fit_start`, `on_epoch_start`, `on_step_start`,
       `on_step_end`, `on_epoch_end`, `on_fit_end`, each called with the `FitState` (see `Callback` for their
@@ -141,7 +126,7 @@ def fit(
     )
     _check_objects(optimizer, param_groups, weight_decay, loss_step)
     rank, world, dev = distributed.init(device)
-    with _own_rng(seed + rank, dev):
+    with seeded(seed + rank, dev):
         model.to(dev)
         balancer = balancer if balancer is not None else WeightedSum()
         distributed.check_balancer(balancer, model)
@@ -246,7 +231,6 @@ def _plugins(
     resume,
 ) -> list:
     """The callbacks fit calls: the given ones, fit's bookkeeping and the plug-ins its keywords ask for, by order."""
-    from .plugins import Checkpointer, EarlyStopping, RestoreBest, Validate
 
     built = [Validate(val, loss_fns, precision)] if val is not None else []
     built += [*callbacks, _Record()]

@@ -1,4 +1,4 @@
-"""Transfer-learning strategies on timm backbones: probe, fine-tune, LP-FT, gradual unfreezing (notebooks 02-09).
+"""Transfer-learning strategies on timm backbones: probe, fine-tune, LP-FT, gradual unfreezing.
 
 - `prepare` sets up one strategy: which parameters train, a fresh head, per-group learning rates and what the
   BatchNorm layers of the frozen parts do; `adapt` runs any strategy end to end with `fit`.
@@ -20,11 +20,9 @@ stay importable from here (`from companion.transfer import source_model`).
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import importlib
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import timm
 import torch
@@ -33,10 +31,12 @@ from timm.layers.norm_act import FrozenBatchNorm2d  # torchvision's class, the o
 from torch import Tensor, nn
 
 from . import checks
-from .device import pick_device
+from .device import pick_device, seeded
+from .evaluation import evaluate
+from .loop import History
 from .models import new_head, stages
 from .optim import _OPTIMIZERS
-from .train import History, evaluate, fit
+from .train import fit
 
 __all__ = [
     "BN_POLICIES",
@@ -71,7 +71,7 @@ def _classifier(model: nn.Module) -> nn.Module:
     return model.get_classifier()
 
 
-def _check_pair(name: str, pair: object) -> tuple[Tensor, Tensor]:
+def check_pair(name: str, pair: object) -> tuple[Tensor, Tensor]:
     """(images, labels) from a pair of tensors with one label per image (shared by the sweeps and DANN)."""
     ok = (
         isinstance(pair, (tuple, list))
@@ -133,7 +133,7 @@ def _freeze(model: nn.Module, frozen: set[str], bn: str) -> None:
 
 
 def unfreeze_top(model: nn.Module, k: int, *, bn: str = "eval") -> nn.Module:
-    """Train the head and the top k trunk stages, freeze the rest under BatchNorm policy `bn` (notebook 04).
+    """Train the head and the top k trunk stages, freeze the rest under BatchNorm policy `bn`.
 
     k = 0 is a linear probe, k = len(stages(model)) trains everything (parameters outside the stages and the
     head, if any, unfreeze only then).
@@ -158,7 +158,7 @@ def _trainable_stages(model: nn.Module) -> list[int]:
 def layer_groups(
     model: nn.Module, lr: float, *, head_lr: float | None = None, layer_decay: float | None = None
 ) -> list[dict]:
-    """Optimiser parameter groups of the trainable parameters: head first, then the trunk (notebook 05).
+    """Optimiser parameter groups of the trainable parameters: head first, then the trunk.
 
     Without layer_decay the trunk is one group at `lr`; with it, stage i of the n in `stages(model)` gets
     lr * layer_decay ** (n - i) (the head's depth is n). The lr is stored already scaled, without timm's
@@ -191,17 +191,6 @@ def layer_groups(
 # ------------------------------------------------------------------------------------------ strategies
 
 
-@contextlib.contextmanager
-def _seeded(seed: int | None) -> Iterator[None]:
-    """Run a block with the CPU generator seeded, leaving the global random state as it was."""
-    if seed is None:
-        yield
-        return
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
-
-
 def _reinit(model: nn.Module) -> None:
     """Redraw every weight: timm's own init when the architecture can be rebuilt, else each layer's reset."""
     try:
@@ -230,7 +219,7 @@ def prepare(
     layer_decay: float | None = None,
     seed: int | None = None,
 ) -> tuple[nn.Module, list[dict]]:
-    """Set a model up for a transfer strategy; returns it with its parameter groups for fit (notebooks 04-05).
+    """Set a model up for a transfer strategy; returns it with its parameter groups for fit.
 
     scratch: every weight redrawn; linear_probe: trunk frozen, head trained; finetune: all trained;
     discriminative: all trained with layer_decay (required) per stage. lp_ft and gradual start as a linear
@@ -243,7 +232,7 @@ def prepare(
     if strategy == "discriminative" and layer_decay is None:
         checks.fail("layer_decay", "a number in (0, 1] for strategy='discriminative'", None)
     head = _classifier(model)
-    with _seeded(seed):
+    with seeded(seed):
         if strategy == "scratch":
             _reinit(model)
         if num_classes is not None:
@@ -300,7 +289,7 @@ def lp_ft(
     seed: int = 0,
     **fit_kw,
 ) -> History:
-    """LP-FT (Kumar et al. 2022): train a new head on the frozen trunk, then fine-tune all from it (notebook 05).
+    """LP-FT (Kumar et al. 2022): train a new head on the frozen trunk, then fine-tune all from it.
 
     Fine-tuning from a probed head instead of a random one distorts the pretrained features less. Rows of the
     returned History carry phase 1 (probe, at probe_lr) or 2 (fine-tune, at lr), with epochs counted on.
@@ -320,7 +309,7 @@ def lp_ft(
 
 
 class GradualUnfreezing:
-    """fit plug-in for gradual unfreezing (ULMFiT, Howard & Ruder 2018; notebooks 04, 09).
+    """fit plug-in for gradual unfreezing (ULMFiT, Howard & Ruder 2018).
 
     At the start of epoch e (counted from 0) the head and the top min(n, e * per_epoch) trunk stages train, the
     rest stays frozen under the BatchNorm policy `bn`; each epoch's history row gets "unfrozen", the number of
@@ -375,7 +364,7 @@ def gradual(
     seed: int = 0,
     **fit_kw,
 ) -> History:
-    """Gradual unfreezing (ULMFiT): epoch e trains the head and the top e * per_epoch stages (notebooks 04, 09).
+    """Gradual unfreezing (ULMFiT): epoch e trains the head and the top e * per_epoch stages.
 
     One fit call with the `GradualUnfreezing` plug-in and one optimiser holding every parameter group from the
     start (each stage at its layer_decay rate), so schedulers and checkpoints work as in any fit call. Rows carry
@@ -437,7 +426,7 @@ def adapt(
     seed: int = 0,
     **fit_kw,
 ) -> History:
-    """Train a model to a target task with one of STRATEGIES, end to end; returns fit's History (notebook 05).
+    """Train a model to a target task with one of STRATEGIES, end to end; returns fit's History.
 
     lp_ft probes for probe_epochs (default epochs // 2), then fine-tunes for the rest, both at lr; gradual
     unfreezes one stage per epoch. All others are `prepare` followed by one `fit`.
@@ -466,7 +455,7 @@ def adapt(
 def l2sp(
     model: nn.Module, start: Mapping[str, Tensor] | nn.Module, *, alpha: float = 0.01, beta: float = 0.01
 ) -> Callable[[nn.Module], Tensor]:
-    """L2-SP (Li et al. 2018): a fit regularizer, alpha/2 ||w - w0||^2 + beta/2 ||w_new||^2 (notebooks 05, 09).
+    """L2-SP (Li et al. 2018): a fit regularizer, alpha/2 ||w - w0||^2 + beta/2 ||w_new||^2.
 
     w0 are the `start` weights (a state dict or a model) of the transferred parameters: those of `model` found in
     `start` with the same shape, the classifier excepted. All other parameters are new layers, pulled towards 0.
@@ -506,7 +495,7 @@ def l2sp(
 def transfer_blocks(
     source: nn.Module, target: nn.Module, n: int, *, freeze: bool = True, bn: str = "eval"
 ) -> nn.Module:
-    """Copy the first n stages of a trained source into a target of the same architecture (notebooks 02, 09).
+    """Copy the first n stages of a trained source into a target of the same architecture.
 
     Yosinski et al. (2014)'s experiment: the copied stages are frozen (freeze=True, BatchNorm under `bn`) or
     trained further; the other stages and the head keep the target's own weights. Returns the target.
@@ -530,7 +519,7 @@ def transfer_blocks(
 def forgetting(
     before: nn.Module, after: nn.Module, source_batches: Iterable, *, source_head: nn.Module | None = None
 ) -> dict[str, float]:
-    """Source-task accuracy before and after fine-tuning, and the drop: catastrophic forgetting (notebook 04).
+    """Source-task accuracy before and after fine-tuning, and the drop: catastrophic forgetting.
 
     `after`'s trunk is evaluated with the source head (default: `before`'s classifier) put back on a copy of it;
     both run on `before`'s device. Returns {"before", "after", "drop" = before - after}.
@@ -551,33 +540,3 @@ def forgetting(
     if accs[0] is None:
         raise ValueError("source_batches must hold class labels, to measure an accuracy")
     return {"before": accs[0], "after": accs[1], "drop": accs[0] - accs[1]}
-
-
-# ------------------------------------------------------------------------------ moved, still importable
-
-# Modules built on this one keep their names importable from here; they import this module themselves, so
-# their names are looked up on first use rather than imported at the top.
-_MOVED = {
-    **dict.fromkeys(("cached_source", "source_model"), "sources"),
-    **dict.fromkeys(
-        ("DANN", "GradientReversal", "dann_lambda", "domain_discriminator", "grad_reverse", "train_dann"),
-        "dann",
-    ),
-    **dict.fromkeys(
-        ("block_sweep", "group_rows", "label_efficiency", "labels_to_reach", "probe_accuracy"),
-        "experiments",
-    ),
-    "steps_to": "experiments",
-}
-
-
-def __getattr__(name: str) -> object:
-    """A name that moved to a module built on this one, imported from there on first use (PEP 562)."""
-    if name in _MOVED:
-        return getattr(importlib.import_module(f"{__package__}.{_MOVED[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    """This module's names and the moved ones."""
-    return sorted({*globals(), *_MOVED})

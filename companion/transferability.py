@@ -1,4 +1,4 @@
-"""Transferability scores: rank pretrained sources for a target task before any fine-tuning (notebook 09).
+"""Transferability scores: rank pretrained sources for a target task before any fine-tuning.
 
 Each score looks at what a frozen source model gives on the *target* data (features, or softmax outputs over
 the source classes) together with the target labels, and returns one number: higher means "this source
@@ -67,7 +67,7 @@ def _one_hot(codes: np.ndarray, num: int) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------------------ LogME
 def logme_evidence(features, y, alpha: float, beta: float) -> float:
-    """Log evidence per sample of y under y = F w + noise, w ~ N(0, I/alpha), noise ~ N(0, I/beta) (notebook 09).
+    """Log evidence per sample of y under y = F w + noise, w ~ N(0, I/alpha), noise ~ N(0, I/beta).
 
     log p(y | F, alpha, beta) = n/2 log beta + d/2 log alpha - n/2 log 2pi
                                 - beta/2 |F m - y|^2 - alpha/2 |m|^2 - 1/2 log det A,
@@ -145,7 +145,7 @@ def _evidence(s2, c2, rest: float, n: int, alpha: float, lam: float) -> float:
 
 
 def _fixed_point(s2, c2, rest: float, n: int, max_iter: int = 1000, tol: float = 1e-10) -> dict:
-    """MacKay's fixed point for the evidence maximum over (alpha, beta), in the SVD basis (notebook 09).
+    """MacKay's fixed point for the evidence maximum over (alpha, beta), in the SVD basis.
 
     Repeat until (alpha, beta) stop moving:
         gamma = sum_i beta s_i^2 / (alpha + beta s_i^2)    # effective number of well-determined weights
@@ -196,7 +196,7 @@ def _fixed_point(s2, c2, rest: float, n: int, max_iter: int = 1000, tol: float =
 
 
 def logme_fixed_point(features, y, max_iter: int = 1000, tol: float = 1e-10) -> dict:
-    """Run LogME's fixed point for one target column; return alpha, beta, evidence, steps, history (notebook 09)."""
+    """Run LogME's fixed point for one target column; return alpha, beta, evidence, steps, history."""
     f = _array(features, "features", (2,))
     t = _array(y, "y", (1,))
     if len(t) != len(f):
@@ -208,7 +208,7 @@ def logme_fixed_point(features, y, max_iter: int = 1000, tol: float = 1e-10) -> 
 
 
 def logme(features, labels, regression: bool = False) -> float:
-    """LogME: maximised log evidence per sample of a linear model on the features, mean over targets (notebook 09).
+    """LogME: maximised log evidence per sample of a linear model on the features, mean over targets.
 
     Classification: one target column per class (its one-hot indicator). Regression: labels of shape (n,)
     or (n, k), one column per output. The SVD is computed once and shared by all columns.
@@ -230,7 +230,7 @@ def logme(features, labels, regression: bool = False) -> float:
 
 # ------------------------------------------------------------------------------------------------ LEEP and NCE
 def leep(source_probs, labels) -> float:
-    """LEEP: mean log-likelihood of the expected empirical predictor from source soft labels (notebook 09).
+    """LEEP: mean log-likelihood of the expected empirical predictor from source soft labels.
 
     With theta(x) the source model's softmax over source classes z:
         P(y, z) = 1/n sum_i theta_z(x_i) [y_i = y],   P(y | z) = P(y, z) / P(z),
@@ -268,7 +268,7 @@ def leep(source_probs, labels) -> float:
 
 
 def nce(source_predictions, labels) -> float:
-    """NCE: negative conditional entropy -H(Y | Z) of target labels Y given hard source labels Z (notebook 09).
+    """NCE: negative conditional entropy -H(Y | Z) of target labels Y given hard source labels Z.
 
     `source_predictions` is either the source model's hard labels (n,) or its scores (n, classes), in which
     case the argmax is taken. -H(Y | Z) = sum_{y, z} P(y, z) log P(y | z) = 1/n sum_i log P(y_i | z_i).
@@ -288,7 +288,7 @@ def nce(source_predictions, labels) -> float:
 
 # ------------------------------------------------------------------------------------------------ H-score
 def h_score(features, labels, shrinkage: bool = False) -> float:
-    """H-score tr(cov(f)^-1 cov(E[f | y])): class separation measured in feature-noise units (notebook 09).
+    """H-score tr(cov(f)^-1 cov(E[f | y])): class separation measured in feature-noise units.
 
     The pseudo-inverse is used, so rank-deficient features are allowed (and d > n, where plain H-score
     becomes unreliable). shrinkage=True is the regularised H-score of Ibrahim et al. 2022:
@@ -324,7 +324,7 @@ def _coding_rate(z: np.ndarray, eps: float) -> float:
 
 
 def transrate(features, labels, eps: float = 1e-4) -> float:
-    """TransRate: R(Z, eps) - sum_c (n_c / n) R(Z_c, eps) on centred features Z (notebook 09).
+    """TransRate: R(Z, eps) - sum_c (n_c / n) R(Z_c, eps) on centred features Z.
 
     The coding rate R approximates the entropy of Z at distortion eps, so the difference estimates the
     mutual information between features and labels: large when the whole set is spread out (complete) and
@@ -353,7 +353,7 @@ _SCORERS: dict[str, Callable[..., float]] = {
 
 
 def score_sources(feature_sets: dict, labels, method: str = "logme") -> dict[str, float]:
-    """Score each candidate source on the same target labels with one method (notebook 09).
+    """Score each candidate source on the same target labels with one method.
 
     `feature_sets` maps a source name to its features (n, d) on the target data, or to its softmax
     outputs for "leep" and its predictions for "nce".
@@ -366,7 +366,7 @@ def score_sources(feature_sets: dict, labels, method: str = "logme") -> dict[str
 
 
 def rank_sources(scores: dict[str, float], accuracies: dict[str, float]) -> dict:
-    """Kendall's tau between scores and fine-tuned accuracies, its p-value, and both orderings (notebook 09).
+    """Kendall's tau between scores and fine-tuned accuracies, its p-value, and both orderings.
 
     tau = 1 means the score orders the sources exactly as fine-tuning does; the orderings are best first.
     """

@@ -11,7 +11,9 @@ Sphinx there (conf.py in this folder: myst-nb with ``nb_execution_mode="off"``),
   now, never typed in) and the infographic: drawn now by `companion.infographic.render` from the committed results
   files (notebooks/results/), checked (every number against its file, the layout), and copied into the site as an
   SVG shown at full width, linked to the 300-dpi PNG;
-- the API page gets one section per public module of `companion`, written by autodoc from the docstrings;
+- the API reference gets one page per public module of `companion` (found by walking the package, subpackages
+  included: moving a module needs no edit of the docs), written by autodoc from the docstrings, and an index page
+  with each module's summary line;
 - MathJax 3 is vendored from the npm registry into the site when npm is available, so the pages need no CDN.
 
 Usage: ``python docs/build.py [--out build/site] [--strict]`` (``--strict`` makes Sphinx warnings fatal).
@@ -34,7 +36,8 @@ DOCS = Path(__file__).resolve().parent
 REPO = DOCS.parent
 sys.path.insert(0, str(REPO))
 
-from companion import course  # noqa: E402  (the checkout's package, importable without installing)
+from companion.course import runner as course  # noqa: E402
+from companion.course.catalog import COURSE, Notebook  # noqa: E402
 
 STAGE = REPO / "build" / "site-src"
 OUT = REPO / "build" / "site"
@@ -43,7 +46,7 @@ MATHJAX = "3.2.2"
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 
 
-def run_note(nb: course.Notebook) -> str:
+def run_note(nb: Notebook) -> str:
     """The markdown note under each notebook's title: how to run this notebook yourself."""
     number = nb.file.split("_", 1)[0]
     return (
@@ -66,7 +69,7 @@ def fence(text: str, name: str, argument: str) -> str:
     return f"{ticks}{{{name}}} {argument}\n{text}\n{ticks}\n"
 
 
-def stage_notebook(nb: course.Notebook, src: Path, dst: Path) -> dict:
+def stage_notebook(nb: Notebook, src: Path, dst: Path) -> dict:
     """Copy one notebook for the site (see the module docstring); returns the staged notebook."""
     data = json.loads(src.read_text())
     data["metadata"].pop("widgets", None)
@@ -95,10 +98,11 @@ def infographic_files(dst: Path) -> dict[str, Path] | None:
     """The infographic drawn from the committed results files, as SVG and PNG in `dst` (`render` checks every
     number against its file and the layout, and prints what it finds); None, with the reason printed, when it
     cannot be drawn."""
-    from companion import infographic
+    from companion.course import infographic
+    from companion.course.provenance import default_folder
 
     try:
-        return infographic.render(infographic.default_folder(), dst, strict=False)
+        return infographic.render(default_folder(), dst, strict=False)
     except (OSError, ValueError, KeyError) as err:
         print(f"site: no infographic on the front page ({err})")
         return None
@@ -111,14 +115,12 @@ def minutes(value: float | None) -> str:
 def front_parts(infographic: bool) -> dict[str, str]:
     """The generated pieces of the front page: from companion.course (titles, order, measured runtimes), and the
     infographic (`infographic`: whether it was drawn) as an SVG at full width linked to its PNG."""
-    stems = [f"notebooks/{nb.stem}" for nb in course.COURSE]
-    course_map = "\n".join(
-        f"{i}. {{doc}}`{nb.title} <{s}>`" for i, (nb, s) in enumerate(zip(course.COURSE, stems))
-    )
+    stems = [f"notebooks/{nb.stem}" for nb in COURSE]
+    course_map = "\n".join(f"{i}. {{doc}}`{nb.title} <{s}>`" for i, (nb, s) in enumerate(zip(COURSE, stems)))
     rows = ["| notebook | topic | minutes, 2-core CPU (quick) | minutes, GPU (full) |", "|---|---|---|---|"]
     rows += [
         f"| {{doc}}`{nb.stem} <{s}>` | {nb.title} | {minutes(nb.cpu_minutes)} | {minutes(nb.gpu_minutes)} |"
-        for nb, s in zip(course.COURSE, stems)
+        for nb, s in zip(COURSE, stems)
     ]
     alt = (
         "The course on one page: definitions, the comparison table, the strongest measured results, the decision "
@@ -140,18 +142,32 @@ def front_parts(infographic: bool) -> dict[str, str]:
 
 
 def public_modules() -> list[str]:
+    """Every public module of `companion`, subpackages included, found by walking the package (so a module that
+    moves needs no edit here): dotted names without the ``companion.`` prefix, private ones (``_x``,
+    ``__main__``) left out."""
     import companion
 
-    return [m.name for m in pkgutil.iter_modules(companion.__path__) if not m.name.startswith("_")]
-
-
-def api_parts() -> dict[str, str]:
-    mods = public_modules()
-    table = "```{eval-rst}\n.. autosummary::\n\n" + "".join(f"   companion.{m}\n" for m in mods) + "```\n"
-    sections = "".join(
-        f"\n## `companion.{m}`\n\n```{{eval-rst}}\n.. automodule:: companion.{m}\n```\n" for m in mods
+    names = (m.name for m in pkgutil.walk_packages(companion.__path__, "companion."))
+    return sorted(
+        n.removeprefix("companion.") for n in names if not any(p.startswith("_") for p in n.split("."))
     )
-    return {"MODULE_TABLE": table, "MODULES": sections}
+
+
+def api_page(module: str) -> str:
+    """The API page of one module: its title and autodoc's rendering of its docstrings."""
+    return f"# `companion.{module}`\n\n```{{eval-rst}}\n.. automodule:: companion.{module}\n```\n"
+
+
+def api_parts(folder: Path) -> dict[str, str]:
+    """One page per public module written into `folder` (api/<module>.md), and the API index's pieces: a summary
+    table (each module's first docstring line) and the hidden toctree of the module pages."""
+    mods = public_modules()
+    folder.mkdir(parents=True, exist_ok=True)
+    for m in mods:
+        (folder / f"{m}.md").write_text(api_page(m))
+    table = "```{eval-rst}\n.. autosummary::\n\n" + "".join(f"   companion.{m}\n" for m in mods) + "```\n"
+    toc = "```{toctree}\n:hidden:\n:maxdepth: 1\n\n" + "".join(f"api/{m}\n" for m in mods) + "```\n"
+    return {"MODULE_TABLE": table, "MODULES": toc}
 
 
 def fill(path: Path, parts: dict[str, str]) -> None:
@@ -205,11 +221,11 @@ def stage() -> None:
     shutil.rmtree(STAGE, ignore_errors=True)
     shutil.copytree(DOCS, STAGE, ignore=shutil.ignore_patterns("build.py", "__pycache__", "_build"))
     (STAGE / "notebooks").mkdir()
-    for nb in course.COURSE:
+    for nb in COURSE:
         stage_notebook(nb, course.NOTEBOOK_DIR / nb.file, STAGE / "notebooks" / nb.file)
     drawn = infographic_files(STAGE / "_static")
     fill(STAGE / "index.md", front_parts(drawn is not None))
-    fill(STAGE / "api.md", api_parts())
+    fill(STAGE / "api.md", api_parts(STAGE / "api"))
     es5 = vendor_mathjax()
     if es5 is None:
         print("site: MathJax not vendored (npm unavailable or offline): pages load it from its CDN")
@@ -252,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         str(args.out),
     ]
     code = subprocess.run(cmd, cwd=REPO).returncode
-    for nb in course.COURSE:  # the download button serves the notebook as committed, not the staged copy
+    for nb in COURSE:  # the download button serves the notebook as committed, not the staged copy
         source = args.out / "_sources" / "notebooks" / nb.file
         if source.exists():
             shutil.copy2(course.NOTEBOOK_DIR / nb.file, source)

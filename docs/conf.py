@@ -21,6 +21,7 @@ root_doc = "index"
 exclude_patterns = ["_build", "**.ipynb_checkpoints", "build.py", "conf.py"]
 templates_path: list[str] = []
 html_static_path = ["_static"] if (HERE / "_static").is_dir() else []
+html_css_files = ["course.css"]  # outputs wrap inside their column (see the file)
 
 # Notebooks are shown exactly as committed: executed once by `make notebooks`, never re-run here.
 nb_execution_mode = "off"
@@ -54,11 +55,17 @@ html_theme_options = {
     "use_download_button": True,
     "use_fullscreen_button": False,
     "navigation_with_keys": False,
+    # one search box: the sidebar's field (the article header keeps its icon on narrow screens, where the sidebar
+    # is folded away); the theme would also put a field in the page header
+    "navbar_persistent": [],
 }
+# the search page has its own search field in the page: its sidebar leaves the theme's out
+html_sidebars = {"search": ["navbar-logo.html", "icon-links.html", "sbt-sidebar-nav.html"]}
 
-# companion's docstrings are plain prose with backticks for code, not reStructuredText: outside the backtick spans,
+# companion's docstrings are plain prose in Markdown's spirit, not reStructuredText: backticks for code and
+# **double stars** for a term in bold (the same markup in both). Those spans are kept as markup; outside them,
 # characters RST would read as markup (``|g_w|``, ``x**2``, ``name_``) are escaped so they show as written.
-_CODE = re.compile(r"(``.+?``|`[^`]+`)")
+_CODE = re.compile(r"(``.+?``|`[^`]+`|(?<![\w*])\*\*(?=[^\s*])[^*]*?(?<=[^\s*])\*\*(?![\w*]))")
 _MARKUP = re.compile(r"([*|\\]|_(?=\W|$)|(?<=\s)_)")
 
 

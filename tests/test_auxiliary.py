@@ -9,7 +9,13 @@ import pytest
 import torch
 from torch import nn
 
-from companion.auxiliary import AccuracyEvery, auxiliary_sweep, images_needed, shuffled_labels, steps_to
+from companion.experiments.auxiliary import (
+    AccuracyEvery,
+    auxiliary_sweep,
+    images_needed,
+    shuffled_labels,
+    steps_to,
+)
 from companion.mtl import HardSharing, head
 
 

@@ -13,8 +13,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from companion.course import COURSE, NOTEBOOK_DIR, parse_value, source_hash
-from companion.summary import summary, table
+from companion.course.catalog import COURSE, NOTEBOOK_DIR
+from companion.course.runner import parse_value
+from companion.course.runs import source_hash
+from companion.course.summary import summary, table
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -64,6 +66,25 @@ def test_committed_notebook_is_fresh_and_well_formed(file):
     assert not {"input_path", "output_path"} & set(nb["metadata"].get("papermill", {})), (
         "papermill's paths are stripped"
     )
+
+
+def test_nbval_markers_are_cell_tags_not_comments():
+    """Learners never see an ``# NBVAL_...`` comment: the cells whose output nbval compares carry its cell tag, which
+    nbval itself reads (its own parser, so a tag it would ignore fails here)."""
+    from nbval.plugin import find_comment_markers, find_metadata_tags
+
+    checked = []
+    for nb in COURSE:
+        for i, cell in enumerate(_nb(nb.file)["cells"]):
+            if cell["cell_type"] != "code":
+                continue
+            assert not dict(find_comment_markers(_code(cell))), (
+                f"{nb.file} cell {i}: an NBVAL comment, not a tag"
+            )
+            assert "NBVAL_" not in _code(cell), f"{nb.file} cell {i}: an NBVAL marker left in the source"
+            if dict(find_metadata_tags(cell["metadata"])).get("check"):
+                checked.append(nb.stem)
+    assert {"00_start_here", "01_definitions"} <= set(checked), f"cells nbval compares: {checked}"
 
 
 @pytest.mark.parametrize("file", [nb.file for nb in COURSE])
@@ -131,6 +152,7 @@ def test_sweep_runs_once_per_value(tmp_path):
     assert proc.stdout.count("00_start_here") == 2
 
 
+@pytest.mark.slow  # the command line in a subprocess: about 30 s on a busy 2-core machine
 def test_bad_parameter_stops_before_training_with_one_line(tmp_path):
     proc = _run("run", "00", "-p", "EPOCHS", "-1", "--out", str(tmp_path), check=False)
     assert proc.returncode != 0
@@ -150,7 +172,9 @@ def test_install_files_name_the_same_packages():
         }
 
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    declared = names(project["dependencies"] + project["optional-dependencies"]["dev"])
+    extras = project["optional-dependencies"]
+    assert {"companion[course,site]"} <= set(extras["dev"]), "the dev extra installs everything"
+    declared = names(project["dependencies"] + [d for deps in extras.values() for d in deps]) - {"companion"}
     locked = names((REPO / "requirements-lock.txt").read_text().splitlines())
     env = (REPO / "environment.yml").read_text().split("- pip:")[1]
     conda = names(ln.strip()[2:] for ln in env.splitlines() if ln.strip().startswith("- "))
@@ -169,7 +193,7 @@ def test_ci_calls_the_readme_test_command():
 
 
 def test_runtimes_are_measured_and_shown_identically_in_headers_and_readme():
-    from companion.course import RUNTIMES, expected_time, runtimes
+    from companion.course.catalog import RUNTIMES, expected_time, runtimes
 
     measured = runtimes()
     readme = (REPO / "README.md").read_text()
@@ -187,11 +211,12 @@ def test_runtimes_are_measured_and_shown_identically_in_headers_and_readme():
 
 
 def test_expected_time_uses_cpu_time_on_a_busy_machine(tmp_path, monkeypatch):
-    import companion.course as course
+    from companion.course import catalog
+    from companion.course.catalog import Notebook
 
-    monkeypatch.setattr(course, "RUNTIMES", tmp_path / "runtimes.json")
-    nb = course.Notebook("99_x.ipynb", "x")
-    assert nb.cpu_minutes is None and "not yet measured on a CPU" in course.expected_time(nb)
+    monkeypatch.setattr(catalog, "RUNTIMES", tmp_path / "runtimes.json")
+    nb = Notebook("99_x.ipynb", "x")
+    assert nb.cpu_minutes is None and "not yet measured on a CPU" in catalog.expected_time(nb)
     (tmp_path / "runtimes.json").write_text(
         json.dumps(
             {
@@ -203,12 +228,12 @@ def test_expected_time_uses_cpu_time_on_a_busy_machine(tmp_path, monkeypatch):
         )
     )
     assert (nb.cpu_minutes, nb.gpu_minutes) == (2.0, 0.5)
-    assert "about 2 minutes on a 2-core CPU" in course.expected_time(nb)
+    assert "about 2 minutes on a 2-core CPU" in catalog.expected_time(nb)
 
 
 @pytest.mark.parametrize("file", [nb.file for nb in COURSE])
 def test_every_size_and_epoch_parameter_has_a_declared_range(file):
-    from companion.params import _is_count
+    from companion.course.params import _is_count
 
     nb = _nb(file)
     i = next(i for i, c in enumerate(nb["cells"]) if "parameters" in c.get("metadata", {}).get("tags", []))
@@ -238,7 +263,7 @@ def _cpu_minutes(stem: str) -> float:
 
 
 def test_reading_and_machine_minutes_are_the_notebooks_and_runtimes():
-    from companion import workshop
+    from companion.course import workshop
 
     rows = workshop.reading_table().splitlines()[2:-1]
     assert len(rows) == len(COURSE)
@@ -264,7 +289,7 @@ def test_reading_and_machine_minutes_are_the_notebooks_and_runtimes():
 
 
 def test_balanced_split_reference_values():
-    from companion.workshop import balanced_split
+    from companion.course.workshop import balanced_split
 
     assert balanced_split([1, 2, 3, 4, 5, 6, 7, 8, 9], 3) == [[0, 1, 2, 3, 4], [5, 6], [7, 8]]  # 15, 13, 17
     # several splits reach the least largest session (5); the most even one is kept: 5 | 2 | 2
@@ -284,7 +309,7 @@ def test_balanced_split_reference_values():
 def test_balanced_split_is_contiguous_and_optimal(loads, sessions):
     from itertools import combinations
 
-    from companion.workshop import balanced_split
+    from companion.course.workshop import balanced_split
 
     sessions = min(sessions, len(loads))
     groups = balanced_split(loads, sessions)
@@ -298,7 +323,7 @@ def test_balanced_split_is_contiguous_and_optimal(loads, sessions):
 
 
 def test_teaching_reading_table_and_sessions_are_generated():
-    from companion import workshop
+    from companion.course import workshop
 
     text = (REPO / "docs" / "teaching.md").read_text()
     for start, end, body in (
@@ -312,7 +337,7 @@ def test_teaching_reading_table_and_sessions_are_generated():
 
 
 def test_skipped_and_projected_sections_are_headings_of_their_notebooks():
-    from companion import workshop
+    from companion.course import workshop
 
     assert set(workshop.SKIP) == set(workshop.PROJECT) == {nb.stem for nb in COURSE}
     for nb in COURSE:

@@ -16,6 +16,8 @@ import pytest
 import torch
 
 from companion import data as D
+from companion.batches import TensorBatches, loader, subsample_per_class
+from companion.store import available_datasets, fetch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,8 +51,8 @@ def fetched(tmp_path_factory):
         pytest.skip("no data mirror (set COMPANION_DATA_MIRROR)")
     root = tmp_path_factory.mktemp("data")
     before = _snapshot(MIRROR)
-    first = D.fetch(root=root, mirror=MIRROR, download=False)
-    second = D.fetch(root=root, mirror=MIRROR, download=False)
+    first = fetch(root=root, mirror=MIRROR, download=False)
+    second = fetch(root=root, mirror=MIRROR, download=False)
     return {"root": root, "first": first, "second": second, "before": before, "after": _snapshot(MIRROR)}
 
 
@@ -99,7 +101,7 @@ def test_fetch_copies_from_mirror_and_is_idempotent(fetched):
 
 def test_fetch_again_changes_nothing(fetched):
     before = _snapshot(fetched["root"] / "usps")
-    assert D.fetch(["usps"], root=fetched["root"], mirror=MIRROR, download=False) == {"usps": "present"}
+    assert fetch(["usps"], root=fetched["root"], mirror=MIRROR, download=False) == {"usps": "present"}
     assert _snapshot(fetched["root"] / "usps") == before
 
 
@@ -114,10 +116,10 @@ def test_fetch_interrupted_copy_leaves_no_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(shutil, "copyfileobj", broken)
     with pytest.raises(OSError, match="No space"):
-        D.fetch(["usps"], root=tmp_path / "root", mirror=mirror, download=False)
+        fetch(["usps"], root=tmp_path / "root", mirror=mirror, download=False)
     assert [p for p in (tmp_path / "root").rglob("*") if p.is_file()] == []
     monkeypatch.undo()
-    assert D.fetch(["usps"], root=tmp_path / "root", mirror=mirror, download=False) == {
+    assert fetch(["usps"], root=tmp_path / "root", mirror=mirror, download=False) == {
         "usps": "copied 1 files"
     }
     assert (tmp_path / "root/usps/notes.bin").read_bytes() == b"x" * 5000
@@ -125,7 +127,7 @@ def test_fetch_interrupted_copy_leaves_no_file(tmp_path, monkeypatch):
 
 def test_fetch_reports_missing_and_failed_download(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("COMPANION_DATA_MIRROR", raising=False)
-    assert D.fetch(["usps", "digits"], root=tmp_path, download=False) == {
+    assert fetch(["usps", "digits"], root=tmp_path, download=False) == {
         "usps": "missing",
         "digits": "bundled",
     }
@@ -137,11 +139,11 @@ def test_fetch_reports_missing_and_failed_download(tmp_path, monkeypatch, capsys
         raise OSError("network is unreachable")
 
     monkeypatch.setattr(tvd, "USPS", offline)
-    status = D.fetch(["usps"], root=tmp_path)
+    status = fetch(["usps"], root=tmp_path)
     assert status["usps"].startswith("failed") and "unreachable" in status["usps"]
     assert list(tmp_path.iterdir()) == []  # the temp download folder is gone
     with pytest.raises(ValueError, match="name must be one of"):
-        D.fetch(["cifar"], root=tmp_path)
+        fetch(["cifar"], root=tmp_path)
 
 
 def test_missing_dataset_error(tmp_path, monkeypatch):
@@ -152,8 +154,8 @@ def test_missing_dataset_error(tmp_path, monkeypatch):
     msg = str(info.value)
     assert "\n" not in msg and "make data" in msg and "python -m companion data fetch fashion_mnist" in msg
     assert "COMPANION_DATA_MIRROR" in msg
-    assert D.available_datasets()["fashion_mnist"]["present"] is False
-    assert D.available_datasets()["digits"]["present"] is True
+    assert available_datasets()["fashion_mnist"]["present"] is False
+    assert available_datasets()["digits"]["present"] is True
 
 
 def test_bad_name_and_split():
@@ -166,7 +168,7 @@ def test_bad_name_and_split():
 
 
 def test_available_datasets(root):
-    info = D.available_datasets()
+    info = available_datasets()
     assert set(info) == set(D.DATASETS)
     for name, row in info.items():
         assert row["present"], name
@@ -342,7 +344,7 @@ def test_loading_falls_back_to_mirror_without_writing_it(tmp_path, monkeypatch):
     before = _snapshot(MIRROR)
     x, y = D.load_dataset("usps", "test", size=28)
     assert tuple(x.shape) == (2007, 1, 28, 28) and 0 <= float(x.min()) and float(x.max()) <= 1
-    assert D.available_datasets()["usps"]["where"] == str(MIRROR / "usps")
+    assert available_datasets()["usps"]["where"] == str(MIRROR / "usps")
     assert _snapshot(MIRROR) == before
     assert (tmp_path / "cache" / "usps.pt").is_file()
 
@@ -405,7 +407,7 @@ def test_fashion_groups_mapping():
 def test_tensor_batches_cover_each_sample_once_and_are_seeded():
     x = torch.arange(103).float()[:, None]
     y = {"a": torch.arange(103), "b": torch.arange(103) * 2}
-    tb = D.TensorBatches(x, y, 10, seed=5)
+    tb = TensorBatches(x, y, 10, seed=5)
     assert len(tb) == 11
     tb.set_epoch(2)
     batches = list(tb)
@@ -413,7 +415,7 @@ def test_tensor_batches_cover_each_sample_once_and_are_seeded():
     assert sorted(seen.tolist()) == list(range(103))
     for xb, yb in batches:  # dict targets stay aligned with x
         assert torch.equal(yb["a"], xb[:, 0].long()) and torch.equal(yb["b"], 2 * xb[:, 0].long())
-    again = D.TensorBatches(x, y, 10, seed=5)
+    again = TensorBatches(x, y, 10, seed=5)
     again.set_epoch(2)
     assert torch.equal(torch.cat([b[0] for b in again]), torch.cat([b[0] for b in batches]))
     tb.set_epoch(3)
@@ -423,7 +425,7 @@ def test_tensor_batches_cover_each_sample_once_and_are_seeded():
     tail = [b for i, b in enumerate(tb) if i >= 4]
     assert all(torch.equal(a[0], b[0]) for a, b in zip(tail, batches[4:]))
     # without set_epoch each pass moves on one epoch
-    fresh = D.TensorBatches(x, y, 10, seed=5)
+    fresh = TensorBatches(x, y, 10, seed=5)
     p0, p1 = torch.cat([b[0] for b in fresh]), torch.cat([b[0] for b in fresh])
     assert torch.equal(p0, fresh.order(0).float()[:, None]) and torch.equal(
         p1, fresh.order(1).float()[:, None]
@@ -432,15 +434,15 @@ def test_tensor_batches_cover_each_sample_once_and_are_seeded():
 
 def test_tensor_batches_options():
     x, y = torch.arange(25).float()[:, None], torch.arange(25)
-    plain = D.TensorBatches(x, y, 10, shuffle=False, device="cpu")
+    plain = TensorBatches(x, y, 10, shuffle=False, device="cpu")
     assert [len(b[1]) for b in plain] == [10, 10, 5]
     assert torch.equal(torch.cat([b[1] for b in plain]), y)
-    dropped = D.TensorBatches(x, y, 10, drop_last=True)
+    dropped = TensorBatches(x, y, 10, drop_last=True)
     assert len(dropped) == 2 and sum(len(b[1]) for b in dropped) == 20
     with pytest.raises(ValueError, match="batch_size"):
-        D.TensorBatches(x, y, 0)
+        TensorBatches(x, y, 0)
     with pytest.raises(ValueError, match="y must have"):
-        D.TensorBatches(x, y[:5], 4)
+        TensorBatches(x, y[:5], 4)
 
 
 class _Noisy(torch.utils.data.Dataset):
@@ -452,8 +454,8 @@ class _Noisy(torch.utils.data.Dataset):
 
 
 def test_loader_set_epoch_is_reproducible():
-    a = D.loader(_Noisy(), 5, seed=1)
-    b = D.loader(_Noisy(), 5, seed=1)
+    a = loader(_Noisy(), 5, seed=1)
+    b = loader(_Noisy(), 5, seed=1)
     a.set_epoch(4)
     b.set_epoch(4)
     ea, eb = [x for x, _ in a], [x for x, _ in b]
@@ -468,7 +470,7 @@ def test_loader_set_epoch_is_reproducible():
 def test_loader_workers_are_seeded_per_epoch():
     runs = []
     for _ in range(2):
-        dl = D.loader(_Noisy(), 6, seed=7, num_workers=2)
+        dl = loader(_Noisy(), 6, seed=7, num_workers=2)
         dl.set_epoch(1)
         runs.append(torch.cat([y["noise"] for _, y in dl]))
     assert torch.equal(runs[0], runs[1]) and len(runs[0].unique()) > 1
@@ -494,13 +496,13 @@ def test_split_sizes_and_fractions():
 def test_subsample_per_class():
     y = torch.tensor([0] * 10 + [1] * 4 + [2] * 7)
     x = torch.arange(len(y)).float()
-    xs, ys = D.subsample_per_class(x, y, 3, seed=0)
+    xs, ys = subsample_per_class(x, y, 3, seed=0)
     assert torch.bincount(ys).tolist() == [3, 3, 3]
     assert torch.equal(y[xs.long()], ys) and (xs.diff() > 0).all()
-    assert not torch.equal(xs, D.subsample_per_class(x, y, 3, seed=1)[0])
-    xd, yd = D.subsample_per_class(x, {"c": y, "idx": torch.arange(len(y))}, 4, seed=0, key="c")
+    assert not torch.equal(xs, subsample_per_class(x, y, 3, seed=1)[0])
+    xd, yd = subsample_per_class(x, {"c": y, "idx": torch.arange(len(y))}, 4, seed=0, key="c")
     assert torch.bincount(yd["c"]).tolist() == [4, 4, 4] and torch.equal(yd["idx"], xd.long())
     with pytest.raises(ValueError, match="per_class"):
-        D.subsample_per_class(x, y, 5, seed=0)
+        subsample_per_class(x, y, 5, seed=0)
     with pytest.raises(ValueError, match="key"):
-        D.subsample_per_class(x, {"c": y}, 2, seed=0)
+        subsample_per_class(x, {"c": y}, 2, seed=0)

@@ -15,8 +15,9 @@ import torch.distributed as dist
 from torch import nn
 
 from companion import distributed
-from companion.data import TensorBatches
-from companion.train import fit, load_checkpoint, save_checkpoint
+from companion.batches import TensorBatches
+from companion.checkpoints import load_checkpoint, save_checkpoint
+from companion.train import fit
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -226,3 +227,17 @@ def test_a_checkpoint_of_two_processes_is_refused_by_one(tmp_path):
     save_checkpoint(path, state)
     with pytest.raises(ValueError, match="written with world_size=2, this run has world_size=1"):
         fit(nn.Linear(2, 2), batches, checkpoint=path, device="cpu", progress=False)
+
+
+def test_a_balancer_says_itself_whether_it_can_run_under_torchrun(monkeypatch):
+    from companion.balancers import DWA, GradAggregation
+
+    shared, plain = nn.Module(), nn.Linear(2, 2)
+    shared.shared = nn.Linear(2, 2)
+    assert GradAggregation("upgrad", mode="params").torchrun_refusal(shared) is None
+    assert GradAggregation("upgrad", mode="auto").torchrun_refusal(plain) is None
+    assert "mode='params'" in GradAggregation("upgrad", mode="auto").torchrun_refusal(shared)
+    monkeypatch.setattr(distributed, "active", lambda: True)
+    with pytest.raises(ValueError, match=r"^balancer: GradAggregation\(mode='features'\) aggregates"):
+        distributed.check_balancer(GradAggregation("upgrad", mode="features"), plain)
+    distributed.check_balancer(DWA(), shared)  # no torchrun_refusal: nothing to refuse

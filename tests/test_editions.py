@@ -11,9 +11,18 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from companion import course, editions
 from companion.__main__ import main
-from companion.course import COURSE, NOTEBOOK_DIR
+from companion.course import catalog, editions, tables
+from companion.course.catalog import COURSE, NOTEBOOK_DIR
+from companion.course.tables import (
+    LIST_END,
+    LIST_START,
+    PLAN_END,
+    PLAN_START,
+    _exercise_list,
+    _fill,
+    _teaching_table,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -250,15 +259,15 @@ def _between(text: str, start: str, end: str) -> str:
 
 
 def test_teaching_table_is_the_measured_runtimes():
-    text = course.TEACHING.read_text()
-    assert _between(text, course.PLAN_START, course.PLAN_END) == course._teaching_table(), (
+    text = tables.TEACHING.read_text()
+    assert _between(text, PLAN_START, PLAN_END) == _teaching_table(), (
         "docs/teaching.md's table differs from notebooks/runtimes.json; run `python -m companion runtimes`"
     )
 
 
 def test_teaching_lists_the_exercises_of_the_notebooks():
-    text = course.TEACHING.read_text()
-    assert _between(text, course.LIST_START, course.LIST_END) == course._exercise_list(), (
+    text = tables.TEACHING.read_text()
+    assert _between(text, LIST_START, LIST_END) == _exercise_list(), (
         "docs/teaching.md's list of exercises differs from the notebooks; run `python -m companion runtimes`"
     )
 
@@ -266,7 +275,7 @@ def test_teaching_lists_the_exercises_of_the_notebooks():
 def test_teaching_table_from_runtimes():
     run = {"wall_s": 90.0, "cpu_s": 60.0, "load": 1.0, "cores": 2, "scale": "quick"}
     busy = {**run, "load": 5.0}  # busier than its cores: the CPU time stands in
-    table = course._teaching_table({"00_start_here": {"cpu": run}, "01_definitions": {"cpu": busy}})
+    table = _teaching_table({"00_start_here": {"cpu": run}, "01_definitions": {"cpu": busy}})
     rows = table.splitlines()
     assert rows[2] == "| 1 | 00_start_here | 1.5 | not measured |"
     assert rows[3] == "| 2 | 01_definitions | 1 | not measured |"
@@ -277,8 +286,8 @@ def test_teaching_table_from_runtimes():
 
 def test_fill_replaces_only_between_markers():
     text = "a\n<!-- s -->\nold\n<!-- e -->\nb\n"
-    assert course._fill(text, "<!-- s -->", "<!-- e -->", "new") == "a\n<!-- s -->\nnew\n<!-- e -->\nb\n"
-    assert course._fill("no markers", "<!-- s -->", "<!-- e -->", "new") == "no markers"
+    assert _fill(text, "<!-- s -->", "<!-- e -->", "new") == "a\n<!-- s -->\nnew\n<!-- e -->\nb\n"
+    assert _fill("no markers", "<!-- s -->", "<!-- e -->", "new") == "no markers"
 
 
 def test_sync_runtimes_rewrites_the_teaching_plan(tmp_path, monkeypatch):
@@ -294,19 +303,19 @@ def test_sync_runtimes_rewrites_the_teaching_plan(tmp_path, monkeypatch):
     }
     (tmp_path / "notebooks" / "runtimes.json").write_text(json.dumps(times))
     (tmp_path / "docs").mkdir()
-    plan = f"# Plan\n\n{course.PLAN_START}\nstale\n{course.PLAN_END}\n\n{course.LIST_START}\n{course.LIST_END}\nend\n"
+    plan = f"# Plan\n\n{PLAN_START}\nstale\n{PLAN_END}\n\n{LIST_START}\n{LIST_END}\nend\n"
     (tmp_path / "docs" / "teaching.md").write_text(plan)
     (tmp_path / "README.md").write_text("no table here\n")
-    for name, value in (
-        ("REPO", tmp_path),
-        ("NOTEBOOK_DIR", tmp_path / "notebooks"),
-        ("RUNTIMES", tmp_path / "notebooks" / "runtimes.json"),
-        ("TEACHING", tmp_path / "docs" / "teaching.md"),
+    for module, name, value in (
+        (tables, "REPO", tmp_path),
+        (tables, "NOTEBOOK_DIR", tmp_path / "notebooks"),
+        (catalog, "RUNTIMES", tmp_path / "notebooks" / "runtimes.json"),
+        (tables, "TEACHING", tmp_path / "docs" / "teaching.md"),
     ):
-        monkeypatch.setattr(course, name, value)
-    assert "docs/teaching.md" in course.sync_runtimes()
+        monkeypatch.setattr(module, name, value)
+    assert "docs/teaching.md" in tables.sync_runtimes()
     text = (tmp_path / "docs" / "teaching.md").read_text()
     assert "| 4 | 03_multitask_approaches | not measured | 0.5 |" in text and "stale" not in text
-    assert text.startswith("# Plan\n\n") and text.endswith(f"{course.LIST_END}\nend\n")
-    assert _between(text, course.LIST_START, course.LIST_END) == course._exercise_list()
-    assert "docs/teaching.md" not in course.sync_runtimes(), "a second sync changes nothing"
+    assert text.startswith("# Plan\n\n") and text.endswith(f"{LIST_END}\nend\n")
+    assert _between(text, LIST_START, LIST_END) == _exercise_list()
+    assert "docs/teaching.md" not in tables.sync_runtimes(), "a second sync changes nothing"

@@ -13,7 +13,24 @@ import pytest
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from companion import infographic as ig  # noqa: E402
+from companion.course import infographic as ig
+from companion.course import provenance
+from companion.course.provenance import (
+    HALVES,
+    default_folder,
+    figure_texts,
+    folder_of,
+    format_value,
+    join_path,
+    not_measured,
+    out_folder,
+    page_size,
+    parse_path,
+    reduced,
+    resolve,
+    strength,
+    strongest,
+)
 
 
 def _claim(text, measured, held=True, kind="course", note="", short="", ci=None, seeds=5):
@@ -258,33 +275,38 @@ def drawn(tmp_path):
 
 def test_key_paths_round_trip_and_resolve():
     keys = ["metrics", "decision_map", "labels_together/both", "winner", 2, 1]
-    path = ig.join_path(*keys)
+    path = join_path(*keys)
     assert path == 'metrics.decision_map["labels_together/both"].winner[2][1]'
-    assert ig.parse_path(path) == keys
-    assert ig.resolve({"a": [{"b": 5}]}, "a[0].b") == 5
+    assert parse_path(path) == keys
+    assert resolve({"a": [{"b": 5}]}, "a[0].b") == 5
     with pytest.raises(ValueError):
-        ig.parse_path("a..b")
+        parse_path("a..b")
 
 
 def test_read_one_number_with_its_provenance(tmp_path):
     folder = fake_results(tmp_path)
-    n = ig.read(folder / "01_definitions.json", "claims[0].measured.transfer", fmt="pct", reduce="mean")
+    n = provenance.read(
+        folder / "01_definitions.json", "claims[0].measured.transfer", fmt="pct", reduce="mean"
+    )
     assert n.value == pytest.approx((0.746886 + 0.764823) / 2)
     assert n.text == "75.6%"
     assert n.provenance == "mean of 01_definitions.json: claims[0].measured.transfer"
 
 
 def test_formats():
-    assert ig.format_value(0.158944, "pts") == "+15.9 pts"
-    assert ig.format_value(0.586512, "cost") == "-58.7 pts"
-    assert ig.format_value(0.7469, "pct") == "74.7%"
-    assert ig.format_value([-0.75, -0.65], "ci") == "95% CI [-75.0, -65.0] pts"
-    assert ig.format_value("literature", "kind") == "literature"
-    assert ig.format_value("inconclusive", "verdict") == "not shown at this scale"
-    assert ig.format_value("contradicted", "verdict") == "contradicted"
-    assert ig.short("Source text: transfer converges faster (fewer steps ...)") == "Transfer converges faster"
-    assert ig.reduced([[True, False, False], [False, True, True]], "decided") == 3
-    assert ig.reduced([[True, False, False], [False, True, True]], "cells") == 6
+    assert format_value(0.158944, "pts") == "+15.9 pts"
+    assert format_value(0.586512, "cost") == "-58.7 pts"
+    assert format_value(0.7469, "pct") == "74.7%"
+    assert format_value([-0.75, -0.65], "ci") == "95% CI [-75.0, -65.0] pts"
+    assert format_value("literature", "kind") == "literature"
+    assert format_value("inconclusive", "verdict") == "not shown at this scale"
+    assert format_value("contradicted", "verdict") == "contradicted"
+    assert (
+        provenance.short("Source text: transfer converges faster (fewer steps ...)")
+        == "Transfer converges faster"
+    )
+    assert reduced([[True, False, False], [False, True, True]], "decided") == 3
+    assert reduced([[True, False, False], [False, True, True]], "cells") == 6
 
 
 def _rec(verdict="supported", effect=0.1, ci=(0.05, 0.15), seeds=5, **extra):
@@ -298,29 +320,29 @@ def _rec(verdict="supported", effect=0.1, ci=(0.05, 0.15), seeds=5, **extra):
 
 
 def test_strength_is_the_interval_end_nearest_zero():
-    assert ig.strength(_rec()) == pytest.approx(0.05)
-    assert ig.strength(_rec(effect=-0.7, ci=(-0.75, -0.65))) == pytest.approx(0.65)  # a "less" claim
-    assert ig.strength(_rec(verdict="inconclusive", ci=(-0.01, 0.2))) is None
-    assert ig.strength(_rec(verdict="contradicted")) is None
-    assert ig.strength(_rec(seeds=1, ci=(0.1, 0.1))) is None  # no interval over seeds
-    assert ig.strength(_rec(effect=-35.0, ci=(-40.0, -30.0))) is None  # cents, not a fraction
-    assert ig.strength(_rec(threshold=0.5)) is None  # one-sample, against a fixed bar
-    assert ig.strength({"claim": "old format", "held": True, "measured": {}}) is None
+    assert strength(_rec()) == pytest.approx(0.05)
+    assert strength(_rec(effect=-0.7, ci=(-0.75, -0.65))) == pytest.approx(0.65)  # a "less" claim
+    assert strength(_rec(verdict="inconclusive", ci=(-0.01, 0.2))) is None
+    assert strength(_rec(verdict="contradicted")) is None
+    assert strength(_rec(seeds=1, ci=(0.1, 0.1))) is None  # no interval over seeds
+    assert strength(_rec(effect=-35.0, ci=(-40.0, -30.0))) is None  # cents, not a fraction
+    assert strength(_rec(threshold=0.5)) is None  # one-sample, against a fixed bar
+    assert strength({"claim": "old format", "held": True, "measured": {}}) is None
 
 
 def test_cards_are_the_strongest_supported_results_of_each_half(drawn):
     folder, files, nums, fig = drawn
     data = {stem: json.loads(p.read_text()) for stem, p in files.items()}
-    assert ig.strongest(data, ig.HALVES["transfer"]) == [("01_definitions", 1), ("01_definitions", 0)]
-    assert ig.strongest(data, ig.HALVES["multitask"]) == [
+    assert strongest(data, HALVES["transfer"]) == [("01_definitions", 1), ("01_definitions", 0)]
+    assert strongest(data, HALVES["multitask"]) == [
         ("10_obstacles_in_mtl", 1),  # FAMO, lower end +0.66
         ("10_obstacles_in_mtl", 0),  # equal weights, upper end -0.65
         ("06_benefits_of_mtl", 0),  # at most two per notebook: 10's third (+0.64) is left out
     ]
-    assert ig.strongest(data, ig.HALVES["multitask"], n=4, per_notebook=3)[2] == ("10_obstacles_in_mtl", 2)
-    assert ig.strongest(data, ig.HALVES["multitask"], n=0) == []
+    assert strongest(data, HALVES["multitask"], n=4, per_notebook=3)[2] == ("10_obstacles_in_mtl", 2)
+    assert strongest(data, HALVES["multitask"], n=0) == []
     with pytest.raises(ValueError, match="per_notebook"):
-        ig.strongest(data, ig.HALVES["multitask"], per_notebook=0)
+        strongest(data, HALVES["multitask"], per_notebook=0)
     card = {k.split(".", 3)[3]: n for k, n in nums.items() if k.startswith("card.multitask.0.")}
     assert (
         card["short"].text == "FAMO repairs the x1000 imbalance" and card["short"].path == "claims[1].short"
@@ -332,7 +354,7 @@ def test_cards_are_the_strongest_supported_results_of_each_half(drawn):
     # an empty short falls back to the claim's text, shortened
     assert nums["card.transfer.0.short"].text == "A covariate shift costs accuracy"
     assert nums["card.transfer.0.short"].path == "claims[1].claim"
-    texts = ig.figure_texts(fig)
+    texts = figure_texts(fig)
     assert "-70.0 pts" in texts and "+16.0 pts" in texts and "+69.0 pts" not in texts
     assert not any("MAE" in t or "+90.0 pts" in t for t in texts)  # cents and one-sample claims: no card
 
@@ -358,7 +380,7 @@ def test_scoreboard_and_map_numbers(drawn):
         assert nums[f"map.{key}.0.0.family"].value == dm[key]["family"][0][0]
         assert nums[f"map.{key}.1.2"].text == ig.WINNER_CODE[dm[key]["winner"][1][2]]
     assert nums["map.transfer_half.clear"].value == 2
-    texts = "\n".join(ig.figure_texts(fig))
+    texts = "\n".join(figure_texts(fig))
     for mark, _ in ig.VERDICT_STYLE.values():
         assert mark in texts
     assert "supported" in texts and "contradicted" in texts and "not shown at this scale" in texts
@@ -374,7 +396,7 @@ def test_statements_without_a_verdict_are_not_yet_measured(tmp_path):
     nums = ig.headline_numbers(ig.gather(folder))
     assert "score.03_multitask_approaches.0" not in nums and "pending.03_multitask_approaches.0" in nums
     fig = ig.figure(nums)
-    page = " ".join(" ".join(ig.figure_texts(fig)).split())
+    page = " ".join(" ".join(figure_texts(fig)).split())
     assert "Not yet measured" in page and "notebooks 03" in page
     assert ig.layout_problems(fig) == [] and ig.check_figure(fig, nums, folder) == []
     plt.close(fig)
@@ -387,10 +409,10 @@ def _flat(text):
 def test_every_number_on_the_figure_equals_its_file(drawn):
     folder, files, nums, fig = drawn
     assert ig.check_figure(fig, nums, files=files) == []
-    texts = "\0".join(_flat(t) for t in ig.figure_texts(fig))  # wrapped lines joined
+    texts = "\0".join(_flat(t) for t in figure_texts(fig))  # wrapped lines joined
     for n in nums.values():  # checked here independently of check_figure
         raw = json.loads((folder / n.file).read_text())
-        for key in ig.parse_path(n.path):
+        for key in parse_path(n.path):
             raw = raw[key]
         if n.reduce == "decided":
             raw = sum(not t for row in raw for t in row)
@@ -404,7 +426,7 @@ def test_every_number_on_the_figure_equals_its_file(drawn):
 
 def test_the_figure_changes_when_the_results_do(drawn, tmp_path):
     folder, files, nums, fig = drawn
-    before = ig.figure_texts(fig)
+    before = figure_texts(fig)
     assert "+15.9 pts" in before
     data = json.loads((folder / "01_definitions.json").read_text())
     data["claims"][0]["effect"] = 0.2351
@@ -414,7 +436,7 @@ def test_the_figure_changes_when_the_results_do(drawn, tmp_path):
     assert any("card.transfer.1.effect" in p for p in ig.check_figure(fig, nums, files=files))
     nums2 = ig.headline_numbers(ig.gather(folder))
     fig2 = ig.figure(nums2)
-    after = ig.figure_texts(fig2)
+    after = figure_texts(fig2)
     assert "+23.5 pts" in after and "+15.9 pts" not in after
     assert ig.check_figure(fig2, nums2, folder=folder) == []
     plt.close(fig2)
@@ -424,7 +446,7 @@ def test_missing_files_are_not_yet_measured(tmp_path):
     nums = ig.headline_numbers(ig.gather(tmp_path / "empty"))
     assert nums == {}
     fig = ig.figure(nums)
-    texts = "\n".join(ig.figure_texts(fig))
+    texts = "\n".join(figure_texts(fig))
     assert texts.count("not yet measured") >= 4  # both halves' cards, the map, the scoreboard
     no_file = r"\d+(\.\d+)? ?(pts|%)(?! (confidence|interval))"  # a number without a results file behind it
     assert not re.search(no_file, texts)
@@ -487,7 +509,7 @@ def test_wrap_measures_the_text():
 
 
 def test_missing_run_calls_the_runner_at_quick_scale(tmp_path, monkeypatch):
-    from companion import course
+    from companion.course import runner as course
 
     calls = []
 
@@ -518,7 +540,7 @@ def test_missing_run_calls_the_runner_at_quick_scale(tmp_path, monkeypatch):
 def test_saved_files_are_a4_landscape(drawn, tmp_path):
     paths = ig.render(drawn[0], tmp_path / "out")  # draws, checks the numbers and the layout, saves
     for p in paths.values():
-        w, h = ig.page_size(p)
+        w, h = page_size(p)
         assert w == pytest.approx(11.69, abs=0.01) and h == pytest.approx(8.27, abs=0.01)
     svg = paths["svg"].read_text()
     assert "<dc:date>" not in svg  # no timestamp: the file changes only when the figure does
@@ -532,7 +554,7 @@ def test_palette_is_okabe_ito():
 def test_no_number_on_the_page_comes_from_anywhere_else(drawn):
     """Digits on the figure are either a drawn value's text or a reference to a notebook (its number, its file)."""
     fig, nums = drawn[3], drawn[2]
-    page = "\n".join(" ".join(t.split()) for t in ig.figure_texts(fig))
+    page = "\n".join(" ".join(t.split()) for t in figure_texts(fig))
     for text in sorted({" ".join(n.text.split()) for n in nums.values() if n.text}, key=len, reverse=True):
         page = re.sub(rf"(?<![\w.]){re.escape(text)}(?![\w.])", "", page)
     page = re.sub(r"\b\d\d_[a-z_]+\.json|notebook \d\d|claims\[\d+\]|\b95% |^\d\d$", "", page, flags=re.M)
@@ -540,10 +562,10 @@ def test_no_number_on_the_page_comes_from_anywhere_else(drawn):
 
 
 def test_folders():
-    assert ig.folder_of("") == ig.default_folder()
-    assert ig.out_folder("", "/r") == Path("/r/infographic")
-    assert ig.out_folder("/tmp/x", "/r") == Path("/tmp/x")
-    assert "12_infographic" not in ig.not_measured({})
+    assert folder_of("") == default_folder()
+    assert out_folder("", "/r") == Path("/r/infographic")
+    assert out_folder("/tmp/x", "/r") == Path("/tmp/x")
+    assert "12_infographic" not in not_measured({})
 
 
 def test_the_site_embeds_the_svg_drawn_from_the_committed_results(tmp_path):

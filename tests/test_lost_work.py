@@ -19,11 +19,13 @@ import pytest
 import torch
 from torch import nn
 
-from companion import course, editions, runs
 from companion.__main__ import main
-from companion.data import TensorBatches
+from companion.batches import TensorBatches
+from companion.course import editions, runs
+from companion.course import runner as course
+from companion.evaluation import evaluate
 from companion.files import atomic_write, write_error
-from companion.train import evaluate, fit
+from companion.train import fit
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -457,7 +459,7 @@ def test_the_runner_talks_to_its_kernel_without_a_tcp_warning_and_cleans_up(tmp_
 
     import nbformat
 
-    from companion.runs import execute
+    from companion.course.runs import execute
 
     if os.name != "posix":
         pytest.skip("Unix sockets: POSIX only")

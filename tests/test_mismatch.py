@@ -5,8 +5,8 @@ import copy
 import pytest
 import torch
 
-import companion.transfer as transfer
-from companion.mismatch import (
+from companion.dann import DANN, dann_lambda, grad_reverse, train_dann
+from companion.experiments.mismatch import (
     ADAPTATIONS,
     by_cell,
     corrupt_labels,
@@ -113,13 +113,13 @@ def test_noisy_source_is_cached_and_steps_matched(tmp_path, monkeypatch):
 def test_gradient_reversal_and_dann_schedule_reference():
     x = torch.tensor([1.0, -2.0, 3.0], requires_grad=True)
     g = torch.tensor([0.5, 1.0, -4.0])
-    y = transfer.grad_reverse(x, 0.3)
+    y = grad_reverse(x, 0.3)
     assert torch.equal(y, x)  # identity forward
     y.backward(g)
     assert torch.allclose(x.grad, -0.3 * g)  # backward: -lambda times the incoming gradient
-    assert transfer.dann_lambda(0.0) == 0.0
-    assert transfer.dann_lambda(0.5) == pytest.approx(0.98661, abs=1e-5)
-    assert transfer.dann_lambda(1.0) == pytest.approx(0.99991, abs=1e-5)
+    assert dann_lambda(0.0) == 0.0
+    assert dann_lambda(0.5) == pytest.approx(0.98661, abs=1e-5)
+    assert dann_lambda(1.0) == pytest.approx(0.99991, abs=1e-5)
 
 
 def _tiny(seed=0, n=48, k=3):
@@ -130,15 +130,15 @@ def _tiny(seed=0, n=48, k=3):
 def test_dann_at_lambda_zero_is_class_loss_training_bit_for_bit():
     """At max_lambda = 0 the domain loss sends exactly no gradient into the network: the weights equal those of
     training on the class loss alone (same source batches, same target batches through BatchNorm)."""
-    from companion.data import TensorBatches
+    from companion.batches import TensorBatches
     from companion.train import fit
 
     src, tgt = _tiny(0), _tiny(1)[0]
     net = backbone("course_cnn_s", in_chans=1, num_classes=3)
     a, b, c = (copy.deepcopy(net) for _ in range(3))
     kw = dict(epochs=2, batch_size=16, lr=1e-2, seed=3, device="cpu", progress=False)
-    transfer.train_dann(a, src, tgt, max_lambda=0.0, **kw)
-    dann = transfer.DANN(tgt, b.num_features, batch_size=16, max_lambda=0.0, seed=3)
+    train_dann(a, src, tgt, max_lambda=0.0, **kw)
+    dann = DANN(tgt, b.num_features, batch_size=16, max_lambda=0.0, seed=3)
 
     def class_only(model, x, y, state):
         out, losses = dann.loss_step(model, x, y, state)
@@ -156,7 +156,7 @@ def test_dann_at_lambda_zero_is_class_loss_training_bit_for_bit():
         loss_step=class_only,
     )
     assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
-    transfer.train_dann(c, src, tgt, max_lambda=1.0, **kw)  # the reversed gradient does change the trunk
+    train_dann(c, src, tgt, max_lambda=1.0, **kw)  # the reversed gradient does change the trunk
     assert not all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), c.state_dict().values()))
 
 

@@ -11,29 +11,30 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from companion.mtl import (
+from companion.balancers import (
     DWA,
     FAMO,
-    CrossStitch,
     GradAggregation,
     GradNorm,
+    Uncertainty,
+    Weighted,
+    dwa_weights,
+    task_affinity,
+)
+from companion.experiments.runners import compare_models, size_sweep
+from companion.loop import StepContext
+from companion.mtl import (
+    CrossStitch,
     HardSharing,
     L2Tied,
     MaskDecoder,
     MMoE,
     Separate,
-    Uncertainty,
-    Weighted,
-    compare_models,
     conv_tower,
-    dwa_weights,
     head,
     param_count,
     separate_models,
-    size_sweep,
-    task_affinity,
 )
-from companion.train import StepContext
 
 MSE = {"a": F.mse_loss, "b": F.mse_loss}
 
@@ -497,7 +498,7 @@ def test_mmoe_trains_with_feature_aggregation():
 
 
 def test_fit_trains_uncertainty_weights_and_l2tied_penalty():
-    from companion.data import TensorBatches
+    from companion.batches import TensorBatches
     from companion.train import fit
 
     x, y = two_task_data(n=96)
@@ -571,7 +572,7 @@ def test_bad_inputs_raise_one_line_value_errors():
 
 
 def test_separate_models_forward_and_summed_training_equals_one_at_a_time():
-    from companion.data import TensorBatches
+    from companion.batches import TensorBatches
     from companion.train import fit
 
     x, y = two_task_data(n=48)

@@ -118,6 +118,7 @@ def test_distance_to_set():
     assert d.tolist() == [3.0, 4.0]
 
 
+@pytest.mark.slow  # about 30 s on a busy 2-core machine
 def test_paths_reproduce_the_papers_picture():
     """The paper's step budget (lr x steps = 100; the paper: Adam, lr 1e-3, 100k steps), shortened as notebook 10
     runs it at quick scale: equal weighting stalls from starts 1 and 3, CAGrad reaches the mean-loss minimum on

@@ -5,14 +5,15 @@ from __future__ import annotations
 import json
 import os
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from companion.claims import Claims, write_json
+from companion.course.claims import Claims, write_json
+from companion.course.params import ParameterError, check, scale_of, setup
 from companion.device import env_report, pick_device, seed_everything
-from companion.params import ParameterError, check, scale_of, setup
 
 
 @pytest.mark.parametrize(
@@ -126,7 +127,7 @@ def test_seed_everything_reproduces_all_generators():
     a = (random.random(), np.random.rand(), torch.rand(1).item())
     seed_everything(42)
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == a
-    with pytest.raises(ValueError, match="SEED must be a non-negative integer"):
+    with pytest.raises(ValueError, match="seed must be a non-negative integer"):
         seed_everything(-5)
 
 
@@ -140,7 +141,7 @@ def test_env_report_names_versions_and_device():
 
 
 def test_claims_file_round_trip_and_strict_mode(tmp_path, capsys):
-    from companion.verdicts import paired
+    from companion.experiments.verdicts import paired
 
     cfg = setup(SEED=3, DEVICE="cpu", RESULTS_DIR=str(tmp_path))
     c = Claims("99_demo", cfg)
@@ -207,8 +208,8 @@ def test_claims_file_round_trip_and_strict_mode(tmp_path, capsys):
 
 
 def test_a_contradicted_statement_needs_its_note():
-    from companion.claims import failed
-    from companion.verdicts import paired
+    from companion.course.claims import failed
+    from companion.experiments.verdicts import paired
 
     c = Claims("99_demo")
     c.check("s", {}, paired([0, 0, 0.1], [1, 1, 1.2]), kind="source", ref="Benefits")
@@ -218,7 +219,7 @@ def test_a_contradicted_statement_needs_its_note():
 
 
 def test_the_claims_table_wraps_as_html():
-    from companion.verdicts import paired
+    from companion.experiments.verdicts import paired
 
     c = Claims("99_demo")
     c.check("A <b> beats B", {}, paired([1.0, 2.0, 3.0], [0.5, 1.4, 2.6]))
@@ -234,7 +235,7 @@ def test_write_json_is_atomic(tmp_path):
 
 
 def test_demonstrations_are_kept_apart_from_claims(tmp_path, capsys):
-    from companion.verdicts import fixed, paired
+    from companion.experiments.verdicts import fixed, paired
 
     cfg = setup(SEED=0, RESULTS_DIR=str(tmp_path))
     c = Claims("99_demo", cfg)
@@ -253,17 +254,71 @@ def test_demonstrations_are_kept_apart_from_claims(tmp_path, capsys):
         c.report(strict=True)
 
 
-def test_results_path_is_printed_relative_to_the_repository(capsys):
-    from companion.params import REPO
+def test_a_relative_results_dir_lies_in_the_folder_the_notebook_runs_in(tmp_path, monkeypatch, capsys):
+    from companion.course.params import RESULTS_BASE_ENV, results_folder
 
-    cfg = setup(SEED=0, RESULTS_DIR="build/test-relative")
-    Claims("99_demo", cfg).report(strict=False)
-    out = capsys.readouterr().out
-    assert "results written to build/test-relative/99_demo.json" in out and str(REPO) not in out
+    monkeypatch.delenv(RESULTS_BASE_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+    cfg = setup(SEED=0, RESULTS_DIR="results")
+    assert cfg.results_dir == tmp_path / "results" and cfg.results_dir.is_dir()
+    path = Claims("99_demo", cfg).report(strict=False)
+    assert path == tmp_path / "results" / "99_demo.json" and path.is_file()
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last == f"results written to {tmp_path / 'results' / '99_demo.json'}", (
+        "the last line: the absolute path"
+    )
+    assert results_folder("r", cwd=tmp_path / "nb") == tmp_path / "nb" / "r"
+    assert results_folder(str(tmp_path / "abs")) == tmp_path / "abs", "an absolute path is taken as given"
+    monkeypatch.setenv(RESULTS_BASE_ENV, str(tmp_path / "base"))
+    assert results_folder("results", cwd=tmp_path / "nb") == tmp_path / "base" / "results"
+
+
+def _lesson(folder: Path) -> Path:
+    """A notebook that writes its claims with the default RESULTS_DIR, in `folder`."""
+    import nbformat
+
+    params = nbformat.v4.new_code_cell('SEED: int = 0\nRESULTS_DIR: str = "results"\n')
+    params.metadata["tags"] = ["parameters"]
+    run = nbformat.v4.new_code_cell(
+        "from companion.course.claims import Claims\nfrom companion.course.params import setup\n"
+        "Claims('lesson', setup(SEED=SEED, RESULTS_DIR=RESULTS_DIR)).report(strict=False);"
+    )
+    nb = nbformat.v4.new_notebook(cells=[params, run])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    folder.mkdir(parents=True)
+    nbformat.write(nb, folder / "lesson.ipynb")
+    return folder / "lesson.ipynb"
+
+
+def test_a_notebook_run_writes_its_results_beside_it_and_a_committed_copy_names_no_machine_path(
+    tmp_path, monkeypatch
+):
+    """The runner (papermill) starts the kernel in the notebook's folder, as JupyterLab does: the default
+    RESULTS_DIR lands there, from any working directory. A learner's run prints the absolute path; an
+    unparameterised run (the committed copy) prints it relative to the notebook's folder."""
+    from companion.course.params import RESULTS_BASE_ENV
+    from companion.course.runs import execute
+
+    monkeypatch.delenv(RESULTS_BASE_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+    path = _lesson(tmp_path / "course" / "lesson")
+    expected = tmp_path / "course" / "lesson" / "results" / "lesson.json"
+
+    def last_line(nb: Path) -> str:
+        out = json.loads(nb.read_text())["cells"][-1]["outputs"][-1]
+        return "".join(out["text"]).splitlines()[-1]
+
+    execute(path, tmp_path / "mine.ipynb", {"SEED": 1})
+    assert json.loads(expected.read_text())["parameters"]["SEED"] == 1
+    assert last_line(tmp_path / "mine.ipynb") == f"results written to {expected}"
+    execute(path, path)
+    assert json.loads(expected.read_text())["parameters"]["SEED"] == 0
+    assert last_line(path) == "results written to results/lesson.json"
+    assert str(tmp_path) not in path.read_text()
 
 
 def test_tune_picks_the_best_validation_score_and_over_seeds_stacks():
-    from companion.protocol import over_seeds, tune
+    from companion.experiments.protocol import over_seeds, tune
 
     best, scores = tune(lambda lr: {1e-3: 0.7, 3e-3: 0.9, 1e-2: 0.9}[lr], [1e-3, 3e-3, 1e-2], name="lr")
     assert best == 3e-3 and scores[1e-2] == 0.9  # ties keep the earlier value
@@ -276,7 +331,7 @@ def test_tune_picks_the_best_validation_score_and_over_seeds_stacks():
 
 
 def test_delta_m_matches_the_papers_formula_on_hand_values():
-    from companion.protocol import delta_m
+    from companion.experiments.protocol import delta_m
 
     # accuracy 0.90 vs 0.80 (+12.5 %), error 0.30 vs 0.40 (lower is better: +25 %): mean +18.75 %
     assert delta_m(

@@ -10,7 +10,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.patches import FancyBboxPatch, Rectangle  # noqa: E402
 
-from companion.plots import bars, curves, grouped_bars, images, pipelines  # noqa: E402
+from companion.course.plots import bars, curves, grouped_bars, images, pipelines
 
 
 def test_curves_plot_each_history_against_epochs():

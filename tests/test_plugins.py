@@ -8,9 +8,12 @@ import pytest
 import torch
 from torch import nn
 
-from companion.data import TensorBatches
+from companion.batches import TensorBatches
+from companion.checkpoints import load_checkpoint
+from companion.evaluation import batch_losses, evaluate
+from companion.loop import StepContext, Update, WeightedSum
 from companion.plugins import Checkpointer, EarlyStopping, EvaluateEvery, RestoreBest, Validate, infer_mode
-from companion.train import StepContext, Update, WeightedSum, batch_losses, evaluate, fit, load_checkpoint
+from companion.train import fit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from companion.protocol import mean_range, over_seeds, seed_stats, seed_workers
+from companion.experiments.protocol import mean_range, over_seeds, seed_stats, seed_workers
 
 
 def _train(seed: int) -> dict[str, float]:
@@ -26,6 +26,7 @@ def _train(seed: int) -> dict[str, float]:
     return {"loss": history[-1]["train_loss"], "weight_sum": float(w.double().sum()), "seed": float(seed)}
 
 
+@pytest.mark.slow  # worker processes, each loading torch: about 35 s on a busy 2-core machine
 def test_workers_give_bit_identical_numbers_in_seed_order():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

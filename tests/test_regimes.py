@@ -7,9 +7,8 @@ import copy
 import pytest
 import torch
 
-from companion.data import TensorBatches
-from companion.mtl import HardSharing
-from companion.regimes import (
+from companion.batches import TensorBatches
+from companion.experiments.regimes import (
     SEQUENTIAL,
     Monitor,
     StepStream,
@@ -22,6 +21,7 @@ from companion.regimes import (
     train_multitask,
     train_task,
 )
+from companion.mtl import HardSharing
 from companion.transfer import forgetting
 
 MODEL = "course_cnn_s"

@@ -9,11 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from companion import course
 from companion import data as D
-from companion import params as P
+from companion import files, store
 from companion.__main__ import main
-from companion.params import ParameterError, setup
+from companion.course import catalog
+from companion.course import runner as course
+from companion.course.params import ParameterError, setup
+from companion.files import resolve
+from companion.store import CHECKSUMS, DamagedFileError, damaged_files
 
 NB = course.NOTEBOOK_DIR / "01_definitions.ipynb"
 
@@ -74,15 +77,16 @@ def test_unwritable_results_dir_bounds_and_zero_stop_in_setup(tmp_path):
 
 
 def test_outside_a_checkout_data_and_results_go_to_a_user_folder(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(P, "in_checkout", lambda: False)
+    for module in (files, store, catalog):  # each module that asks
+        monkeypatch.setattr(module, "in_checkout", lambda: False)
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
     monkeypatch.delenv("COMPANION_DATA", raising=False)
     if os.name == "posix" and not __import__("sys").platform == "darwin":
         assert D.data_root() == tmp_path / "xdg" / "companion" / "data"
-        assert P._resolve("results") == tmp_path / "xdg" / "companion" / "results"
+        assert resolve("results") == tmp_path / "xdg" / "companion" / "results"
     monkeypatch.setenv("COMPANION_DATA", str(tmp_path / "mine"))
     assert D.data_root() == tmp_path / "mine"
-    monkeypatch.setattr(course, "NOTEBOOK_DIR", tmp_path / "site-packages" / "notebooks")
+    monkeypatch.setattr(catalog, "NOTEBOOK_DIR", tmp_path / "site-packages" / "notebooks")
     assert main(["run", "00"]) == 2
     err = capsys.readouterr().err
     assert "looked in" in err and "installed, not a checkout" in err and "COMPANION_NOTEBOOKS" in err
@@ -117,19 +121,19 @@ def test_same_size_damage_is_detected_listed_and_repaired(tmp_path, monkeypatch,
     (mirror / "usps").mkdir(parents=True)
     good = b"label 256 values\n" * 50
     (mirror / "usps" / "zip.info.txt").write_bytes(good)
-    monkeypatch.setitem(D.CHECKSUMS, ("usps", "zip.info.txt"), (len(good), hashlib.sha256(good).hexdigest()))
-    assert D.fetch(["usps"], root=root, mirror=mirror, download=False) == {"usps": "copied 1 files"}
+    monkeypatch.setitem(CHECKSUMS, ("usps", "zip.info.txt"), (len(good), hashlib.sha256(good).hexdigest()))
+    assert store.fetch(["usps"], root=root, mirror=mirror, download=False) == {"usps": "copied 1 files"}
     bad = bytearray(good)
     bad[10] ^= 0xFF  # same size, other bytes
     (root / "usps" / "zip.info.txt").write_bytes(bytes(bad))
-    assert D.damaged_files("usps", root) == [root / "usps" / "zip.info.txt"]
-    status = D.fetch(["usps"], root=root, mirror=mirror, download=False)
+    assert damaged_files("usps", root) == [root / "usps" / "zip.info.txt"]
+    status = store.fetch(["usps"], root=root, mirror=mirror, download=False)
     assert status == {"usps": "copied 1 files (replaced 1 damaged)"}
     assert (root / "usps" / "zip.info.txt").read_bytes() == good and not list(root.rglob("*.part"))
     # a damaged mirror copy is refused and what is here is kept
     (mirror / "usps" / "zip.info.txt").write_bytes(bytes(bad))
     (root / "usps" / "zip.info.txt").unlink()
-    status = D.fetch(["usps"], root=root, mirror=mirror, download=False)["usps"]
+    status = store.fetch(["usps"], root=root, mirror=mirror, download=False)["usps"]
     assert status.startswith("failed: data file") and "is damaged" in status
     assert not (root / "usps" / "zip.info.txt").exists()
 
@@ -152,7 +156,7 @@ def test_damaged_data_file_load_error_names_file_and_repair(tmp_path, monkeypatc
     images = raw / "t10k-images-idx3-ubyte.gz"
     images.write_bytes(images.read_bytes()[:-12])  # truncated: a raw EOFError before
     monkeypatch.delenv("COMPANION_DATA_MIRROR", raising=False)
-    with pytest.raises(D.DamagedFileError) as info:
+    with pytest.raises(DamagedFileError) as info:
         D.load_dataset("mnist", root=tmp_path)
     msg = str(info.value)
     assert (
@@ -176,7 +180,7 @@ TINY = {
             "metadata": {},
             "execution_count": None,
             "outputs": [],
-            "source": "import companion\nfrom companion import Claims, setup\n"
+            "source": "import companion\nfrom companion.course.claims import Claims\nfrom companion.course.params import setup\n"
             "cfg = setup(SEED=SEED, DEVICE=DEVICE, SCALE=SCALE, DATA_DIR=DATA_DIR, RESULTS_DIR=RESULTS_DIR)\n"
             "claims = Claims('tiny', cfg)\nclaims.demonstrate('one is one', {'one': 1}, True)\n"
             "print('package at', companion.__file__)\nclaims.report()\n",

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from companion.course import COURSE, NOTEBOOK_DIR
+from companion.course.catalog import COURSE, NOTEBOOK_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 OTHER_SEED = 1
@@ -97,7 +97,7 @@ def test_claims_hold_and_move_at_another_seed(file, tmp_path):
 @pytest.mark.parametrize("file", [nb.file for nb in COURSE])
 def test_committed_results_file_matches_the_committed_outputs(file):
     """notebooks/results/ keeps the results file of each committed run (what notebook 12 draws its numbers from)."""
-    from companion.course import COMMITTED_RESULTS
+    from companion.course.catalog import COMMITTED_RESULTS
 
     path = COMMITTED_RESULTS / f"{Path(file).stem}.json"
     assert path.exists(), f"{path.name} missing: run `make notebooks NB={file[:2]}`"

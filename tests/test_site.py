@@ -2,8 +2,11 @@
 
 The site is built if build/site/index.html is missing (or always with COMPANION_SITE_REBUILD=1), served over http
 from a local thread server, and every page is opened: no console errors (SEVERE entries), every image present and
-decoded, every internal link pointing at an existing file (and anchor). Screenshots of the front page and of one
-notebook page go to build/screenshots/. Without Chromium and chromedriver the test skips, unless CI is set.
+decoded, every internal link pointing at an existing file (and anchor), exactly one search box in view, no output
+block (claims table, text output) wider than its column on a notebook page, no literal Markdown markup in the API
+pages, and the front page showing the infographic as an SVG. Screenshots of the front page and of the claims tables
+of notebooks 01, 10, 11 and 12 go to build/screenshots/. Without Chromium and chromedriver the test skips, unless CI
+is set.
 """
 
 from __future__ import annotations
@@ -29,11 +32,43 @@ SITE = REPO / "build" / "site"
 SHOTS = REPO / "build" / "screenshots"
 CHROMIUM = ("/usr/bin/chromium", "chromium", "chromium-browser", "google-chrome")
 CHROMEDRIVER = ("/usr/bin/chromedriver", "chromedriver")
-NOTEBOOK_SHOT = "notebooks/01_definitions.html"
+SHOT_NOTEBOOKS = ("01", "10", "11", "12")
 ALL_DECODED = (
     "return Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0))"
     ".map(i => i.getAttribute('src'));"
 )
+
+
+# The search boxes a reader sees: the theme's search fields and buttons, and any search input, laid out and visible.
+SEARCH_BOXES = """
+return Array.from(document.querySelectorAll(
+  '.search-button-field, .search-button, input[type=search], #searchbox input, form.search input'))
+  .filter(e => { const r = e.getBoundingClientRect(), s = getComputedStyle(e);
+                 return r.width > 0 && r.height > 0 && s.visibility !== 'hidden' && !e.closest('dialog:not([open])'); })
+  .map(e => e.outerHTML.slice(0, 80));
+"""
+# Output blocks (and every element inside them) whose content is wider than the box that shows it.
+WIDE_OUTPUTS = """
+return Array.from(document.querySelectorAll('div.cell_output, div.cell_output *'))
+  .filter(e => e.clientWidth > 0 && e.scrollWidth > e.clientWidth + 1)
+  .map(e => e.tagName.toLowerCase() + (e.className ? '.' + String(e.className).split(' ')[0] : '')
+            + ' ' + e.scrollWidth + 'px in ' + e.clientWidth + 'px: '
+            + (e.innerText || '').trim().slice(0, 60).replace(/\\s+/g, ' '));
+"""
+# Markdown markup autodoc left as text (`**claim**`), outside code.
+LITERAL_MARKUP = """
+const main = document.querySelector('main') || document.body;
+const clone = main.cloneNode(true);
+clone.querySelectorAll('code, pre, .sig').forEach(e => e.remove());
+return (clone.innerText.match(/(?<![\\w*])\\*\\*\\w[^*\\n]*?\\*\\*(?![\\w*])/g) || []).slice(0, 5);
+"""
+# The front page's infographic: the SVG's source, natural width, and shown width against its column.
+INFOGRAPHIC = """
+const img = Array.from(document.images).find(i => (i.getAttribute('src') || '').includes('course_infographic'));
+if (!img) return null;
+return {src: img.getAttribute('src'), natural: img.naturalWidth, shown: img.getBoundingClientRect().width,
+        column: img.closest('article, main, .bd-article').getBoundingClientRect().width};
+"""
 
 
 def _find(candidates: tuple[str, ...]) -> str | None:
@@ -151,7 +186,7 @@ def test_site_in_browser(site: Path, server: str, browser) -> None:
     pages = _pages(site)
     assert "index.html" in pages and len(pages) >= 14, f"too few pages built: {pages}"
     errors: list[str] = []
-    links_checked = images_checked = 0
+    links_checked = images_checked = outputs_checked = 0
     cache: dict[Path, str] = {}
     for page in pages:
         undecoded = _visit(browser, f"{server}/{page}")
@@ -175,26 +210,42 @@ def test_site_in_browser(site: Path, server: str, browser) -> None:
                 errors.append(f"{page}: link to a missing file: {href}")
             elif fragment and file.suffix == ".html" and not _has_anchor(file, fragment, cache):
                 errors.append(f"{page}: link to a missing anchor: {href}")
+        boxes = browser.execute_script(SEARCH_BOXES)
+        if len(boxes) != 1:
+            errors.append(f"{page}: {len(boxes)} search boxes in view, expected one: {boxes}")
+        if page.startswith("notebooks/"):
+            wide = browser.execute_script(WIDE_OUTPUTS)
+            errors += [f"{page}: output wider than its column: {w}" for w in wide]
+            outputs_checked += browser.execute_script(
+                "return document.querySelectorAll('div.cell_output').length"
+            )
+        if page.startswith("api/"):
+            errors += [f"{page}: literal markup: {m}" for m in browser.execute_script(LITERAL_MARKUP)]
         if page == "index.html":
-            srcs = browser.execute_script(
-                "return Array.from(document.images).map(i => i.getAttribute('src'));"
-            )
-            assert any("course_infographic" in s for s in srcs), (
-                "the front page does not show the infographic"
-            )
-    print(f"site: {len(pages)} pages, {images_checked} images, {links_checked} internal links checked")
+            shown = browser.execute_script(INFOGRAPHIC)
+            if shown is None or not shown["src"].endswith(".svg") or not shown["natural"]:
+                errors.append(f"index.html: the front page does not show the infographic as an SVG: {shown}")
+            elif shown["shown"] < 0.9 * shown["column"]:
+                errors.append(f"index.html: the infographic is not shown at full width: {shown}")
+    print(
+        f"site: {len(pages)} pages, {images_checked} images, {links_checked} internal links, "
+        f"{outputs_checked} notebook outputs checked"
+    )
     assert not errors, f"{len(errors)} problem(s):\n" + "\n".join(errors[:40])
+
+    assert any(p.startswith("api/") for p in pages), "no API page per module"
 
     SHOTS.mkdir(parents=True, exist_ok=True)
     browser.set_window_size(1400, 1600)
-    for page, name, scroll_to in (
-        ("index.html", "front.png", None),
-        (NOTEBOOK_SHOT, "notebook.png", ".cell_output img"),
-    ):
+    shots = [("index.html", "front.png", None)]
+    for number in SHOT_NOTEBOOKS:  # each from its claims table on (the last table of the page)
+        page = next(p for p in pages if p.startswith(f"notebooks/{number}_"))
+        shots.append((page, f"notebook_{number}.png", "div.cell_output table"))
+    for page, name, scroll_to in shots:
         _visit(browser, f"{server}/{page}")
-        if (
-            scroll_to
-        ):  # the notebook page from its first figure on: a figure, then the text and outputs after it
-            browser.execute_script(f"document.querySelector('{scroll_to}').scrollIntoView();")
+        if scroll_to:
+            browser.execute_script(
+                f"const t = document.querySelectorAll('{scroll_to}'); if (t.length) t[t.length - 1].scrollIntoView();"
+            )
         assert browser.save_screenshot(str(SHOTS / name)), f"could not save {SHOTS / name}"
         assert (SHOTS / name).stat().st_size > 10_000, f"{SHOTS / name} looks empty"

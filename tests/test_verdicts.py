@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from companion import verdicts as V
+from companion.experiments import verdicts as V
 
 A = [0.90, 0.91, 0.92, 0.88, 0.95]
 B = [0.80, 0.82, 0.81, 0.85, 0.79]

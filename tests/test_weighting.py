@@ -9,9 +9,16 @@ import pytest
 import torch
 from torch import nn
 
-from companion.mtl import GradNorm
-from companion.train import StepContext
-from companion.weighting import GradNormFloor, Traced, UncertaintyLR, log_loss_score, scene_scores, tune_each
+from companion.balancers import GradNorm
+from companion.experiments.weighting import (
+    GradNormFloor,
+    Traced,
+    UncertaintyLR,
+    log_loss_score,
+    scene_scores,
+    tune_each,
+)
+from companion.loop import StepContext
 
 
 def two_head_model(seed: int = 0) -> nn.Module:

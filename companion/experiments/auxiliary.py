@@ -19,8 +19,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from .transfer import labels_to_reach
-from .transfer import steps_to as _steps_to
+from .runners import compare_models, labels_to_reach
+from .runners import steps_to as _steps_to
 
 
 def shuffled_labels(labels: Tensor, seed: int) -> Tensor:
@@ -138,7 +138,6 @@ def auxiliary_sweep(
     (seed, n, model): {"model", "n", "seed", "epochs", "params", "seconds", "train", "test", "curve"} with
     "curve" = {"steps": [...], "acc": [...]} (empty lists away from curve_size).
     """
-    from .mtl import compare_models
 
     sizes, seeds = list(sizes), list(seeds)
     if not sizes or not seeds:

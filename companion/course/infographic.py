@@ -12,46 +12,17 @@ import functools
 import re
 from pathlib import Path
 
-from .provenance import (  # noqa: F401  (the provenance names stay importable from here)
-    _TOKEN,
+from ..experiments.verdicts import WORDS
+from .provenance import (
     A4_LANDSCAPE,
-    HALVES,
     MAP_PANELS,
-    MISSING,
-    REDUCE_WORDS,
-    SELF,
     WINNER_CODE,
     Number,
-    _by_prefix,
-    _claim,
-    _flat,
-    _key,
-    _load,
-    _map_numbers,
-    _number,
     check_figure,
-    default_folder,
-    figure_texts,
-    folder_of,
-    format_value,
     gather,
     headline_numbers,
-    join_path,
-    not_measured,
-    out_folder,
-    page_size,
-    parse_path,
-    provenance_table,
-    read,
-    reduced,
-    resolve,
     save,
-    short,
-    shown,
-    strength,
-    strongest,
 )
-from .verdicts import WORDS
 
 # Okabe & Ito (2008): a palette that stays distinct under the common colour-vision deficiencies.
 OKABE_ITO = {

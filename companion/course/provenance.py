@@ -15,7 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .verdicts import WORDS
+from ..experiments.verdicts import WORDS
+from . import runner as course
+from .catalog import COMMITTED_RESULTS, COURSE
+from .claims import _shown
+from .params import results_folder
 
 MISSING = ("skip", "run")
 A4_LANDSCAPE = (11.69, 8.27)  # inches (297 x 210 mm)
@@ -145,37 +149,30 @@ def format_value(value: Any, fmt: str) -> str:
 
 def default_folder() -> Path:
     """The committed results files (notebooks/results/ in a checkout)."""
-    from .course import COMMITTED_RESULTS
 
     return COMMITTED_RESULTS
 
 
 def folder_of(text: str) -> Path:
     """The folder a SOURCE_RESULTS_DIR parameter names: "" is the committed results (`default_folder`), a relative
-    path is read like RESULTS_DIR (inside the repository in a checkout)."""
-    from .params import _resolve
-
-    return default_folder() if not text else _resolve(text)
+    path is read like RESULTS_DIR (`params.results_folder`: inside the folder the notebook runs in)."""
+    return default_folder() if not text else results_folder(text)
 
 
 def out_folder(text: str, results_dir: str | Path) -> Path:
     """Where an OUT_DIR parameter puts the PNG and SVG: "" is RESULTS_DIR/infographic, a relative path is read
-    like RESULTS_DIR."""
-    from .params import _resolve
-
-    return Path(results_dir) / "infographic" if not text else _resolve(text)
+    like RESULTS_DIR (`params.results_folder`)."""
+    return Path(results_dir) / "infographic" if not text else results_folder(text)
 
 
 def shown(path: str | Path) -> str:
     """A path as printed in notebook outputs: relative to the repository when inside it (no machine paths)."""
-    from .claims import _shown
 
     return _shown(Path(path))
 
 
 def not_measured(files: dict[str, Path]) -> list[str]:
     """Course notebooks (but this one) without a results file among `files`: their panels say "not yet measured"."""
-    from .course import COURSE
 
     return [nb.stem for nb in COURSE if nb.stem != SELF and nb.stem not in files]
 
@@ -203,8 +200,6 @@ def gather(
         else {}
     )
     if missing == "run":
-        from . import course
-
         wanted = notebooks if notebooks is not None else [nb.stem for nb in course.COURSE if nb.stem != SELF]
         for stem in wanted:
             if stem in found:

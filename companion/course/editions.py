@@ -15,8 +15,8 @@ import json
 import re
 from pathlib import Path
 
-from .course import notebook_folder, notebooks
-from .files import atomic_write
+from ..files import atomic_write
+from .catalog import notebook_folder, notebooks
 
 SOLUTION, EXERCISE = "solution", "exercise"
 HEADER_ID = "student-edition"

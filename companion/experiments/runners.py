@@ -19,13 +19,14 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from . import checks
-from .batches import TensorBatches, subsample_per_class
-from .device import pick_device
-from .models import count_params, stages
-from .plugins import EvaluateEvery
-from .train import evaluate, fit
-from .transfer import BN_POLICIES, STRATEGIES, _check_pair, adapt, layer_groups, prepare, transfer_blocks
+from .. import checks
+from ..batches import TensorBatches, subsample_per_class
+from ..device import pick_device
+from ..evaluation import evaluate
+from ..models import count_params, stages
+from ..plugins import EvaluateEvery
+from ..train import fit
+from ..transfer import BN_POLICIES, STRATEGIES, adapt, check_pair, layer_groups, prepare, transfer_blocks
 
 __all__ = [
     "block_sweep",
@@ -82,8 +83,8 @@ def label_efficiency(
     Rows: {strategy, seed, per_class (all: the mean per class), label ("all" or the count), n_train, acc,
     epochs, steps, time_s, history}.
     """
-    x, y = _check_pair("train", train)
-    x_test, y_test = _check_pair("test", test)
+    x, y = check_pair("train", train)
+    x_test, y_test = check_pair("test", test)
     sizes, names, seed_list = list(per_class), list(strategies), list(seeds)
     for name, values in (("per_class", sizes), ("strategies", names), ("seeds", seed_list)):
         if not values:
@@ -117,7 +118,7 @@ def label_efficiency(
     num_classes = int(y.max()) + 1
     test_batches = TensorBatches(x_test, y_test, 512, shuffle=False, device=dev)
     val_batches = (
-        None if val is None else TensorBatches(*_check_pair("val", val), 512, shuffle=False, device=dev)
+        None if val is None else TensorBatches(*check_pair("val", val), 512, shuffle=False, device=dev)
     )
     rows = []
     for seed in seed_list:
@@ -189,8 +190,8 @@ def block_sweep(
     trains on all of `train` for `epochs` (at least `min_steps` steps). n = 0 copies nothing: the scratch
     baseline, run once and reported for both modes. Rows: {n, frozen, acc, trainable (parameter count)}.
     """
-    x, y = _check_pair("train", train)
-    x_test, y_test = _check_pair("test", test)
+    x, y = check_pair("train", train)
+    x_test, y_test = check_pair("test", test)
     depth = len(stages(source))
     ns = list(range(depth + 1)) if ns is None else list(ns)
     if not ns:
@@ -295,8 +296,8 @@ def probe_accuracy(
     """
     checks.positive("weight_decay", weight_decay)
     checks.integer("max_iter", max_iter, 1)
-    f, t = _check_pair("train", (train_features, train_labels))
-    f_test, t_test = _check_pair("test", (test_features, test_labels))
+    f, t = check_pair("train", (train_features, train_labels))
+    f_test, t_test = check_pair("test", (test_features, test_labels))
     if f.ndim != 2 or f_test.ndim != 2 or f.shape[1] != f_test.shape[1]:
         raise ValueError(
             f"features must be N x D matrices of one width, got {tuple(f.shape)} and {tuple(f_test.shape)}"

@@ -23,7 +23,7 @@ import time
 import warnings
 from pathlib import Path
 
-from .files import atomic_write, write_error
+from ..files import atomic_write, write_error
 
 
 def source_hash(nb: dict) -> str:
@@ -55,6 +55,30 @@ def _environment(**values: str):
 def failed_path(out: Path) -> Path:
     """Where a run of `out` that stopped keeps what ran: `NAME.failed.ipynb` beside it."""
     return out.with_name(f"{out.stem}.failed.ipynb")
+
+
+def _without_folder(nb: dict, folder: Path) -> None:
+    """Outputs of a committed run name files relative to the notebook's `folder`, not by this machine's absolute
+    path (the claims cell prints where its results file went; a learner's own run shows the absolute path)."""
+    prefixes = sorted(
+        {str(folder.absolute()) + os.sep, str(folder.resolve()) + os.sep}, key=len, reverse=True
+    )
+
+    def clean(text):
+        if isinstance(text, list):
+            return [clean(t) for t in text]
+        if isinstance(text, str):
+            for prefix in prefixes:
+                text = text.replace(prefix, "")
+        return text
+
+    for cell in nb.get("cells", []):
+        for out in cell.get("outputs", []):
+            if "text" in out:
+                out["text"] = clean(out["text"])
+            for mime, value in out.get("data", {}).items():
+                if mime.startswith("text/"):
+                    out["data"][mime] = clean(value)
 
 
 def _notebook_text(nb: dict) -> bytes:
@@ -196,6 +220,7 @@ def execute(
                 "output_path",
             ):  # this machine's absolute paths stay out of committed files
                 nb["metadata"].get("papermill", {}).pop(key, None)
+            _without_folder(nb, Path(path).parent)
         atomic_write(out, lambda f: f.write(_notebook_text(nb)), keep_previous=keep_previous)
     except BaseException as err:
         kept = _keep_failed(partial, Path(path), out, err)

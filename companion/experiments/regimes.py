@@ -17,20 +17,21 @@ is a fit callback that evaluates the model every few steps (the accuracy-along-t
 
 from __future__ import annotations
 
-import contextlib
 import copy
 from collections.abc import Callable, Iterator, Mapping
 
 import torch
 from torch import Tensor, nn
 
-from . import checks
-from .data import TensorBatches
-from .device import pick_device
-from .models import backbone, features, new_head
-from .mtl import HardSharing
-from .train import WeightedSum, evaluate, fit
-from .transfer import l2sp, prepare
+from .. import checks
+from ..batches import TensorBatches
+from ..device import pick_device, seeded
+from ..evaluation import evaluate
+from ..loop import WeightedSum
+from ..models import backbone, features, new_head
+from ..mtl import HardSharing
+from ..train import fit
+from ..transfer import l2sp, prepare
 
 __all__ = [
     "SEQUENTIAL",
@@ -47,13 +48,6 @@ __all__ = [
 ]
 
 SEQUENTIAL = ("finetune", "frozen", "l2sp", "lp_ft")
-
-
-@contextlib.contextmanager
-def _seeded(seed: int) -> Iterator[None]:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
 
 
 # --------------------------------------------------------------------------------------- batches by steps
@@ -150,7 +144,7 @@ class Monitor:
 def build(name: str, *, in_chans: int, num_classes: int, seed: int) -> nn.Module:
     """A timm model with random weights drawn from `seed`: the same start for every regime (notebook 04)."""
     checks.integer("seed", seed, 0)
-    with _seeded(seed):
+    with seeded(seed):
         return backbone(name, in_chans=in_chans, num_classes=num_classes)
 
 
@@ -173,7 +167,7 @@ def to_multitask(
         )
     trunk = copy.deepcopy(model)
     trunk.reset_classifier(0)
-    with _seeded(seed):
+    with seeded(seed):
         heads = {
             t: copy.deepcopy(old) if t == keep else nn.Linear(trunk.num_features, k)
             for t, k in classes.items()
@@ -187,7 +181,7 @@ def from_multitask(model: HardSharing, num_classes: int, *, seed: int = 0) -> nn
         raise ValueError(f"model must be a HardSharing model with a timm trunk, got {type(model).__name__}")
     checks.integer("num_classes", num_classes, 1)
     out = copy.deepcopy(model.trunk)
-    with _seeded(seed):
+    with seeded(seed):
         new_head(out, num_classes)
     return out.to(next(model.parameters()).device)
 

@@ -21,8 +21,9 @@ from html import escape
 from pathlib import Path
 from types import SimpleNamespace
 
-from .files import atomic_write
-from .verdicts import WORDS, describe, fmt
+from ..experiments.verdicts import WORDS, describe, fmt
+from ..files import REPO, atomic_write
+from .params import results_folder
 
 KINDS = ("course", "source", "literature")
 STRICT_ENV = "COMPANION_STRICT_CLAIMS"
@@ -57,7 +58,6 @@ def _plain(value):
 
 def _shown(path: Path) -> str:
     """A path as printed in committed outputs: relative to the repository when inside it."""
-    from .params import REPO
 
     try:
         return str(Path(path).resolve().relative_to(REPO))
@@ -83,7 +83,7 @@ class Claims:
     def __init__(self, notebook: str, cfg: SimpleNamespace | None = None):
         self.notebook = notebook
         self.params = dict(cfg.params) if cfg is not None else {}
-        self.results_dir = Path(cfg.results_dir) if cfg is not None else Path("results")
+        self.results_dir = Path(cfg.results_dir) if cfg is not None else results_folder("results")
         self.start = cfg.start if cfg is not None else time.perf_counter()
         self.scale = cfg.scale if cfg is not None else None
         self.items: list[dict] = []
@@ -180,7 +180,8 @@ class Claims:
 
     def report(self, strict: bool | None = None) -> Path:
         """Print each demonstration and claim with its verdict, effect and interval, save the results file, raise
-        in strict mode. The results file's path is printed relative to the repository (no machine paths)."""
+        in strict mode. The last line printed gives the results file's absolute path (a committed run's copy shows
+        it relative to the notebook's folder: `runs.execute` keeps machine paths out of committed files)."""
         for d in self.demos:
             print(f"[{'SHOWN' if d['holds'] else 'BROKEN':12}] (demonstration) {d['demonstration']}")
             print(f"               measured: {json.dumps(d['measured'])}")
@@ -197,9 +198,10 @@ class Claims:
         print(
             f"course claims: {course['supported']}/{sum(course.values())} supported; statements put to the test: "
             f"{tested['supported']} supported, {tested['contradicted']} contradicted, {tested['inconclusive']} not "
-            f"shown at this scale; {len(self.demos)} demonstrations; results written to {_shown(path)}"
+            f"shown at this scale; {len(self.demos)} demonstrations"
         )
         self._display_table()
+        print(f"results written to {Path(path).absolute()}")
         strict = os.environ.get(STRICT_ENV, "") not in ("", "0") if strict is None else strict
         if strict and self.failures:
             raise AssertionError(

@@ -7,7 +7,6 @@ import contextlib
 import math
 import os
 import re
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -15,10 +14,15 @@ from types import SimpleNamespace
 
 import torch
 
-from . import checks
-from .device import DEVICE_CHOICES, pick_device, seed_everything
+from .. import (
+    checks,
+    models,  # noqa: F401  (registers the course's own small models with timm, for _check_model)
+)
+from ..device import DEVICE_CHOICES, pick_device, seed_everything
+from ..files import resolve
+from ..store import DATASETS
 
-REPO = Path(__file__).resolve().parents[1]
+RESULTS_BASE_ENV = "COMPANION_RESULTS_BASE"
 SCALES = ("quick", "full", "auto")
 _COUNTS = (
     "EPOCHS",
@@ -37,25 +41,6 @@ UPPER_BOUNDS: tuple[tuple[str, int], ...] = (
     ("N_", 10_000_000),
     ("NUM_", 10_000_000),
 )
-
-
-def in_checkout() -> bool:
-    """True when the package runs from a checkout of the course (pyproject.toml and notebooks/ beside it), False
-    for an installed copy (site-packages)."""
-    return (REPO / "pyproject.toml").is_file() and (REPO / "notebooks").is_dir()
-
-
-def user_folder() -> Path:
-    """The per-user folder of an installed course (data/, results/): $XDG_DATA_HOME/companion or
-    ~/.local/share/companion on Linux, ~/Library/Application Support/companion on macOS, %LOCALAPPDATA%\\companion
-    on Windows. A checkout keeps both inside the repository instead."""
-    if sys.platform == "win32":
-        base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
-    elif sys.platform == "darwin":
-        base = Path.home() / "Library" / "Application Support"
-    else:
-        base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
-    return base.expanduser() / "companion"
 
 
 def _upper_bound(name: str) -> int | None:
@@ -132,16 +117,12 @@ def check(name: str, value: object) -> None:
         if value is not None:
             _check_model(name, value)
     elif name == "DATASET" or name.endswith("_DATASET"):
-        from .data import DATASETS
-
         if value not in DATASETS:
             _fail(name, f"one of {sorted(DATASETS)}", value)
 
 
 def _check_model(name: str, value: object) -> None:
     import timm
-
-    from . import models  # noqa: F401  (registers the course's own small models with timm)
 
     if not isinstance(value, str) or not timm.is_model(value):
         _fail(name, "a timm model name (see timm.list_models('pattern*'))", value)
@@ -219,7 +200,8 @@ def setup(
     parameter also has a generous upper bound by name (`UPPER_BOUNDS`). RESULTS_DIR is created and
     test-written here, so an unwritable folder stops before any training.
     Returns a namespace with the parameters (UPPER_CASE, resolved), `device`, `scale`, `data_dir`,
-    `results_dir`, `params` (as given, for the results file) and `start` (for the runtime). `data_dir` is
+    `results_dir`, `params` (as given, for the results file), `defaults` and `bounds` (as given) and `start` (for
+    the runtime). `data_dir` is
     DATA_DIR resolved, or None for the default data folder: notebooks pass it on as `root=cfg.data_dir` to
     every loader; the process environment is left as it was.
     """
@@ -248,22 +230,36 @@ def setup(
             )
     device = pick_device(params.get("DEVICE", "auto"))
     scale = scale_of(params.get("SCALE", "auto"), device)
-    cfg = SimpleNamespace(params=dict(params), device=device, scale=scale, start=time.perf_counter())
+    cfg = SimpleNamespace(
+        params=dict(params),
+        defaults=dict(defaults),
+        bounds=dict(bounds),
+        device=device,
+        scale=scale,
+        start=time.perf_counter(),
+    )
     for name, value in params.items():
         if name in defaults and value in (0, None):
             value = defaults[name][0 if scale == "quick" else 1]
         setattr(cfg, name, value)
     data_dir = params.get("DATA_DIR") or ""
     # passed on as root=cfg.data_dir by the notebooks; the process environment is not touched
-    cfg.data_dir = _resolve(data_dir) if data_dir else None
-    cfg.results_dir = _resolve(params.get("RESULTS_DIR") or "results")
+    cfg.data_dir = resolve(data_dir) if data_dir else None
+    cfg.results_dir = results_folder(params.get("RESULTS_DIR") or "results")
     _writable(cfg.results_dir)
     if "SEED" in params:
         seed_everything(params["SEED"])
     return cfg
 
 
-def _resolve(path: str) -> Path:
-    """A relative path is inside the repository in a checkout, else inside the per-user folder."""
+def results_folder(path: str | Path, cwd: str | Path | None = None) -> Path:
+    """The absolute folder a RESULTS_DIR value names. An absolute path (or ``~/...``) is taken as given; a relative
+    one lies beside the learner: inside the folder the notebook runs in, the kernel's working directory (`cwd`
+    when given, else the process's), which JupyterLab, papermill (so the runner) and nbval set to the notebook's
+    folder. ``$COMPANION_RESULTS_BASE``, when set (an absolute path), replaces that folder (`make test` points it into build/, so a
+    test run leaves the committed results files in notebooks/results/ alone)."""
     p = Path(path).expanduser()
-    return p if p.is_absolute() else (REPO if in_checkout() else user_folder()) / p
+    if p.is_absolute():
+        return p
+    base = os.environ.get(RESULTS_BASE_ENV) or (cwd if cwd is not None else Path.cwd())
+    return (Path(base).expanduser().absolute() / p).absolute()

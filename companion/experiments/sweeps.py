@@ -20,13 +20,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
-from . import checks
-from .data import fashion_groups, load_dataset, subsample_per_class
-from .mtl import HardSharing
-from .protocol import tune
-from .synthetic import make_tasks
+from .. import checks
+from ..batches import subsample_per_class
+from ..data import fashion_groups, load_dataset
+from ..mtl import HardSharing
+from ..synthetic import make_tasks
+from .protocol import per_seed, tune
 
 METHODS = ("alone", "probe", "finetune", "mtl", "pretrain_mtl")
 
@@ -276,8 +276,10 @@ def sweep(
     lr_grid: Sequence[float],
     hidden: Sequence[int] = (128, 64),
     progress: bool = True,
+    workers: int | str | None = None,
 ) -> dict:
-    """The decision map's raw numbers as plain data (notebook 11): `pairs(seed)` gives the columns for one seed.
+    """The decision map's raw numbers as plain data: `pairs(seed)` gives the columns for one seed. The seeds run
+    through `protocol.per_seed` (`workers` processes, one torch thread each; the same numbers as one by one).
 
     Returns {"columns": [{"name", "relatedness"}], "per_class", "seeds", "methods", "steps", "source_steps",
     "lr_grid", "scores": {column: {per_class: {method: {"target", "source", "lr", "val": [per seed]}}}}}.
@@ -296,10 +298,9 @@ def sweep(
         "hidden": list(hidden),
         "scores": {},
     }
-    bar = tqdm(total=len(seeds) * len(per_class), desc="decision map", disable=not progress)
-    for seed in seeds:
-        cols = pairs(seed)
-        data["columns"] = [{"name": p.name, "relatedness": p.relatedness} for p in cols]
+
+    def one_seed(seed: int) -> tuple[list[dict], list[tuple[str, int, dict]]]:
+        cols, cells = pairs(seed), []
         for p in cols:
             src = pretrain(p, seed=seed, steps=source_steps, hidden=hidden)
             for n in per_class:
@@ -313,10 +314,14 @@ def sweep(
                     source_model=src,
                     hidden=hidden,
                 )
-                slot = data["scores"].setdefault(p.name, {}).setdefault(str(n), {})
-                for m, v in cell.items():
-                    for k in ("target", "source", "lr", "val"):
-                        slot.setdefault(m, {}).setdefault(k, []).append(v[k])
-            bar.update(len(per_class) / len(cols))
-    bar.close()
+                cells.append((p.name, n, cell))
+        return [{"name": p.name, "relatedness": p.relatedness} for p in cols], cells
+
+    for columns, cells in per_seed(one_seed, seeds, progress=progress, desc="decision map", workers=workers):
+        data["columns"] = columns
+        for name, n, cell in cells:
+            slot = data["scores"].setdefault(name, {}).setdefault(str(n), {})
+            for m, v in cell.items():
+                for k in ("target", "source", "lr", "val"):
+                    slot.setdefault(m, {}).setdefault(k, []).append(v[k])
     return data

@@ -16,10 +16,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from . import checks
-from .mtl import GradNorm, Uncertainty
+from .. import checks
+from ..balancers import GradNorm, Uncertainty
+from ..loop import StepContext
 from .protocol import tune
-from .train import StepContext
 
 
 class UncertaintyLR:

@@ -16,21 +16,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .mtl import param_count
-from .sweeps import (  # noqa: F401  (the sweep has its own module; these names stay importable here)
+from ..experiments.sweeps import (
     METHODS,
     TaskPair,
-    _acc,
-    _steps,
-    fashion_pair,
-    mlp,
     model_for,
-    pretrain,
-    run_cell,
-    sweep,
-    synthetic_pair,
 )
-from .verdicts import best_of, holm
+from ..experiments.verdicts import best_of, holm
+from ..mtl import param_count
 
 LABELS = {
     "alone": "target alone",
@@ -176,6 +168,59 @@ def map_summary(data: dict) -> dict:
             "decided": sum(not c["tie"] for c in cells),
             "cells": len(cells),
         }
+    return out
+
+
+def rule_against_map(data: dict, *, source_examples: int) -> dict[str, list[dict]]:
+    """Put the rule of thumb (`advise` without measurements) against every cell of the map, panel by panel.
+
+    Each cell: {"per_class", "column", "rule" (the rule's approach), "rule_family", "family" and "member" (the
+    map's choice), "status", "seeds_needed"}. "status" is "agrees" or "contradicts" for a decided cell (the map's
+    family is, or is not, the rule's family) and "undecided" otherwise: only decided cells can test the rule.
+    "seeds_needed" (undecided cells): about how many seeds would decide the cell if the effects and their spread
+    stayed as measured, the largest `seeds_needed` over the comparisons that are not yet supported (each at its
+    Holm level); None when one of them would need more than `verdicts.MAX_SEEDS`. A column without a relatedness
+    (a real task pair) counts as related."""
+    _check_map(data)
+    out: dict[str, list[dict]] = {}
+    for key, (avail, crit) in PANELS.items():
+        grid = decision_map(data, available=avail, criterion=crit)
+        cells = []
+        for n, row in zip(data["per_class"], grid):
+            for col, cell in zip(data["columns"], row):
+                r = 1.0 if col["relatedness"] is None else float(col["relatedness"])
+                rule = advise(
+                    target_per_class=int(n),
+                    source_examples=source_examples,
+                    labels_together=avail,
+                    relatedness=r,
+                    source_must_work=crit == "both",
+                ).approach
+                need = None
+                if cell["tie"]:
+                    open_ = [v.get("seeds_needed") for v in cell["versus"].values() if not v["held"]]
+                    need = None if None in open_ else max(open_)
+                status = (
+                    "undecided"
+                    if cell["tie"]
+                    else "agrees"
+                    if cell["family"] == FAMILY_OF[rule]
+                    else "contradicts"
+                )
+                cells.append(
+                    {
+                        "per_class": n,
+                        "column": col["name"],
+                        "rule": rule,
+                        "rule_family": FAMILY_OF[rule],
+                        "family": cell["family"],
+                        "member": cell["member"],
+                        "vs_alone": cell["vs_alone"],
+                        "status": status,
+                        "seeds_needed": need,
+                    }
+                )
+        out[key] = cells
     return out
 
 

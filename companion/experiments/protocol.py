@@ -49,9 +49,37 @@ def seed_workers(workers: int | str | None = None) -> int:
     return n
 
 
-def _one_thread(run: Callable[[int], Mapping[str, float]], seed: int) -> Mapping[str, float]:
+def _one_thread(run: Callable[[int], object], seed: int) -> object:
     torch.set_num_threads(1)
     return run(seed)
+
+
+def per_seed(
+    run: Callable[[int], object],
+    seeds: Iterable[int],
+    *,
+    progress: bool = False,
+    desc: str = "seeds",
+    workers: int | str | None = None,
+) -> list:
+    """[run(seed) for seed in seeds], in the seeds' order, whatever `run` returns (any picklable value).
+
+    `workers` > 1 runs the seeds in that many worker processes (joblib's loky backend; `run` travels by
+    cloudpickle, so a function defined in a notebook works), each with one torch thread: the results are
+    bit-identical to running the seeds one by one with one thread, since every run seeds itself. Default: 1, or
+    $COMPANION_SEED_WORKERS ("auto": one worker per core); `seed_workers` resolves it.
+    """
+    seeds = list(seeds)
+    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
+        raise ValueError(f"seeds must be a non-empty list of non-negative integers, got {seeds!r}")
+    n = min(seed_workers(workers), len(seeds))
+    if n > 1:
+        rows = Parallel(n_jobs=n, backend="loky", return_as="generator")(
+            delayed(_one_thread)(run, seed) for seed in seeds
+        )
+    else:
+        rows = (run(seed) for seed in seeds)
+    return list(tqdm(rows, total=len(seeds), desc=desc, disable=not progress))
 
 
 def over_seeds(
@@ -61,27 +89,15 @@ def over_seeds(
     progress: bool = False,
     workers: int | str | None = None,
 ) -> dict[str, list[float]]:
-    """Run `run(seed)` for every seed; returns {metric: [value at each seed]} in the seeds' order.
+    """Run `run(seed)` for every seed (`per_seed`: in worker processes when `workers` > 1, same numbers); returns
+    {metric: [value at each seed]} in the seeds' order.
 
     Every run must report the same metric names (a method that silently skips a seed would bias the mean).
-    `workers` > 1 runs the seeds in that many worker processes (joblib's loky backend; `run` travels by
-    cloudpickle, so a function defined in a notebook works), each with one torch thread: the numbers are
-    bit-identical to running the seeds one by one with one thread, since every run seeds itself. Default: 1, or
-    $COMPANION_SEED_WORKERS ("auto": one worker per core); `seed_workers` resolves it.
     """
     seeds = list(seeds)
-    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
-        raise ValueError(f"seeds must be a non-empty list of non-negative integers, got {seeds!r}")
-    n = min(seed_workers(workers), len(seeds))
-    if n > 1:
-        pool = Parallel(n_jobs=n, backend="loky", return_as="generator")
-        rows = pool(delayed(_one_thread)(run, seed) for seed in seeds)
-    else:
-        rows = (run(seed) for seed in seeds)
+    rows = per_seed(run, seeds, progress=progress, workers=workers)
     out: dict[str, list[float]] = {}
-    for i, (seed, row) in enumerate(
-        zip(seeds, tqdm(rows, total=len(seeds), desc="seeds", disable=not progress))
-    ):
+    for i, (seed, row) in enumerate(zip(seeds, rows)):
         if i and set(row) != set(out):
             raise ValueError(f"seed {seed} reported metrics {sorted(row)}, earlier seeds {sorted(out)}")
         for key, value in row.items():

@@ -23,12 +23,14 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .data import TensorBatches, subsample_per_class
-from .device import pick_device
+from ..batches import TensorBatches, subsample_per_class
+from ..dann import train_dann
+from ..device import pick_device
+from ..evaluation import evaluate
+from ..sources import cached_source
+from ..train import fit
 from .protocol import tune
 from .strategies import tuned_strategies
-from .train import evaluate, fit
-from .transfer import cached_source, train_dann
 from .verdicts import paired
 
 __all__ = [

@@ -17,13 +17,13 @@ from collections.abc import Iterable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from . import checks
-from .data import TensorBatches, subsample_per_class
-from .device import pick_device
+from .. import checks
+from ..batches import TensorBatches, subsample_per_class
+from ..device import pick_device
+from ..evaluation import evaluate
+from ..train import fit
+from ..transfer import STRATEGIES, adapt, check_pair, layer_groups, prepare, transfer_blocks
 from .protocol import tune
-from .train import evaluate, fit
-from .transfer import STRATEGIES, adapt, layer_groups, prepare, transfer_blocks
-from .transfer import _check_pair as _pair  # one check of (images, labels) pairs
 
 __all__ = ["base_network", "copy_stages", "random_network", "summarize", "tuned_strategies"]
 
@@ -59,14 +59,14 @@ def tuned_strategies(
     `extra_tests` {name: (images, labels)}: more test sets (e.g. shifted ones never trained on, notebook 09),
     each adapted model is also evaluated on them and rows gain "test_acc/<name>" (at the rate chosen on `val`).
     """
-    x, y = _pair("train", train)
+    x, y = check_pair("train", train)
     dev = pick_device(device)
-    val_batches = TensorBatches(*_pair("val", val), 512, shuffle=False, device=dev)
-    test_batches = TensorBatches(*_pair("test", test), 512, shuffle=False, device=dev)
+    val_batches = TensorBatches(*check_pair("val", val), 512, shuffle=False, device=dev)
+    test_batches = TensorBatches(*check_pair("test", test), 512, shuffle=False, device=dev)
     if extra_tests is not None and not isinstance(extra_tests, Mapping):
         checks.fail("extra_tests", "a mapping of names to (images, labels) pairs", extra_tests)
     extra = {
-        str(name): TensorBatches(*_pair(f"extra_tests[{name!r}]", pair), 512, shuffle=False, device=dev)
+        str(name): TensorBatches(*check_pair(f"extra_tests[{name!r}]", pair), 512, shuffle=False, device=dev)
         for name, pair in (extra_tests or {}).items()
     }
     names, grid, seed_list = list(strategies), list(lr_grid), list(seeds)
@@ -170,7 +170,7 @@ def copy_stages(
     for at least `min_steps` steps at `lr`. `source` may be a trained network (AnB), a random one (the frozen
     random control) or a base network trained on the target itself (BnB). Returns the test accuracy.
     """
-    x, y = _pair("train", train)
+    x, y = check_pair("train", train)
     dev = pick_device(device)
     checks.integer("n", n, 0)
     checks.integer("min_steps", min_steps, 0)
@@ -191,9 +191,9 @@ def copy_stages(
         device=dev,
         progress=False,
     )
-    return evaluate(target, TensorBatches(*_pair("test", test), 512, shuffle=False, device=dev), device=dev)[
-        "acc"
-    ]
+    return evaluate(
+        target, TensorBatches(*check_pair("test", test), 512, shuffle=False, device=dev), device=dev
+    )["acc"]
 
 
 def base_network(
@@ -212,7 +212,7 @@ def base_network(
     the rest (BnB) measures what is lost when co-adapted neighbouring layers are split, with no change of task.
     The random draw uses seed + 1000, so it differs from the draw `copy_stages` makes for its target.
     """
-    x, y = _pair("train", train)
+    x, y = check_pair("train", train)
     dev = pick_device(device)
     num_classes = int(y.max()) + 1
     model, groups = prepare(copy.deepcopy(like), "scratch", num_classes=num_classes, lr=lr, seed=seed + 1000)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..experiments.verdicts import VERDICTS
 from .claims import failed
-from .verdicts import VERDICTS
 
 
 def _empty_counts() -> dict:
