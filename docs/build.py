@@ -13,7 +13,8 @@ Sphinx there (conf.py in this folder: myst-nb with ``nb_execution_mode="off"``),
   SVG shown at full width, linked to the 300-dpi PNG;
 - the API reference gets one page per public module of `companion` (found by walking the package, subpackages
   included: moving a module needs no edit of the docs), written by autodoc from the docstrings, and an index page
-  with each module's summary line;
+  with each module's summary line and a "used in" table: the notebooks whose code cells import each module
+  (parsed with `ast`, never typed in; each module's page repeats its line);
 - MathJax 3 is vendored from the npm registry into the site when npm is available, so the pages need no CDN.
 
 Usage: ``python docs/build.py [--out build/site] [--strict]`` (``--strict`` makes Sphinx warnings fatal).
@@ -22,6 +23,7 @@ Usage: ``python docs/build.py [--out build/site] [--strict]`` (``--strict`` make
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import pkgutil
 import re
@@ -153,21 +155,82 @@ def public_modules() -> list[str]:
     )
 
 
-def api_page(module: str) -> str:
-    """The API page of one module: its title and autodoc's rendering of its docstrings."""
-    return f"# `companion.{module}`\n\n```{{eval-rst}}\n.. automodule:: companion.{module}\n```\n"
+def imported_modules(source: str, modules: set[str]) -> set[str]:
+    """The modules of `modules` (dotted names without ``companion.``) that Python source imports: ``import
+    companion.x``, ``from companion.x import name`` and ``from companion.pkg import module``. IPython lines (``%``,
+    ``!``) are left out; a cell that still is not Python counts for nothing."""
+    lines = ["" if line.lstrip().startswith(("%", "!")) else line for line in source.splitlines()]
+    try:
+        tree = ast.parse("\n".join(lines))
+    except SyntaxError:
+        return set()
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {a.name.removeprefix("companion.") for a in node.names} & modules
+        elif (
+            isinstance(node, ast.ImportFrom)
+            and node.level == 0
+            and (node.module or "").startswith("companion")
+        ):
+            base = node.module.removeprefix("companion").removeprefix(".")
+            for a in node.names:  # a submodule by name, else the module the names come from
+                dotted = f"{base}.{a.name}" if base else a.name
+                found |= {dotted} & modules or {base} & modules
+    return found
+
+
+def used_in(folder: Path | None = None) -> dict[str, list[str]]:
+    """{public module: the stems of the course notebooks that import it, in course order}, read from the notebooks'
+    code cells (`imported_modules`), so the index follows the notebooks without a list kept by hand."""
+    folder = course.NOTEBOOK_DIR if folder is None else folder
+    modules = set(public_modules())
+    users: dict[str, list[str]] = {m: [] for m in sorted(modules)}
+    for nb in COURSE:
+        path = folder / nb.file
+        if not path.is_file():
+            continue
+        cells = json.loads(path.read_text(encoding="utf-8")).get("cells", [])
+        found = set()
+        for cell in cells:
+            if cell.get("cell_type") == "code":
+                source = cell.get("source", "")
+                found |= imported_modules("".join(source) if isinstance(source, list) else source, modules)
+        for m in found:
+            users[m].append(nb.stem)
+    return users
+
+
+def notebook_links(stems: list[str], prefix: str = "") -> str:
+    """Links to the notebooks' pages, shown by their numbers: ``[01](notebooks/01_definitions.ipynb)``."""
+    return ", ".join(f"[{s[:2]}]({prefix}notebooks/{s}.ipynb)" for s in stems) or "none (library only)"
+
+
+def used_in_table(users: dict[str, list[str]]) -> str:
+    """The API index's table: each public module and the notebooks that import it."""
+    rows = [f"| `companion.{m}` | {notebook_links(stems)} |" for m, stems in users.items()]
+    return "| Module | Used in notebooks |\n| --- | --- |\n" + "\n".join(rows) + "\n"
+
+
+def api_page(module: str, users: list[str] | None = None) -> str:
+    """The API page of one module: its title, the notebooks that import it, and autodoc's rendering of its
+    docstrings."""
+    used = "" if users is None else f"Used in notebooks: {notebook_links(users, '../')}\n\n"
+    return f"# `companion.{module}`\n\n{used}```{{eval-rst}}\n.. automodule:: companion.{module}\n```\n"
 
 
 def api_parts(folder: Path) -> dict[str, str]:
     """One page per public module written into `folder` (api/<module>.md), and the API index's pieces: a summary
-    table (each module's first docstring line) and the hidden toctree of the module pages."""
+    table (each module's first docstring line), the "used in" table (`used_in`) and the hidden toctree of the
+    module pages."""
     mods = public_modules()
+    users = used_in()
     folder.mkdir(parents=True, exist_ok=True)
     for m in mods:
-        (folder / f"{m}.md").write_text(api_page(m))
+        (folder / f"{m}.md").write_text(api_page(m, users.get(m, [])))
     table = "```{eval-rst}\n.. autosummary::\n\n" + "".join(f"   companion.{m}\n" for m in mods) + "```\n"
     toc = "```{toctree}\n:hidden:\n:maxdepth: 1\n\n" + "".join(f"api/{m}\n" for m in mods) + "```\n"
-    return {"MODULE_TABLE": table, "MODULES": toc}
+    return {"MODULE_TABLE": table, "USED_IN": used_in_table(users), "MODULES": toc}
 
 
 def fill(path: Path, parts: dict[str, str]) -> None:

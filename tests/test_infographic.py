@@ -580,6 +580,19 @@ def test_the_site_embeds_the_svg_drawn_from_the_committed_results(tmp_path):
     assert '<img src="_static/course_infographic.svg"' in html and "width:100%" in html
     assert '<a href="_static/course_infographic.png">' in html
     assert "missing" in build.front_parts(False)["INFOGRAPHIC"]
+    # the API index's "used in" table, read from the notebooks' imports (none typed in)
+    users = build.used_in()
+    assert "01_definitions" in users["experiments.verdicts"] and "11_choosing" in users["course.advice"]
+    assert "| `companion.experiments.verdicts` | [00](notebooks/00_start_here.ipynb), [01](notebooks/01_" in (
+        build.used_in_table(users)
+    )
+    assert "[01](../notebooks/01_definitions.ipynb)" in build.api_page(
+        "experiments.verdicts", users["experiments.verdicts"]
+    )
+    assert build.imported_modules(
+        "%matplotlib inline\nimport companion.mtl\nfrom companion.experiments import regimes\nfrom companion.train import fit",
+        {"mtl", "experiments", "experiments.regimes", "train"},
+    ) == {"mtl", "experiments.regimes", "train"}
     paths = build.infographic_files(tmp_path)
     assert paths is not None and {p.name for p in paths.values()} == {
         "course_infographic.png",

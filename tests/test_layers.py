@@ -3,9 +3,13 @@ core imports neither the experiments nor the course is checked by `lint-imports`
 
 from __future__ import annotations
 
+import ast
+import io
 import json
+import re
 import subprocess
 import sys
+import tokenize
 from pathlib import Path
 
 import pytest
@@ -57,3 +61,38 @@ def test_seeded_draws_as_seed_everything_and_restores_the_callers_streams():
     assert random.getstate() != before[0]
     with pytest.raises(ValueError, match="^seed must be a non-negative integer or None, got -1$"), seeded(-1):
         pass
+
+
+CHAPTER = re.compile(r"\bnotebooks? \(?\d\d|\b\d\d_[a-z_]+\.ipynb\b", re.IGNORECASE)
+
+
+def test_no_docstring_or_comment_names_a_notebook_by_number():
+    """Docstrings say what a function does, never which notebook uses it (the website's "used in" index does)."""
+    found = []
+    for path in sorted((REPO / "companion").rglob("*.py")):
+        source = path.read_text(encoding="utf-8")
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+                doc = ast.get_docstring(node, clean=False) or ""
+                if match := CHAPTER.search(doc):
+                    found.append(f"{path.relative_to(REPO)}:{getattr(node, 'lineno', 1)}: {match.group()!r}")
+        for token in tokenize.generate_tokens(io.StringIO(source).readline):
+            if token.type == tokenize.COMMENT and (match := CHAPTER.search(token.string)):
+                found.append(f"{path.relative_to(REPO)}:{token.start[0]}: {match.group()!r}")
+    assert found == []
+
+
+def test_the_chapter_pattern_catches_the_usual_forms():
+    for text in [
+        "(notebook 04)",
+        "notebooks 02, 05 and 07",
+        "Notebook 08 compares",
+        "see 05_how_transfer_helps.ipynb",
+    ]:
+        assert CHAPTER.search(text), text
+    for text in [
+        "the notebook's parameters cell",
+        "notebooks/results/",
+        "a notebook of 12 cells",
+    ]:
+        assert not CHAPTER.search(text), text

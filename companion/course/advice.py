@@ -1,4 +1,4 @@
-"""Choosing between transfer and multi-task learning: the decision map and `advise` (notebook 11).
+"""Choosing between transfer and multi-task learning: the decision map and `advise`.
 
 - The sweep that measures the map (`synthetic_pair`, `fashion_pair`, `run_cell`, `sweep`) is in `companion.sweeps`;
   its names stay importable from here.
@@ -296,7 +296,7 @@ def plot_map(data: dict):
 
 def cost_table(data: dict, pair: TaskPair, per_class: int) -> list[dict]:
     """Compute (optimiser steps and examples seen), memory (parameters kept at deployment) and labels per approach,
-    on the sweep's settings (notebook 11). Counts fixed by construction."""
+    on the sweep's settings. Counts fixed by construction."""
     steps, src = int(data["steps"]), int(data["source_steps"])
     model = model_for(pair, data["hidden"], 0)
     total = param_count(model)
@@ -480,7 +480,7 @@ def advise(
     compute: str = "medium",
     measurements: dict | None = None,
 ) -> Recommendation:
-    """Recommend target alone, transfer (probe or fine-tune), multi-task or pretrain-then-multi-task (notebook 11).
+    """Recommend target alone, transfer (probe or fine-tune), multi-task or pretrain-then-multi-task.
 
     target_per_class: labelled target examples per class; source_examples: labelled examples of the other (source)
     task, or of the data behind a pretrained model (0: there is none); labels_together: whether all tasks' labels

@@ -1,4 +1,4 @@
-"""The course on one page: an A4 landscape infographic drawn only from the notebooks' results files (notebook 12).
+"""The course on one page: an A4 landscape infographic drawn only from the notebooks' results files.
 
 Every number on the figure is a `Number` (`companion.provenance`): its value, the text drawn for it, and the
 results file and key path it was read from. `headline_numbers` reads them all; `figure` draws nothing else;

@@ -129,7 +129,7 @@ def _check_model(name: str, value: object) -> None:
 
 
 def scale_of(scale: str, device: torch.device) -> str:
-    """Resolve SCALE="auto": full on a GPU, quick otherwise (notebook 00)."""
+    """Resolve SCALE="auto": full on a GPU, quick otherwise."""
     if scale not in SCALES:
         _fail("SCALE", f"one of {list(SCALES)}", scale)
     if scale != "auto":

@@ -12,7 +12,7 @@ from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 def curves(
     histories: dict[str, Sequence[dict]], key: str, *, ax=None, xkey: str = "epoch", ylabel: str | None = None
 ):
-    """One line per labelled history for metric `key` against `xkey` (notebooks 00, 05, 06)."""
+    """One line per labelled history for metric `key` against `xkey`."""
     ax = ax or plt.subplots(figsize=(5, 3.2))[1]
     for label, hist in histories.items():
         xs = [row[xkey] for row in hist if key in row]
@@ -28,7 +28,7 @@ def curves(
 def bars(
     values: dict[str, float | Sequence[float]], *, ax=None, ylabel: str = "", chance: float | None = None
 ):
-    """Bars of means with min-max whiskers when a list of per-seed values is given (notebooks 01-11)."""
+    """Bars of means with min-max whiskers when a list of per-seed values is given."""
     ax = ax or plt.subplots(figsize=(5, 3.2))[1]
     names = list(values)
     data = [np.atleast_1d(np.asarray(values[k], dtype=float)) for k in names]
@@ -62,7 +62,7 @@ def grouped_bars(
     ylabel: str = "",
 ):
     """Bars of per-seed means side by side, one colour per series within each group, with min-max whiskers and
-    a dot per seed (notebook 09). `values[(series, group)]` holds the per-seed values."""
+    a dot per seed. `values[(series, group)]` holds the per-seed values."""
     ax = ax or plt.subplots(figsize=(8, 3.4))[1]
     width = 0.8 / len(series)
     for j, name in enumerate(series):
@@ -106,7 +106,7 @@ def _arrow(ax, a, b):
 
 
 def pipelines():
-    """Diagram: transfer learning as two phases in sequence vs multi-task learning as one parallel phase (notebook 01)."""
+    """Diagram: transfer learning as two phases in sequence vs multi-task learning as one parallel phase."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.6))
     for ax in (left, right):
         ax.set_xlim(0, 10)
@@ -147,7 +147,7 @@ def spread(
     chance: float | None = None,
     xticklabels: dict | None = None,
 ):
-    """One line per series with a min-max band over seeds: data = {label: {x: [values]}} (notebooks 02, 05, 07)."""
+    """One line per series with a min-max band over seeds: data = {label: {x: [values]}}."""
     ax = ax or plt.subplots(figsize=(5.5, 3.4))[1]
     for label, points in data.items():
         xs = sorted(points)
@@ -172,7 +172,7 @@ def spread(
 
 
 def embedding(points, labels, *, ax=None, title: str | None = None, names: Sequence[str] | None = None):
-    """A 2-D map of samples (t-SNE or PCA of features), one colour per class (notebook 02)."""
+    """A 2-D map of samples (t-SNE or PCA of features), one colour per class."""
     ax = ax or plt.subplots(figsize=(4, 4))[1]
     points = np.asarray(points.detach().cpu() if hasattr(points, "detach") else points, dtype=float)
     labels = np.asarray(labels.detach().cpu() if hasattr(labels, "detach") else labels)
@@ -199,7 +199,7 @@ def heatmaps(
     fmt: str = ".2f",
     cmap: str = "viridis",
 ):
-    """Small annotated matrices side by side, e.g. cross-stitch mixing weights per stage (notebooks 03 and 10)."""
+    """Small annotated matrices side by side, e.g. cross-stitch mixing weights per stage."""
     mats = [np.asarray(m, dtype=float) for m in mats]
     lo = min(m.min() for m in mats) if vmin is None else vmin
     hi = max(m.max() for m in mats) if vmax is None else vmax
@@ -237,7 +237,7 @@ def overlays(
     title: str | None = None,
     mask_color: str = "red",
 ):
-    """Images with mask outlines and marked points: targets or predictions of dense tasks (notebook 08).
+    """Images with mask outlines and marked points: targets or predictions of dense tasks.
 
     x: N×C×H×W in [0, 1]; masks: N×1×H×W (0/1 or probabilities, outlined at 0.5); points: N×2 (x, y) as
     fractions of the image side, drawn as crosses; labels: one title per image.

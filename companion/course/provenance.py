@@ -1,4 +1,4 @@
-"""Where the infographic's numbers come from (notebook 12): each is a `Number` read from a results file.
+"""Where the infographic's numbers come from: each is a `Number` read from a results file.
 
 A `Number` holds its value, the text drawn for it, and its provenance (the results file it was read from and the key
 path inside that file, e.g. ``claims[3].effect``). `gather` finds the results files, `strongest` picks the cards'
@@ -84,7 +84,7 @@ def resolve(data: Any, path: str) -> Any:
 
 
 def read(file: str | Path, path: str, *, name: str = "", fmt: str = "{}", reduce: str = "") -> Number:
-    """Read one number from a results file, with its provenance (the teaching example of notebook 12)."""
+    """Read one number from a results file, with its provenance: the value, the file and the key path it came from."""
     file = Path(file)
     return _number(json.loads(file.read_text()), file.name, path, name=name or path, fmt=fmt, reduce=reduce)
 
@@ -458,7 +458,7 @@ def page_size(path: str | Path) -> tuple[float, float]:
 
 
 def provenance_table(nums: dict[str, Number]) -> list[dict]:
-    """One row per number on the figure: name, value as drawn, file and key path (printed by notebook 12)."""
+    """One row per number on the figure: name, value as drawn, file and key path (a table to print beside the figure)."""
     return [
         {
             "name": n.name,

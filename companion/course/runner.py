@@ -1,4 +1,4 @@
-"""The course runner: execute notebooks with papermill and gather their claims into one table (notebook 00)."""
+"""The course runner: execute notebooks with papermill and gather their claims into one table."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Auxiliary-task experiments: does adding a task help a main task, and how would we know (notebook 06)?
+"""Auxiliary-task experiments: does adding a task help a main task, and how would we know?
 
 An auxiliary task is trained next to a main task only for the gradients it sends into the shared trunk; the
 model is judged on the main task alone. The helpers here keep those comparisons honest:
@@ -24,7 +24,7 @@ from .runners import steps_to as _steps_to
 
 
 def shuffled_labels(labels: Tensor, seed: int) -> Tensor:
-    """The same labels in a random order (seeded): an unrelated task with the same classes and counts (notebook 06).
+    """The same labels in a random order (seeded): an unrelated task with the same classes and counts.
 
     Each image receives the label of another image, so the task keeps its label distribution but carries no
     information about the image it is attached to: a model can only memorise it.
@@ -40,7 +40,7 @@ def shuffled_labels(labels: Tensor, seed: int) -> Tensor:
 
 
 class AccuracyEvery:
-    """A `fit` callback: the test accuracy of one task every `every` optimiser steps (notebook 06).
+    """A `fit` callback: the test accuracy of one task every `every` optimiser steps.
 
     After training, `steps` and `acc` hold the step numbers and accuracies (step 0: before the first update).
     Evaluation runs in eval mode without gradients and draws no random numbers, so training is unchanged.
@@ -77,9 +77,9 @@ class AccuracyEvery:
 
 
 def steps_to(steps: Sequence[int], acc: Sequence[float], threshold: float) -> float:
-    """The first recorded step whose accuracy reaches `threshold`; inf when it never does (notebook 06).
+    """The first recorded step whose accuracy reaches `threshold`; inf when it never does.
 
-    The curve as two lists, read by `transfer.steps_to` (the one rule, taught in notebook 05)."""
+    The curve as two lists, read by `transfer.steps_to` (one rule for every curve)."""
     if len(steps) != len(acc):
         raise ValueError(f"steps and acc must have equal lengths, got {len(steps)} and {len(acc)}")
     step = _steps_to([{"step": s, "acc": a} for s, a in zip(steps, acc)], threshold - 1e-12, key="acc")
@@ -87,10 +87,10 @@ def steps_to(steps: Sequence[int], acc: Sequence[float], threshold: float) -> fl
 
 
 def images_needed(target: float, sizes: Sequence[int], means: Sequence[float]) -> float:
-    """Training images a data-efficiency curve needs to reach `target`, interpolated in log(n) (notebook 06).
+    """Training images a data-efficiency curve needs to reach `target`, interpolated in log(n).
 
     `sizes` ascending, `means` the curve's accuracy at each size. Returns sizes[0] when the curve starts above the
-    target and inf when it never reaches it: `transfer.labels_to_reach` (notebook 05) on the curve.
+    target and inf when it never reaches it: `transfer.labels_to_reach` on the curve.
     """
     if len(sizes) != len(means) or not sizes:
         raise ValueError(
@@ -129,7 +129,7 @@ def auxiliary_sweep(
     eval_every: int = 25,
     fit_options: dict | None = None,
 ) -> list[dict]:
-    """Train every model on nested training sets for every seed, judged on the `main` task (notebook 06).
+    """Train every model on nested training sets for every seed, judged on the `main` task.
 
     For every seed, `data(seed)` returns a training pool and a test set ((x, y), y a dict task -> labels). Each
     model trains with `companion.mtl.compare_models` on the pool's first n items for about `steps` optimiser

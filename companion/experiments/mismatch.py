@@ -1,4 +1,4 @@
-"""When transfer goes wrong: corrupted and small sources, shifted targets, the negative transfer gap (notebook 09).
+"""When transfer goes wrong: corrupted and small sources, shifted targets, the negative transfer gap.
 
 - `corrupt_labels` replaces an exact fraction of labels by a *different* class drawn uniformly: with k classes,
   a fraction (k - 1) / k leaves the labels independent of the images (pure noise).
@@ -48,7 +48,7 @@ _VERSION = 1  # bump to invalidate every cached noisy source
 
 def corrupt_labels(y: Tensor, fraction: float, *, num_classes: int | None = None, seed: int = 0) -> Tensor:
     """A copy of integer labels `y` with round(fraction * n) of them, chosen at random, replaced by a different
-    class drawn uniformly among the other num_classes - 1 (notebook 09).
+    class drawn uniformly among the other num_classes - 1.
 
     The changed positions and new labels depend only on `seed`. With 10 classes, fraction 0.9 makes every class
     equally likely whatever the true one (labels carry no information); fraction 0 returns an unchanged copy.
@@ -84,7 +84,7 @@ def noisy_source(
     root: str | Path | None = None,
     device: str | torch.device = "auto",
 ) -> tuple[nn.Module, dict]:
-    """A source network trained on `dataset` with a fraction `noise` of corrupted labels, cached (notebook 09).
+    """A source network trained on `dataset` with a fraction `noise` of corrupted labels, cached.
 
     n: training images per class (None: all), drawn before the labels are corrupted. Training runs `epochs`
     passes, or more where a small source needs them to make at least `min_steps` optimiser steps (so that a
@@ -138,7 +138,7 @@ def target_sweep(
     transform: Callable[[Tensor], Tensor] | None = None,
     **kw,
 ) -> list[dict]:
-    """`tuned_strategies` for every source and target size; rows gain "source" and "per_class" (notebook 09).
+    """`tuned_strategies` for every source and target size; rows gain "source" and "per_class".
 
     Every source, strategy and size of a seed sees the same labelled target images, the same learning-rate
     grid (rate chosen on `val`) and the same number of steps. With `scratch`, one extra row per size and seed
@@ -171,7 +171,7 @@ def target_sweep(
 
 
 def by_cell(rows: Iterable[dict], *keys: str, value: str = "test_acc") -> dict[tuple, list[float]]:
-    """{(row[k] for k in keys): [value at each seed, in the rows' order]} from `target_sweep` rows (notebook 09)."""
+    """{(row[k] for k in keys): [value at each seed, in the rows' order]} from `target_sweep` rows."""
     out: dict[tuple, list[float]] = {}
     for row in rows:
         missing = [k for k in (*keys, value) if k not in row]
@@ -182,7 +182,7 @@ def by_cell(rows: Iterable[dict], *keys: str, value: str = "test_acc") -> dict[t
 
 
 def negative_transfer_gap(scratch: Sequence[float], transfer: Sequence[float]) -> dict:
-    """Wang et al. (2019)'s negative transfer gap, acc(scratch) - acc(transfer), paired by seed (notebook 09).
+    """Wang et al. (2019)'s negative transfer gap, acc(scratch) - acc(transfer), paired by seed.
 
     Returns {"gaps" (per seed), "mean", "ci" (95 % paired interval of the gap), "negative": the source hurt (the
     interval lies above zero), "positive": it helped (below zero), "verdict": `verdicts.paired(scratch, transfer)`}.
@@ -217,7 +217,7 @@ def domain_adaptation(
     max_lambda: float = 1.0,
     device: str | torch.device = "auto",
 ) -> list[dict]:
-    """Source-only training, DANN and few-label fine-tuning from one source network, rates tuned alike (notebook 09).
+    """Source-only training, DANN and few-label fine-tuning from one source network, rates tuned alike.
 
     Every method starts from a copy of `source` (its head kept: same label space) and makes `steps` optimiser
     steps at each rate of `lr_grid`; `protocol.tune` keeps the rate with the best accuracy on the labelled `val`

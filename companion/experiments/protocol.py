@@ -1,9 +1,9 @@
-"""The fair-comparison protocol: every method gets the same seeds and the same tuning budget (all notebooks).
+"""The fair-comparison protocol: every method gets the same seeds and the same tuning budget.
 
 A comparison of methods in this course credits only the variable it varies. `tune` gives each method the same
 small grid for its own hyperparameter, chosen on a validation split (never on the test set); `over_seeds` runs a
 whole measurement once per seed and stacks the numbers so `companion.verdicts` can compare methods seed by seed;
-`delta_m` sums a multi-task model up against single-task models in one number (notebook 10).
+`delta_m` sums a multi-task model up against single-task models in one number.
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ def mean_range(values: Sequence[float], digits: int = 3) -> str:
 def delta_m(
     scores: Mapping[str, float], baseline: Mapping[str, float], *, lower_is_better: Iterable[str] = ()
 ) -> float:
-    """Mean relative change of a multi-task model against single-task baselines, in percent (notebook 10).
+    """Mean relative change of a multi-task model against single-task baselines, in percent.
 
     Delta_m = 100/T * sum_t (-1)^{l_t} (M_t - B_t) / B_t over the T tasks of `baseline` (Maninis et al. 2019, the
     summary the multi-task literature reports), where l_t = 1 for a metric where lower is better (an error, a

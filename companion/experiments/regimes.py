@@ -1,4 +1,4 @@
-"""Sequential vs parallel training of two tasks on one compute budget (notebook 04).
+"""Sequential vs parallel training of two tasks on one compute budget.
 
 One pair of tasks A, B and three regimes that each make a given number of optimiser steps on full batches of one
 size, so every regime sees exactly steps x batch_size examples:
@@ -8,7 +8,8 @@ size, so every regime sees exactly steps x batch_size examples:
   afterwards (`head_accuracy`, or `companion.transfer.forgetting`) measures forgetting.
 - **parallel** (multi-task A + B): one trunk with a head per task (`companion.mtl.HardSharing`) trained on the
   weighted sum of the task losses (`train_multitask`). `to_multitask` and `from_multitask` convert between the two
-  model forms, so a trunk trained one way can continue the other way (the two combinations of notebook 04).
+  model forms, so a trunk trained one way can continue the other way (pretrain on A, then multi-task A + B;
+  multi-task A + B, then fine-tune on B).
 - **alone**: `train_task` on B from the same random start.
 
 `StepStream` cuts an endless, seeded, reshuffled stream of full batches into passes of a given length; `Monitor`
@@ -54,7 +55,7 @@ SEQUENTIAL = ("finetune", "frozen", "l2sp", "lp_ft")
 
 
 class StepStream:
-    """Passes of exactly `steps` full batches over an endless, reshuffled stream of epochs (notebook 04).
+    """Passes of exactly `steps` full batches over an endless, reshuffled stream of epochs.
 
     fit sees one pass as one epoch. The underlying epochs of `x, y` are shuffled from `seed` (epoch e's order
     depends on (seed, e) only) and the stream carries on across passes and fit calls: change `steps` between two
@@ -98,7 +99,7 @@ class StepStream:
 
 
 def head_accuracy(model: nn.Module, head: nn.Module, x: Tensor, y: Tensor, *, batch_size: int = 512) -> float:
-    """Accuracy of `head` on the pooled features of a timm `model`, its own classifier bypassed (notebook 04).
+    """Accuracy of `head` on the pooled features of a timm `model`, its own classifier bypassed.
 
     This reads accuracy on A off a model that now carries B's head: A's old head, kept aside, on the current
     trunk. Runs in eval mode on the model's device; the model's train/eval mode is restored.
@@ -117,7 +118,7 @@ def head_accuracy(model: nn.Module, head: nn.Module, x: Tensor, y: Tensor, *, ba
 
 
 class Monitor:
-    """A fit callback that records `probe()` -> {name: value} every `every` optimiser steps (notebook 04).
+    """A fit callback that records `probe()` -> {name: value} every `every` optimiser steps.
 
     It counts steps itself, so one monitor follows several fit calls (both phases of LP-FT). Rows are
     {"step": offset + steps seen, **probe()}, with one row at the start of the first fit.
@@ -142,7 +143,7 @@ class Monitor:
 
 
 def build(name: str, *, in_chans: int, num_classes: int, seed: int) -> nn.Module:
-    """A timm model with random weights drawn from `seed`: the same start for every regime (notebook 04)."""
+    """A timm model with random weights drawn from `seed`: the same start for every regime."""
     checks.integer("seed", seed, 0)
     with seeded(seed):
         return backbone(name, in_chans=in_chans, num_classes=num_classes)
@@ -151,7 +152,7 @@ def build(name: str, *, in_chans: int, num_classes: int, seed: int) -> nn.Module
 def to_multitask(
     model: nn.Module, classes: Mapping[str, int], *, keep: str | None = None, seed: int = 0
 ) -> HardSharing:
-    """A hard-sharing model on a copy of a timm model's trunk, one linear head per task (notebook 04).
+    """A hard-sharing model on a copy of a timm model's trunk, one linear head per task.
 
     `keep` names the task whose head is a copy of the model's own classifier (the task it was trained on); the
     other heads are fresh, drawn from `seed`. The model itself is left untouched.
@@ -176,7 +177,7 @@ def to_multitask(
 
 
 def from_multitask(model: HardSharing, num_classes: int, *, seed: int = 0) -> nn.Module:
-    """A single-task timm model on a copy of a hard-sharing model's trunk, with a fresh head (notebook 04)."""
+    """A single-task timm model on a copy of a hard-sharing model's trunk, with a fresh head."""
     if not isinstance(model, HardSharing) or not hasattr(model.trunk, "reset_classifier"):
         raise ValueError(f"model must be a HardSharing model with a timm trunk, got {type(model).__name__}")
     checks.integer("num_classes", num_classes, 1)
@@ -206,7 +207,7 @@ def train_task(
     monitor: Monitor | None = None,
     device="auto",
 ) -> int:
-    """Train every weight of a model on one task for `steps` AdamW steps of full batches (notebook 04).
+    """Train every weight of a model on one task for `steps` AdamW steps of full batches.
 
     Returns the examples processed, steps x batch_size (one forward and backward pass each).
     """
@@ -232,7 +233,7 @@ def adapt_task(
     monitor: Monitor | None = None,
     device="auto",
 ) -> int:
-    """Adapt a model trained on A to task B in place: a fresh head, then one of SEQUENTIAL (notebook 04).
+    """Adapt a model trained on A to task B in place: a fresh head, then one of SEQUENTIAL.
 
     finetune: every weight trains. frozen: only the new head (the trunk and its BatchNorm statistics stay fixed).
     l2sp: fine-tuning plus alpha/2 ||w - w_A||^2 towards the trunk weights on entry (Xuhong et al. 2018). lp_ft:
@@ -275,7 +276,7 @@ def train_multitask(
     device="auto",
 ) -> int:
     """Train a hard-sharing model on sum_t w_t L_t for `steps` AdamW steps; every batch carries every task's
-    labels (notebook 04). Returns the examples processed, steps x batch_size: one trunk pass serves all tasks.
+    labels. Returns the examples processed, steps x batch_size: one trunk pass serves all tasks.
     """
     checks.positive("lr", lr)
     if not isinstance(y, Mapping) or not y or set(y) - set(model.heads):
@@ -295,6 +296,6 @@ def train_multitask(
 
 
 def accuracy(model: nn.Module, x: Tensor, y: Tensor | Mapping[str, Tensor], *, device="auto") -> float | dict:
-    """Test accuracy: a float for a single-task model, {task: accuracy} for a multi-task one (notebook 04)."""
+    """Test accuracy: a float for a single-task model, {task: accuracy} for a multi-task one."""
     out = evaluate(model, TensorBatches(x, y, 512, shuffle=False), device=device)
     return {t: out[f"acc/{t}"] for t in y} if isinstance(y, Mapping) else out["acc"]

@@ -1,5 +1,5 @@
 """Experiment runners: sweeps and comparisons built from the library's pieces, returning rows for plots and
-claims (transfer sweeps in notebooks 02, 05 and 07; multi-task comparisons in notebooks 03, 06 and 08).
+claims (transfer sweeps over strategies and label counts; multi-task comparisons of models and data sizes).
 
 Transfer (on `companion.transfer`): `label_efficiency` (accuracy per strategy, labels per class and seed),
 `block_sweep` (Yosinski et al. 2014's copy-n-stages experiment), `steps_to`, `labels_to_reach`, `group_rows`
@@ -73,7 +73,7 @@ def label_efficiency(
     eval_every: int | None = None,
     device: str | torch.device = "auto",
 ) -> list[dict]:
-    """Target accuracy per strategy, labels per class and seed: the label-efficiency sweep (notebooks 02, 05, 07).
+    """Target accuracy per strategy, labels per class and seed: the label-efficiency sweep.
 
     Each run copies `source`, subsamples `per_class` labelled images of every class from `train` (None: all of
     them; the subset depends on the seed only, so all strategies of a seed see the same images), adapts with
@@ -183,7 +183,7 @@ def block_sweep(
     seed: int = 0,
     device: str | torch.device = "auto",
 ) -> list[dict]:
-    """Yosinski et al. (2014)'s sweep: copy the first n source stages, frozen or fine-tuned, train the rest (notebook 02).
+    """Yosinski et al. (2014)'s sweep: copy the first n source stages, frozen or fine-tuned, train the rest.
 
     For each n (default 0..len(stages)), a target of the source's architecture is redrawn with `seed` (the same
     random weights for every n), gets a fresh head and the first n stages of `source` (`transfer_blocks`), and
@@ -237,7 +237,7 @@ def block_sweep(
 
 
 def steps_to(history: Iterable[Mapping], threshold: float, *, key: str = "val_acc") -> int | None:
-    """The optimiser step of the first history row whose `key` reaches `threshold`, or None (notebook 05)."""
+    """The optimiser step of the first history row whose `key` reaches `threshold`, or None."""
     for row in history:
         value = row.get(key)
         if value is not None and value >= threshold:
@@ -246,7 +246,7 @@ def steps_to(history: Iterable[Mapping], threshold: float, *, key: str = "val_ac
 
 
 def labels_to_reach(points: Mapping[float, float], target: float) -> float | None:
-    """Labels per class at which an accuracy curve {labels: accuracy} first reaches `target` (notebook 05).
+    """Labels per class at which an accuracy curve {labels: accuracy} first reaches `target`.
 
     Interpolated linearly in log(labels) between the last point below and the first point at or above the
     target; the smallest x if it is already there; None if the curve never gets there.
@@ -267,7 +267,7 @@ def labels_to_reach(points: Mapping[float, float], target: float) -> float | Non
 def group_rows(
     rows: Iterable[Mapping], *, value: str = "acc", series: str = "strategy", x: str = "per_class"
 ) -> dict[str, dict]:
-    """{series: {x: [value of each row]}} from sweep rows, x in increasing order (notebooks 02, 05, 07)."""
+    """{series: {x: [value of each row]}} from sweep rows, x in increasing order."""
     out: dict[str, dict] = {}
     for row in rows:
         for name in (value, series, x):
@@ -286,13 +286,13 @@ def probe_accuracy(
     weight_decay: float = 1e-3,
     max_iter: int = 200,
 ) -> float:
-    """Test accuracy of a linear probe (multinomial logistic regression) on frozen features (notebook 07).
+    """Test accuracy of a linear probe (multinomial logistic regression) on frozen features.
 
     The classic probe on cached features: each feature is standardised with the training mean and std, then a
     linear layer minimises mean cross-entropy + weight_decay / 2 * |W|^2 by full-batch L-BFGS from zero weights
     (a convex problem: the result does not depend on a seed). Runs in float64 on the CPU. Our own rather than
-    scikit-learn's LogisticRegression for teaching: notebook 07 writes this probe out in a few torch lines and
-    checks them against it, and an exercise of notebook 02 compares it with scikit-learn's on the same features.
+    scikit-learn's LogisticRegression for teaching: the probe is a few torch lines a learner can read and
+    rewrite; on the standardised features it minimises scikit-learn's objective with C = 1 / (weight_decay * n).
     """
     checks.positive("weight_decay", weight_decay)
     checks.integer("max_iter", max_iter, 1)
@@ -367,7 +367,7 @@ def compare_models(
     fit_options: dict | None = None,
     curves: bool = False,
 ) -> dict[str, dict]:
-    """Train several models on the same data, batches and seed, and measure each (notebooks 03, 06 and 08).
+    """Train several models on the same data, batches and seed, and measure each.
 
     Each builder is called right after `torch.manual_seed(seed)` and must return a model whose forward gives a
     dict task -> output; the model trains with `fit` on the tasks it outputs (a single-task model ignores the
@@ -442,7 +442,7 @@ def size_sweep(
     fit_options: dict | None = None,
     curve_size: int | None = None,
 ) -> list[dict]:
-    """Data-efficiency sweep: models trained on nested subsets of several sizes, for several seeds (notebook 06).
+    """Data-efficiency sweep: models trained on nested subsets of several sizes, for several seeds.
 
     For every seed, `data(seed)` returns a training pool and a test set ((x, y) pairs, y a dict task -> targets);
     for every n in `sizes` the models train (with `compare_models`) on the pool's first n items for about

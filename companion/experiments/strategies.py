@@ -1,4 +1,4 @@
-"""Fair experiment loops over transfer strategies and Yosinski's copy-n-stages controls (notebook 02).
+"""Fair experiment loops over transfer strategies and Yosinski's copy-n-stages controls.
 
 - `tuned_strategies` gives every strategy (scratch, linear probe, fine-tune, LP-FT, ...) the same learning-rate
   grid, picks each one's rate on a validation split (`protocol.tune`, never the test set) and reports the test
@@ -49,14 +49,14 @@ def tuned_strategies(
     device: str | torch.device = "auto",
     extra_tests: Mapping[str, tuple[Tensor, Tensor]] | None = None,
 ) -> list[dict]:
-    """Every strategy with the same learning-rate grid, each rate chosen on `val`, reported on `test` (notebook 02).
+    """Every strategy with the same learning-rate grid, each rate chosen on `val`, reported on `test`.
 
     For each seed, `per_class` labelled images of every class are drawn from `train` (the same images for every
     strategy of that seed); each strategy adapts a copy of `source` once per rate of `lr_grid` for the same number
     of optimiser steps (at least `min_steps`; LP-FT spends the first half probing, the second fine-tuning, both at
     the rate), and `protocol.tune` keeps the rate with the best validation accuracy (ties: the earlier rate).
     Keep `val` disjoint from `train`. Rows: {strategy, seed, lr (chosen), val_acc, test_acc, val_scores}.
-    `extra_tests` {name: (images, labels)}: more test sets (e.g. shifted ones never trained on, notebook 09),
+    `extra_tests` {name: (images, labels)}: more test sets (e.g. shifted ones never trained on),
     each adapted model is also evaluated on them and rows gain "test_acc/<name>" (at the rate chosen on `val`).
     """
     x, y = check_pair("train", train)
@@ -138,7 +138,7 @@ def tuned_strategies(
 
 
 def summarize(rows: Iterable[dict], value: str = "test_acc") -> dict[str, list[float]]:
-    """{strategy: [value at each seed, in the rows' order]} from `tuned_strategies` rows (notebook 02)."""
+    """{strategy: [value at each seed, in the rows' order]} from `tuned_strategies` rows."""
     out: dict[str, list[float]] = {}
     for row in rows:
         if "strategy" not in row or value not in row:
@@ -163,7 +163,7 @@ def copy_stages(
     seed: int = 0,
     device: str | torch.device = "auto",
 ) -> float:
-    """One cell of Yosinski et al. (2014)'s sweep: copy stages 1..n of `source`, train the rest (notebook 02).
+    """One cell of Yosinski et al. (2014)'s sweep: copy stages 1..n of `source`, train the rest.
 
     The target has `source`'s architecture, redrawn with `seed` (the same random weights whatever n and source),
     a fresh head, and the first n stages of `source` (frozen or trained further); it trains on all of `train`
@@ -206,7 +206,7 @@ def base_network(
     seed: int = 0,
     device: str | torch.device = "auto",
 ) -> nn.Module:
-    """A network of `like`'s architecture trained from random weights on the target set itself (notebook 02).
+    """A network of `like`'s architecture trained from random weights on the target set itself.
 
     Yosinski et al.'s base B: copying its own first n stages back (frozen) into a fresh network and retraining
     the rest (BnB) measures what is lost when co-adapted neighbouring layers are split, with no change of task.
@@ -231,6 +231,6 @@ def base_network(
 
 
 def random_network(like: nn.Module, *, seed: int) -> nn.Module:
-    """A copy of `like` with every weight redrawn from its initialisation with `seed` (notebook 02's control)."""
+    """A copy of `like` with every weight redrawn from its initialisation with `seed`: the control for copied weights."""
     model, _ = prepare(copy.deepcopy(like), "scratch", seed=seed)
     return model.cpu().eval()

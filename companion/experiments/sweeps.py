@@ -1,4 +1,4 @@
-"""The decision map's sweep (notebook 11): task pairs, the five approaches trained on one budget, and `sweep`.
+"""The decision map's sweep: task pairs, the five approaches trained on one budget, and `sweep`.
 
 - `synthetic_pair` / `fashion_pair` build one source task and one target task (the synthetic relatedness knob of
   `make_tasks`, or Fashion-MNIST's coarse groups as the source for its fine classes).
@@ -60,7 +60,7 @@ def synthetic_pair(
     classes: int = 4,
     factors: tuple[str, str] = ("scale", "shape"),
 ) -> TaskPair:
-    """Source task `factors[0]` and target task `factors[1]` of `make_tasks`, tied by `relatedness` (notebook 11).
+    """Source task `factors[0]` and target task `factors[1]` of `make_tasks`, tied by `relatedness`.
 
     Source training images, the target's labelled pool, its validation split (`n_val` per class), and the two test
     sets are independent draws (different seeds derived from `seed`), all at the same relatedness.
@@ -137,7 +137,7 @@ def fashion_pair(
 
 
 def mlp(in_dim: int, hidden: Sequence[int] = (128, 64)) -> nn.Sequential:
-    """The sweep's tiny trunk: flatten, then Linear + ReLU layers (notebook 11)."""
+    """The sweep's tiny trunk: flatten, then Linear + ReLU layers."""
     layers: list[nn.Module] = [nn.Flatten()]
     for h in hidden:
         layers += [nn.Linear(in_dim, h), nn.ReLU()]
@@ -146,7 +146,7 @@ def mlp(in_dim: int, hidden: Sequence[int] = (128, 64)) -> nn.Sequential:
 
 
 def model_for(pair: TaskPair, hidden: Sequence[int] = (128, 64), seed: int = 0) -> HardSharing:
-    """The sweep's model for a pair: the `mlp` trunk and one linear head per task, seeded (notebook 11)."""
+    """The sweep's model for a pair: the `mlp` trunk and one linear head per task, seeded."""
     torch.manual_seed(seed)
     in_dim = int(np.prod(pair.source[0].shape[1:]))
     return HardSharing(mlp(in_dim, hidden), {t: nn.Linear(hidden[-1], k) for t, k in pair.classes.items()})
@@ -207,7 +207,7 @@ def run_cell(
     hidden: Sequence[int] = (128, 64),
     methods: Sequence[str] = METHODS,
 ) -> dict[str, dict[str, float]]:
-    """Train every approach on `per_class` labelled target examples per class (notebook 11).
+    """Train every approach on `per_class` labelled target examples per class.
 
     Budget, the same for all: `source_steps + steps` optimiser steps in all, each method's learning rate chosen
     from `lr_grid` on the target's validation split. Transfer and pretrain-then-multi-task start from

@@ -1,6 +1,6 @@
 """Loss weighting under a fair protocol: tunable balancers, one tuning budget for all, learned weights over time.
 
-Notebook 08 compares ways to weight the losses of one multi-task network. Each method has its own
+Compare ways to weight the losses of one multi-task network. Each method has its own
 hyperparameters (FAMO's weight learning rate, the log-variance learning rate of uncertainty weighting, GradNorm's
 learning rate and weight floor); `tune_each` gives every method the same number of tries for them, chosen on a
 validation split. `UncertaintyLR` and `GradNormFloor` expose the hyperparameters that `companion.mtl`'s versions
@@ -23,7 +23,7 @@ from .protocol import tune
 
 
 class UncertaintyLR:
-    """Uncertainty weighting (Kendall et al. 2018) whose log-variances have their own Adam learning rate (notebook 08).
+    """Uncertainty weighting (Kendall et al. 2018) whose log-variances have their own Adam learning rate.
 
     Objective sum_t exp(-s_t) L_t + s_t (see `mtl.Uncertainty`). `mtl.Uncertainty` is an nn.Module, so `fit`
     trains its s_t at the network's learning rate; here they get `lr` (a hyperparameter of the method, to be
@@ -59,11 +59,11 @@ class UncertaintyLR:
 
 
 class GradNormFloor(GradNorm):
-    """GradNorm (Chen et al. 2018) with the lower bound on a task weight set explicitly (notebook 08).
+    """GradNorm (Chen et al. 2018) with the lower bound on a task weight set explicitly.
 
     `mtl.GradNorm` clips task weights at `floor` (default 1e-3) before renormalising them to sum to T; a task whose
-    gradient is 10^4 times the others' needs a weight below 1e-3 to be brought into line, so notebook 08 names the
-    floor it uses. Same update otherwise.
+    gradient is 10^4 times the others' needs a weight below 1e-3 to be brought into line, so a caller can name the
+    floor it needs. Same update otherwise.
     """
 
     def __init__(self, alpha: float = 1.5, layer=None, lr: float = 0.025, floor: float = 1e-3):
@@ -71,7 +71,7 @@ class GradNormFloor(GradNorm):
 
 
 class Traced:
-    """Wrap a balancer and keep its logged numbers (task weights `w/<task>`, ...) at every step (notebook 08).
+    """Wrap a balancer and keep its logged numbers (task weights `w/<task>`, ...) at every step.
 
     `trace` is a list of {"step": int, **logs}; `series(key)` gives one number per step. The wrapped balancer
     must not be an nn.Module (fit would not see its parameters through the wrapper).
@@ -137,7 +137,7 @@ def tune_each(
 
 
 def log_loss_score(losses: Mapping[str, float]) -> float:
-    """Minus the sum of log task losses: a validation score that does not depend on the tasks' units (notebook 08).
+    """Minus the sum of log task losses: a validation score that does not depend on the tasks' units.
 
     Multiplying one task's labels by c multiplies its squared-error loss by c^2, which adds a constant to this
     score, the same for every method, so the ranking of methods does not depend on the units.
@@ -155,7 +155,7 @@ def log_loss_score(losses: Mapping[str, float]) -> float:
 def scene_scores(
     out: Mapping[str, Tensor], target: Mapping[str, Tensor], box_unit: float = 1.0
 ) -> dict[str, float]:
-    """Test scores of a road-scene perception model (notebook 08): class accuracy, box error, mask IoU.
+    """Test scores of a road-scene perception model: class accuracy, box error, mask IoU.
 
     `out` holds the model's outputs (`cls` logits, `box` in units of `box_unit` per image side, `mask` logits);
     `target` the labels of `synthetic.make_scenes` (`box` in fractions of the image side, `mask` in {0, 1}).
