@@ -92,10 +92,12 @@ COURSE = [
     ),
     Notebook(
         "07_applications_of_transfer.ipynb",
-        "Applications: a real ImageNet backbone on animal silhouettes; where transfer is used",
+        "Applications: a real ImageNet backbone on animal silhouettes, a sentence encoder on movie reviews; where "
+        "transfer is used",
     ),
     Notebook(
-        "08_mtl_use_cases.ipynb", "MTL use cases: a perception toy with mixed losses, multi-label scans"
+        "08_mtl_use_cases.ipynb",
+        "MTL use cases: a perception toy with mixed losses, multi-label scans, two text tasks on one encoder",
     ),
     Notebook(
         "09_challenges_of_transfer.ipynb",

@@ -76,7 +76,10 @@ PROJECT = {
     "04_core_difference": ["Forgetting", "The two combinations"],
     "05_how_transfer_helps": ["The label-efficiency curve", "Faster convergence"],
     "06_benefits_of_mtl": ["Data efficiency", "A counter-example: an auxiliary task that competes"],
-    "07_applications_of_transfer": ["4. A linear probe on borrowed features vs a CNN from scratch"],
+    "07_applications_of_transfer": [
+        "4. A linear probe on borrowed features vs a CNN from scratch",
+        "5. The same recipe for text: a frozen sentence encoder and a linear probe",
+    ],
     "08_mtl_use_cases": ["The losses before any training", "Five methods, several seeds"],
     "09_challenges_of_transfer": [
         "Negative transfer, measured",
