@@ -68,3 +68,34 @@ def test_memo_errors_name_the_argument():
         f(torch.nn.Linear(1, 1).weight.detach().numpy())
     with pytest.raises(ValueError, match="^fn must be callable, got int"):
         memo(3)
+
+
+def test_memo_travels_by_value_to_a_worker_process():
+    # over_seeds' workers get the run by cloudpickle: a memoised function defined outside an importable module
+    # (a notebook's __main__) must arrive with its code, not as a name the worker cannot look up
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        """
+        import subprocess, sys
+        import cloudpickle
+        from companion.experiments.memo import memo
+
+        @memo
+        def data(seed):
+            return [seed, seed * 2]
+
+        @memo
+        def run(seed, tasks=["a"]):
+            return {"x": sum(data(seed)), "tasks": list(tasks)}
+
+        payload = cloudpickle.dumps(lambda seed: run(seed))
+        code = "import pickle, sys; print(pickle.loads(sys.stdin.buffer.read())(3))"
+        out = subprocess.run([sys.executable, "-c", code], input=payload, capture_output=True, check=True)
+        print(out.stdout.decode().strip())
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "{'x': 9, 'tasks': ['a']}"
