@@ -181,6 +181,35 @@ class HardSharing(nn.Module):
         return self.heads[task].parameters()
 
 
+def mlp_trunk(in_features: int, width: int = 128) -> nn.Sequential:
+    """A small fully connected trunk: flatten, then two linear layers of `width` units, each with a ReLU.
+
+    Built in that order from torch's default initialisation, so the same seed gives the same weights.
+    """
+    checks.integer("in_features", in_features)
+    checks.integer("width", width)
+    return nn.Sequential(
+        nn.Flatten(1), nn.Linear(in_features, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU()
+    )
+
+
+def mlp_hard_sharing(
+    in_features: int, heads: dict[str, tuple[str, int]], width: int = 128, hidden: int = 64
+) -> HardSharing:
+    """Hard sharing on `mlp_trunk(in_features, width)`, one `head(kind, width, out, hidden)` per task.
+
+    `heads` maps a task to (kind, out), e.g. {"left": ("classification", 10)}. The trunk is built first, then
+    the heads in the dict's order, so after `torch.manual_seed` every weight is fixed by the seed.
+    """
+    if not isinstance(heads, dict) or not heads:
+        raise ValueError(f"heads must be a non-empty dict task -> (kind, out), got {heads!r}")
+    for task, spec in heads.items():
+        if not (isinstance(spec, tuple) and len(spec) == 2):
+            raise ValueError(f"heads: entry {task!r} must be a (kind, out) pair, got {spec!r}")
+    trunk = mlp_trunk(in_features, width)
+    return HardSharing(trunk, {t: head(kind, width, out, hidden) for t, (kind, out) in heads.items()})
+
+
 def conv_tower(in_chans: int, widths: Sequence[int]) -> nn.ModuleList:
     """A small CNN as a list of stages (3×3 conv, batch norm, ReLU, 2×2 max-pool) for soft sharing."""
     checks.integer("in_chans", in_chans)

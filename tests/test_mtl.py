@@ -32,6 +32,8 @@ from companion.mtl import (
     Separate,
     conv_tower,
     head,
+    mlp_hard_sharing,
+    mlp_trunk,
     param_count,
     separate_models,
 )
@@ -728,3 +730,34 @@ def test_stateful_balancer_state_is_a_copy_and_checked(name):
     assert all(not v.requires_grad for v in state.values() if isinstance(v, torch.Tensor))
     with pytest.raises(ValueError, match=r"state must be a .*state_dict\(\) with keys"):
         other.load_state_dict({"weights": {}})
+
+
+def test_mlp_hard_sharing_reference_values_and_seeded_weights():
+    torch.manual_seed(0)
+    net = mlp_hard_sharing(4, {"a": ("classification", 3), "b": ("regression", 1)}, width=8, hidden=4)
+    # trunk (4*8+8) + (8*8+8), heads (8*4+4 + 4*3+3) and (8*4+4 + 4*1+1)
+    assert param_count(net) == 204
+    out = net(torch.arange(4.0).reshape(1, 1, 2, 2) / 4)
+    assert out["a"].flatten().tolist() == pytest.approx([-0.203138, -0.036455, -0.472808], abs=1e-6)
+    assert out["b"].flatten().tolist() == pytest.approx([-0.313684], abs=1e-6)
+    # the same weights as writing the model out by hand, trunk first, then the heads in order
+    torch.manual_seed(0)
+    trunk = nn.Sequential(nn.Flatten(1), nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU())
+    by_hand = HardSharing(trunk, {"a": head("classification", 8, 3, 4), "b": head("regression", 8, 1, 4)})
+    for (name, p), (name_hand, p_hand) in zip(
+        net.state_dict().items(), by_hand.state_dict().items(), strict=True
+    ):
+        assert name == name_hand and torch.equal(p, p_hand)
+    assert (
+        param_count(mlp_hard_sharing(324, dict.fromkeys(["left", "right"], ("classification", 10)))) == 75924
+    )
+    assert param_count(mlp_trunk(324)) == 58112
+
+
+def test_mlp_hard_sharing_errors_name_the_argument():
+    with pytest.raises(ValueError, match="^heads must be a non-empty dict"):
+        mlp_hard_sharing(4, {})
+    with pytest.raises(ValueError, match="^heads: entry 'a' must be a"):
+        mlp_hard_sharing(4, {"a": "classification"})
+    with pytest.raises(ValueError, match="in_features"):
+        mlp_trunk(0)
