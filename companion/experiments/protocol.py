@@ -9,6 +9,7 @@ whole measurement once per seed and stacks the numbers so `companion.verdicts` c
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import torch
@@ -79,7 +80,10 @@ def per_seed(
         )
     else:
         rows = (run(seed) for seed in seeds)
-    return list(tqdm(rows, total=len(seeds), desc=desc, disable=not progress))
+    with warnings.catch_warnings():
+        # loky notes when it retires an idle worker between jobs; the results are not affected
+        warnings.filterwarnings("ignore", message="A worker stopped while some jobs", category=UserWarning)
+        return list(tqdm(rows, total=len(seeds), desc=desc, disable=not progress))
 
 
 def over_seeds(
