@@ -4,7 +4,7 @@ and lookahead task affinity.
 Balancers follow the contract of `companion.train.fit`: `backward(losses, ctx) -> logs` leaves in `.grad` the
 gradient of the *scaled* objective and returns scalars to log, always including the task weights "w/<task>".
 Those that differentiate the losses with respect to a shared representation read the model's `shared` tensor
-(see `companion.mtl`). All names are importable from `companion.mtl` too.
+(see `companion.mtl`).
 """
 
 from __future__ import annotations

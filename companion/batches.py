@@ -2,8 +2,7 @@
 `loader`, `split` and `subsample_per_class`.
 
 The order of every epoch is a pure function of (seed, epoch), so a run repeats exactly and resumes mid-epoch
-with `set_epoch`; under torchrun `TensorBatches.shard` gives each process its share of every batch. All of it
-is importable from `companion.data` too.
+with `set_epoch`; under torchrun `TensorBatches.shard` gives each process its share of every batch.
 """
 
 from __future__ import annotations

@@ -2,8 +2,7 @@
 schedule, the domain discriminator and training through fit's extension point.
 
 `grad_reverse`/`GradientReversal`, `dann_lambda` and `domain_discriminator` are the pieces; the `DANN` callback
-and loss step plug them into `fit`, and `train_dann` runs it end to end. All names are importable from
-`companion.transfer` too.
+and loss step plug them into `fit`, and `train_dann` runs it end to end.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Architectures return a dict task -> output and keep the shared representation of their last forward in
 `self.shared` (still in the autograd graph), so that a balancer can differentiate the task losses with respect
 to it. The loss balancers live in `companion.balancers` and the experiment runners (`compare_models`,
-`size_sweep`) in `companion.experiments`; their names stay importable from here.
+`size_sweep`) in `companion.experiments.runners`.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
 `source_model` keys a checkpoint by the whole training configuration and keeps it in
 `<data root>/cache/sources/`; `cached_source` is the shared machinery (atomic writes, reads with
 weights_only, retraining when a file is missing, corrupt or stale). The checkpoints hold state and config
-dicts only, never pickled classes. Both names are importable from `companion.transfer` too.
+dicts only, never pickled classes.
 """
 
 from __future__ import annotations

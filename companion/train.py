@@ -1,7 +1,7 @@
 """One training loop for single-task and multi-task models.
 
 `fit` is a thin facade: its loop is in `companion.loop`, the losses and metrics it shares with `evaluate` in
-`companion.evaluation`; their names stay importable from here."""
+`companion.evaluation`."""
 
 from __future__ import annotations
 

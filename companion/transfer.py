@@ -13,9 +13,8 @@
 - `l2sp` (Li et al. 2018), `transfer_blocks` (Yosinski et al. 2014) and `forgetting`.
 
 Built on this module, each in its own: cached source models (`companion.sources`: `source_model`,
-`cached_source`), domain-adversarial training (`companion.dann`) and the sweeps (`companion.experiments`:
-`label_efficiency`, `block_sweep`, `steps_to`, `labels_to_reach`, `group_rows`, `probe_accuracy`). Their names
-stay importable from here (`from companion.transfer import source_model`).
+`cached_source`), domain-adversarial training (`companion.dann`) and the sweeps (`companion.experiments.runners`:
+`label_efficiency`, `block_sweep`, `steps_to`, `labels_to_reach`, `group_rows`, `probe_accuracy`).
 """
 
 from __future__ import annotations

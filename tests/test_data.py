@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from companion import data as D
-from companion.batches import TensorBatches, loader, subsample_per_class
+from companion.batches import TensorBatches, loader, split, subsample_per_class
 from companion.store import available_datasets, fetch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -478,19 +478,19 @@ def test_loader_workers_are_seeded_per_epoch():
 
 def test_split_sizes_and_fractions():
     x, y = torch.arange(50).float(), {"a": torch.arange(50), "b": -torch.arange(50)}
-    parts = D.split(x, y, [0.7, 0.2, 0.1], seed=0)
+    parts = split(x, y, [0.7, 0.2, 0.1], seed=0)
     assert [len(p[0]) for p in parts] == [35, 10, 5]
     assert sorted(torch.cat([p[0] for p in parts]).long().tolist()) == list(range(50))
     for px, py in parts:
         assert torch.equal(py["a"], px.long()) and torch.equal(py["b"], -px.long())
-    assert [len(p[1]) for p in D.split(x, y["a"], [1 / 3, 1 / 3, 1 / 3], seed=0)] == [17, 17, 16]
-    assert [len(p[1]) for p in D.split(x, y["a"], [10, 5], seed=0)] == [10, 5]
-    assert torch.equal(D.split(x, y["a"], [10], seed=3)[0][0], D.split(x, y["a"], [10], seed=3)[0][0])
-    assert not torch.equal(D.split(x, y["a"], [10], seed=3)[0][0], D.split(x, y["a"], [10], seed=4)[0][0])
+    assert [len(p[1]) for p in split(x, y["a"], [1 / 3, 1 / 3, 1 / 3], seed=0)] == [17, 17, 16]
+    assert [len(p[1]) for p in split(x, y["a"], [10, 5], seed=0)] == [10, 5]
+    assert torch.equal(split(x, y["a"], [10], seed=3)[0][0], split(x, y["a"], [10], seed=3)[0][0])
+    assert not torch.equal(split(x, y["a"], [10], seed=3)[0][0], split(x, y["a"], [10], seed=4)[0][0])
     with pytest.raises(ValueError, match="sizes_or_fractions"):
-        D.split(x, y, [40, 20], seed=0)
+        split(x, y, [40, 20], seed=0)
     with pytest.raises(ValueError, match="sizes_or_fractions"):
-        D.split(x, y, [0.8, 0.5], seed=0)
+        split(x, y, [0.8, 0.5], seed=0)
 
 
 def test_subsample_per_class():

@@ -27,8 +27,8 @@ SCRIPT = textwrap.dedent(
     import os, signal, sys, torch
     from torch import nn
     from companion import distributed
-    from companion.data import TensorBatches
-    from companion.mtl import FAMO, GradAggregation, GradNorm
+    from companion.balancers import FAMO, GradAggregation, GradNorm
+    from companion.batches import TensorBatches
     from companion.train import fit
 
     class TwoHead(nn.Module):

@@ -1,7 +1,7 @@
 """Choosing between transfer and multi-task learning: the decision map and `advise`.
 
-- The sweep that measures the map (`synthetic_pair`, `fashion_pair`, `run_cell`, `sweep`) is in `companion.sweeps`;
-  its names stay importable from here.
+- The sweep that measures the map (`synthetic_pair`, `fashion_pair`, `run_cell`, `sweep`) is in
+  `companion.experiments.sweeps`.
 - `decision_map` turns the sweep's numbers into a winner per cell (undecided, drawn hatched, when the best approach is
   not supported against every other by `verdicts.best_of`, Holm-corrected), `plot_map` draws it and `cost_table` counts steps, parameters and labels.
 - `advise` turns what a practitioner knows into a `Recommendation`: an approach, its reasons, and for each reason

@@ -397,7 +397,7 @@ WINNER_CODE = {"alone": "alone", "probe": "probe", "finetune": "FT", "mtl": "MTL
 
 
 # ------------------------------------------------------------------------------------------- checks and files
-# (the figure's texts against the numbers, the files written; `companion.infographic` re-exports them)
+# (the figure's texts against the numbers, the files written)
 
 
 def figure_texts(fig) -> list[str]:

@@ -5,8 +5,7 @@ Transfer (on `companion.transfer`): `label_efficiency` (accuracy per strategy, l
 `block_sweep` (Yosinski et al. 2014's copy-n-stages experiment), `steps_to`, `labels_to_reach`, `group_rows`
 and `probe_accuracy` (logistic regression on cached features). Multi-task (on `companion.mtl`):
 `compare_models` (several models on the same data, batches and seed) and `size_sweep` (data efficiency over
-nested subsets). The transfer runners stay importable from `companion.transfer`, the multi-task ones from
-`companion.mtl`.
+nested subsets).
 """
 
 from __future__ import annotations
