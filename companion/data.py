@@ -4,7 +4,7 @@ the text set `load_texts`.
 `load_dataset` decodes a dataset's files once and caches the tensors in `<data root>/cache/`, reading straight
 from the read-only mirror when the data root lacks the dataset. Where the files live and how they are
 fetched and checked is `companion.store`; seeded mini-batches, `split` and `subsample_per_class` are
-`companion.batches`.
+`companion.batches` (`split` is also reachable here as `data.split`).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import batches as _batches
 from . import checks
 from .files import atomic_write
 from .store import (
@@ -456,3 +457,6 @@ def fashion_groups(labels: Tensor) -> dict[str, Tensor]:
         raise ValueError("labels must be integer Fashion-MNIST classes in 0..9")
     table = torch.tensor(_FASHION_COARSE, dtype=torch.int64, device=labels.device)
     return {"fine": labels.long(), "coarse": table[labels.long()]}
+
+
+split = _batches.split  # importable from here too; assigned, not imported: `split` is also a parameter here

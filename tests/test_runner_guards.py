@@ -15,7 +15,7 @@ from companion.__main__ import main
 from companion.course import catalog
 from companion.course import runner as course
 from companion.course.params import ParameterError, setup
-from companion.files import resolve
+from companion.files import REPO, resolve
 from companion.store import CHECKSUMS, DamagedFileError, damaged_files
 
 NB = course.NOTEBOOK_DIR / "01_definitions.ipynb"
@@ -202,9 +202,7 @@ def test_an_installed_copy_runs_a_notebook_by_path(tmp_path):
     import sys
 
     site = tmp_path / "site-packages"
-    shutil.copytree(
-        course.REPO / "companion", site / "companion", ignore=shutil.ignore_patterns("__pycache__")
-    )
+    shutil.copytree(REPO / "companion", site / "companion", ignore=shutil.ignore_patterns("__pycache__"))
     nb = tmp_path / "work" / "tiny.ipynb"
     nb.parent.mkdir()
     nb.write_text(json.dumps(TINY))
