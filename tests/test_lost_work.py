@@ -248,14 +248,21 @@ def test_ctrl_c_during_a_run_leaves_the_previous_notebook_and_says_so_in_one_lin
     out.mkdir()
     (out / "tiny.ipynb").write_bytes(PREVIOUS)
 
+    done = threading.Event()
+
     def interrupt():
         deadline = time.time() + 120
         while not marker.exists() and time.time() < deadline:
             time.sleep(0.1)
-        os.kill(os.getpid(), signal.SIGINT)
+        while not done.is_set():  # again if a loaded machine let the first one pass before the runner waited
+            os.kill(os.getpid(), signal.SIGINT)
+            done.wait(20)
 
     threading.Thread(target=interrupt, daemon=True).start()
-    code = main(["run", str(nb), "--out", str(out)])
+    try:
+        code = main(["run", str(nb), "--out", str(out)])
+    finally:
+        done.set()
     line = _error_line(capsys.readouterr().err)
     assert code == 130 and marker.exists()
     assert line.startswith("error: interrupted (Ctrl-C); tiny.ipynb was left as it was"), line
