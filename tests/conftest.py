@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+# pytest-xdist already keeps every core busy: runs asked of protocol.per_seed stay in the test's own process (the
+# default would add one worker process per core), and so do the notebooks the seed guard runs
+os.environ.setdefault("COMPANION_SEED_WORKERS", "1")
 
 
 @pytest.fixture(scope="module")

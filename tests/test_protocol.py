@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from torch import nn
 
-from companion.experiments.protocol import mean_range, over_seeds, seed_stats, seed_workers
+from companion.experiments.protocol import mean_range, over_seeds, per_seed, seed_stats, seed_workers, tune
 
 
 def _train(seed: int) -> dict[str, float]:
@@ -41,7 +43,8 @@ def test_workers_give_bit_identical_numbers_in_seed_order():
 
 def test_worker_count_from_argument_or_environment(monkeypatch):
     monkeypatch.delenv("COMPANION_SEED_WORKERS", raising=False)
-    assert seed_workers() == 1 and seed_workers(3) == 3
+    cores = 1 if torch.cuda.is_available() else os.cpu_count()
+    assert seed_workers() == cores and seed_workers("auto") == cores and seed_workers(3) == 3
     monkeypatch.setenv("COMPANION_SEED_WORKERS", "auto")
     assert seed_workers() >= 1
     monkeypatch.setenv("COMPANION_SEED_WORKERS", "two")
@@ -57,3 +60,21 @@ def test_seed_stats_reference():
     assert mean_range([0.5, 0.75, 1.0]) == "0.750 [0.500, 1.000]"
     with pytest.raises(ValueError, match="values must hold"):
         seed_stats([])
+
+
+def _score(seed: int) -> float:
+    return -_train(seed)["loss"]
+
+
+def _nested_workers(seed: int) -> int:
+    return seed_workers(4)
+
+
+@pytest.mark.slow  # worker processes, each loading torch
+def test_tune_in_workers_picks_the_same_value_with_the_same_scores_and_nesting_stays_in_the_worker():
+    assert tune(_score, [3, 0, 2], workers=2) == tune(_score, [3, 0, 2], workers=1)
+    assert per_seed(_nested_workers, [0, 1], workers=2) == [
+        1,
+        1,
+    ]  # a run inside a worker starts no more workers
+    assert seed_workers(4) == 4  # this process is not a worker

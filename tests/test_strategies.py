@@ -174,3 +174,29 @@ def test_bad_input_raises_one_line_value_error(kw, match):
         S.tuned_strategies(_model(), _data(12, 0), _data(6, 1), _data(6, 2), **args)
     with pytest.raises(ValueError, match="train must be"):
         S.copy_stages(_model(), (torch.zeros(2, 1, 8, 8),), _data(6, 1), 1, device="cpu")
+
+
+@pytest.mark.slow  # worker processes, each loading torch
+def test_tuned_strategies_in_worker_processes_give_the_same_rows():
+    train, val, test = _data(30, 0), _data(12, 1), _data(12, 2)
+    kw = dict(
+        strategies=["linear_probe", "finetune"],
+        lr_grid=[1e-3, 1e-2],
+        seeds=[1, 0],
+        per_class=2,
+        min_steps=4,
+        batch_size=3,
+        device="cpu",
+        extra_tests={"again": test},
+    )
+    serial = S.tuned_strategies(_model(), train, val, test, workers=1, **kw)
+    assert (
+        S.tuned_strategies(_model(), train, val, test, workers=2, **kw) == serial
+    )  # floats compared exactly
+    assert [(r["seed"], r["strategy"]) for r in serial] == [
+        (1, "linear_probe"),
+        (1, "finetune"),
+        (0, "linear_probe"),
+        (0, "finetune"),
+    ]
+    assert all(r["test_acc/again"] == r["test_acc"] for r in serial)

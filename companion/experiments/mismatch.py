@@ -29,7 +29,7 @@ from ..device import pick_device
 from ..evaluation import evaluate
 from ..sources import cached_source
 from ..train import fit
-from .protocol import tune
+from .protocol import parallel_map, tune
 from .strategies import tuned_strategies
 from .verdicts import paired
 
@@ -216,6 +216,7 @@ def domain_adaptation(
     batch_size: int = 64,
     max_lambda: float = 1.0,
     device: str | torch.device = "auto",
+    workers: int | str | None = None,
 ) -> list[dict]:
     """Source-only training, DANN and few-label fine-tuning from one source network, rates tuned alike.
 
@@ -230,6 +231,8 @@ def domain_adaptation(
     - "finetune_few": `per_class` labelled images per class drawn from `target_pool` with the seed, plain `fit`.
 
     Rows: {method, seed, lr (chosen), val_acc, test_acc, val_scores}, seeds in order, methods in the given order.
+    Every (seed, method, rate) run is independent: they run in `workers` processes (`protocol.parallel_map`, the
+    same numbers whatever the count).
     """
     names, grid, seed_list = list(methods), list(lr_grid), list(seeds)
     for label, values in (("methods", names), ("lr_grid", grid), ("seeds", seed_list)):
@@ -253,52 +256,58 @@ def domain_adaptation(
     dev = pick_device(device)
     val_b = TensorBatches(*val, 512, shuffle=False, device=dev)
     test_b = TensorBatches(*test, 512, shuffle=False, device=dev)
+
+    def run(item: tuple[int, str, float]) -> dict:
+        seed, method, lr = item
+        model = copy.deepcopy(source)
+        if method == "finetune_few":
+            xs, ys = subsample_per_class(*target_pool, per_class, seed=seed)
+            batches = TensorBatches(xs, ys, min(batch_size, len(xs)), seed=seed, device=dev)
+            fit(
+                model,
+                batches,
+                epochs=-(-steps // len(batches)),
+                max_steps=steps,
+                lr=lr,
+                seed=seed,
+                device=dev,
+                progress=False,
+            )
+        else:
+            lam = max_lambda if method == "dann" else 0.0
+            train_dann(
+                model,
+                source_data,
+                target_pool[0],
+                epochs=-(-steps * batch_size // len(source_data[1])),
+                max_steps=steps,
+                batch_size=batch_size,
+                lr=lr,
+                max_lambda=lam,
+                seed=seed,
+                device=dev,
+                progress=False,
+            )
+        return {
+            "test_acc": evaluate(model, test_b, device=dev)["acc"],
+            "val_acc": evaluate(model, val_b, device=dev)["acc"],
+        }
+
+    plan = [(seed, method, lr) for seed in seed_list for method in names for lr in grid]
+    done = dict(zip(plan, parallel_map(run, plan, workers=workers)))
     rows = []
     for seed in seed_list:
-        xs, ys = subsample_per_class(*target_pool, per_class, seed=seed)
         for method in names:
-            test_acc: dict[float, float] = {}
-
-            def run(lr: float, method=method, seed=seed, xs=xs, ys=ys, test_acc=test_acc) -> float:
-                model = copy.deepcopy(source)
-                if method == "finetune_few":
-                    batches = TensorBatches(xs, ys, min(batch_size, len(xs)), seed=seed, device=dev)
-                    fit(
-                        model,
-                        batches,
-                        epochs=-(-steps // len(batches)),
-                        max_steps=steps,
-                        lr=lr,
-                        seed=seed,
-                        device=dev,
-                        progress=False,
-                    )
-                else:
-                    lam = max_lambda if method == "dann" else 0.0
-                    train_dann(
-                        model,
-                        source_data,
-                        target_pool[0],
-                        epochs=-(-steps * batch_size // len(source_data[1])),
-                        max_steps=steps,
-                        batch_size=batch_size,
-                        lr=lr,
-                        max_lambda=lam,
-                        seed=seed,
-                        device=dev,
-                        progress=False,
-                    )
-                test_acc[lr] = evaluate(model, test_b, device=dev)["acc"]
-                return evaluate(model, val_b, device=dev)["acc"]
-
-            best, scores = tune(run, grid, name="lr_grid")
+            best, scores = tune(
+                lambda lr, key=(seed, method): done[(*key, lr)]["val_acc"], grid, name="lr_grid"
+            )
             rows.append(
                 {
                     "method": method,
                     "seed": seed,
                     "lr": best,
                     "val_acc": scores[best],
-                    "test_acc": test_acc[best],
+                    "test_acc": done[(seed, method, best)]["test_acc"],
                     "val_scores": scores,
                 }
             )

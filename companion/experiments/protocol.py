@@ -17,16 +17,20 @@ from joblib import Parallel, delayed
 from tqdm.auto import tqdm
 
 
-def tune(run: Callable[[object], float], grid: Sequence, *, name: str = "value") -> tuple[object, dict]:
+def tune(
+    run: Callable[[object], float], grid: Sequence, *, name: str = "value", workers: int | str = 1
+) -> tuple[object, dict]:
     """Try every value of `grid`, return (best value, {value: validation score}); higher scores are better.
 
     `run(value)` trains with that value and returns a score on a validation split. Ties keep the earlier value,
-    so list the grid in the order you would prefer it (e.g. the smaller learning rate first).
+    so list the grid in the order you would prefer it (e.g. the smaller learning rate first). `workers` > 1 (or
+    "auto"/None, see `seed_workers`) tries the values in worker processes (`parallel_map`, the same scores): only
+    for a `run` that keeps nothing by side effect.
     """
     grid = list(grid)
     if not grid:
         raise ValueError(f"{name} grid must name at least one value, got an empty grid")
-    scores = {value: float(run(value)) for value in grid}
+    scores = dict(zip(grid, (float(v) for v in parallel_map(run, grid, workers=workers))))
     best = max(grid, key=lambda v: (scores[v], -grid.index(v)))
     return best, scores
 
@@ -35,11 +39,14 @@ WORKERS_ENV = "COMPANION_SEED_WORKERS"
 
 
 def seed_workers(workers: int | str | None = None) -> int:
-    """How many processes `over_seeds` uses: `workers` if given, else $COMPANION_SEED_WORKERS, else 1; "auto" is
-    the machine's cores (`os.cpu_count()`)."""
-    value = os.environ.get(WORKERS_ENV, "1") if workers is None else workers
+    """How many processes `per_seed` and `tune` use: `workers` if given, else $COMPANION_SEED_WORKERS, else
+    "auto": the machine's cores (`os.cpu_count()`), or 1 where a GPU is present (the runs would share it). Inside
+    a worker it is always 1: a run that itself calls `per_seed` or `tune` runs them in its own process."""
+    if _IN_WORKER:
+        return 1
+    value = os.environ.get(WORKERS_ENV, "auto") if workers is None else workers
     if value == "auto":
-        return os.cpu_count() or 1
+        return 1 if torch.cuda.is_available() else os.cpu_count() or 1
     try:
         n = int(value)
     except (TypeError, ValueError):
@@ -50,9 +57,47 @@ def seed_workers(workers: int | str | None = None) -> int:
     return n
 
 
-def _one_thread(run: Callable[[int], object], seed: int) -> object:
+_IN_WORKER = False  # set in a worker process: nested calls stay in that process
+
+
+def _one_thread(run: Callable, item: object, worker: bool) -> object:
+    """run(item) with one torch thread (in a worker for good; in this process, the thread count restored)."""
+    global _IN_WORKER
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    return run(seed)
+    _IN_WORKER = _IN_WORKER or worker
+    try:
+        return run(item)
+    finally:
+        if not worker:
+            torch.set_num_threads(threads)
+
+
+def parallel_map(
+    run: Callable,
+    items: Iterable,
+    *,
+    workers: int | str | None = None,
+    progress: bool = False,
+    desc: str = "runs",
+) -> list:
+    """[run(item) for item in items], in order, each run with one torch thread; in `workers` processes when that
+    resolves (`seed_workers`) to more than 1. joblib's loky backend: `run` travels by cloudpickle, so a function
+    defined in a notebook works, and whatever it returns must be picklable. Since every run seeds itself and uses
+    one thread, the results are bit-identical whatever the number of workers; side effects of `run` (e.g. a dict
+    it fills) stay in the worker, so return what you keep."""
+    items = list(items)
+    n = min(seed_workers(workers), len(items))
+    if n > 1:
+        rows = Parallel(n_jobs=n, backend="loky", return_as="generator")(
+            delayed(_one_thread)(run, item, True) for item in items
+        )
+    else:
+        rows = (_one_thread(run, item, False) for item in items)
+    with warnings.catch_warnings():
+        # loky notes when it retires an idle worker between jobs; the results are not affected
+        warnings.filterwarnings("ignore", message="A worker stopped while some jobs", category=UserWarning)
+        return list(tqdm(rows, total=len(items), desc=desc, disable=not progress))
 
 
 def per_seed(
@@ -65,25 +110,14 @@ def per_seed(
 ) -> list:
     """[run(seed) for seed in seeds], in the seeds' order, whatever `run` returns (any picklable value).
 
-    `workers` > 1 runs the seeds in that many worker processes (joblib's loky backend; `run` travels by
-    cloudpickle, so a function defined in a notebook works), each with one torch thread: the results are
-    bit-identical to running the seeds one by one with one thread, since every run seeds itself. Default: 1, or
-    $COMPANION_SEED_WORKERS ("auto": one worker per core); `seed_workers` resolves it.
+    The seeds run in worker processes (`parallel_map`; `workers`: default $COMPANION_SEED_WORKERS, else one per
+    core, see `seed_workers`), each with one torch thread: the results are bit-identical to running the seeds
+    one by one with one thread, since every run seeds itself.
     """
     seeds = list(seeds)
     if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
         raise ValueError(f"seeds must be a non-empty list of non-negative integers, got {seeds!r}")
-    n = min(seed_workers(workers), len(seeds))
-    if n > 1:
-        rows = Parallel(n_jobs=n, backend="loky", return_as="generator")(
-            delayed(_one_thread)(run, seed) for seed in seeds
-        )
-    else:
-        rows = (run(seed) for seed in seeds)
-    with warnings.catch_warnings():
-        # loky notes when it retires an idle worker between jobs; the results are not affected
-        warnings.filterwarnings("ignore", message="A worker stopped while some jobs", category=UserWarning)
-        return list(tqdm(rows, total=len(seeds), desc=desc, disable=not progress))
+    return parallel_map(run, seeds, workers=workers, progress=progress, desc=desc)
 
 
 def over_seeds(

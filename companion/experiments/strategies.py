@@ -23,7 +23,7 @@ from ..device import pick_device
 from ..evaluation import evaluate
 from ..train import fit
 from ..transfer import STRATEGIES, adapt, check_pair, layer_groups, prepare, transfer_blocks
-from .protocol import tune
+from .protocol import parallel_map, tune
 
 __all__ = ["base_network", "copy_stages", "random_network", "summarize", "tuned_strategies"]
 
@@ -48,6 +48,7 @@ def tuned_strategies(
     bn: str = "eval",
     device: str | torch.device = "auto",
     extra_tests: Mapping[str, tuple[Tensor, Tensor]] | None = None,
+    workers: int | str | None = None,
 ) -> list[dict]:
     """Every strategy with the same learning-rate grid, each rate chosen on `val`, reported on `test`.
 
@@ -58,6 +59,8 @@ def tuned_strategies(
     Keep `val` disjoint from `train`. Rows: {strategy, seed, lr (chosen), val_acc, test_acc, val_scores}.
     `extra_tests` {name: (images, labels)}: more test sets (e.g. shifted ones never trained on),
     each adapted model is also evaluated on them and rows gain "test_acc/<name>" (at the rate chosen on `val`).
+    Every (seed, strategy, rate) run is independent: they run in `workers` processes (`protocol.parallel_map`,
+    the same numbers whatever the count).
     """
     x, y = check_pair("train", train)
     dev = pick_device(device)
@@ -85,54 +88,53 @@ def tuned_strategies(
     checks.integer("min_steps", min_steps, 0)
     checks.integer("batch_size", batch_size)
     num_classes = int(y.max()) + 1
-    rows = []
-    for seed in seed_list:
-        xs, ys = subsample_per_class(x, y, per_class, seed=seed)
+
+    def run(item: tuple[int, str, float]) -> dict:
+        seed, strategy, lr = item
+        xs, ys = subsample_per_class(
+            x, y, per_class, seed=seed
+        )  # the same images for every strategy and rate
         batches = TensorBatches(xs, ys, min(batch_size, len(xs)), seed=seed, device=dev)
         n_epochs = _epochs(len(batches), min_steps)
+        model = copy.deepcopy(source)
+        adapt(
+            model,
+            strategy,
+            batches,
+            epochs=max(n_epochs, 2) if strategy == "lp_ft" else n_epochs,
+            num_classes=num_classes,
+            bn=bn,
+            lr=lr,
+            seed=seed,
+            device=dev,
+            progress=False,
+        )
+        return {
+            "test_acc": evaluate(model, test_batches, device=dev)["acc"],
+            **{f"test_acc/{name}": evaluate(model, b, device=dev)["acc"] for name, b in extra.items()},
+            "val_acc": evaluate(model, val_batches, device=dev)["acc"],
+        }
+
+    plan = [(seed, strategy, lr) for seed in seed_list for strategy in names for lr in grid]
+    done = dict(zip(plan, parallel_map(run, plan, workers=workers)))
+    rows = []
+    for seed in seed_list:
         for strategy in names:
-            test_acc: dict[float, float] = {}
-            extra_acc: dict[float, dict[str, float]] = {}
-
-            def run(
-                lr: float,
-                strategy=strategy,
-                batches=batches,
-                n_epochs=n_epochs,
-                seed=seed,
-                test_acc=test_acc,
-                extra_acc=extra_acc,
-            ):
-                model = copy.deepcopy(source)
-                adapt(
-                    model,
-                    strategy,
-                    batches,
-                    epochs=max(n_epochs, 2) if strategy == "lp_ft" else n_epochs,
-                    num_classes=num_classes,
-                    bn=bn,
-                    lr=lr,
-                    seed=seed,
-                    device=dev,
-                    progress=False,
-                )
-                test_acc[lr] = evaluate(model, test_batches, device=dev)["acc"]
-                extra_acc[lr] = {
-                    f"test_acc/{name}": evaluate(model, b, device=dev)["acc"] for name, b in extra.items()
-                }
-                return evaluate(model, val_batches, device=dev)["acc"]
-
-            best, scores = tune(run, grid, name="lr_grid")
+            best, scores = tune(
+                lambda lr, key=(seed, strategy): done[(*key, lr)]["val_acc"], grid, name="lr_grid"
+            )
+            result = dict(done[(seed, strategy, best)])
+            val_acc, test_acc = result.pop("val_acc"), result.pop("test_acc")
             rows.append(
                 dict(
                     strategy=strategy,
                     seed=seed,
                     lr=best,
-                    val_acc=scores[best],
-                    test_acc=test_acc[best],
+                    val_acc=val_acc,
+                    test_acc=test_acc,
                     val_scores=scores,
-                    **extra_acc[best],
                 )
+                | result  # the extra test sets' accuracies
             )
     return rows
 
