@@ -18,14 +18,15 @@ from tqdm.auto import tqdm
 
 
 def tune(
-    run: Callable[[object], float], grid: Sequence, *, name: str = "value", workers: int | str = 1
+    run: Callable[[object], float], grid: Sequence, *, name: str = "value", workers: int | str | None = 1
 ) -> tuple[object, dict]:
     """Try every value of `grid`, return (best value, {value: validation score}); higher scores are better.
 
     `run(value)` trains with that value and returns a score on a validation split. Ties keep the earlier value,
-    so list the grid in the order you would prefer it (e.g. the smaller learning rate first). `workers` > 1 (or
-    "auto"/None, see `seed_workers`) tries the values in worker processes (`parallel_map`, the same scores): only
-    for a `run` that keeps nothing by side effect.
+    so list the grid in the order you would prefer it (e.g. the smaller learning rate first). `workers`: 1 (the
+    default) tries the values one by one in this process; None or a count tries them in worker processes like
+    `per_seed`'s seeds (`parallel_map`, the same scores; None: $COMPANION_SEED_WORKERS, else one per core), which
+    suits only a `run` that keeps nothing by side effect.
     """
     grid = list(grid)
     if not grid:
