@@ -99,3 +99,31 @@ def test_memo_travels_by_value_to_a_worker_process():
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "{'x': 9, 'tasks': ['a']}"
+
+
+def test_many_runs_only_what_is_not_remembered_and_remembers_it():
+    calls = []
+
+    @memo
+    def run(method, lr, seed=0):
+        calls.append((method, lr, seed))
+        return {"score": lr * 10 + seed}
+
+    assert run("a", 1.0) == {"score": 10.0}
+    out = run.many([("a", 1.0), ("a", 2.0, 1), {"method": "a", "lr": 2.0, "seed": 1}, ("b", 3.0)], workers=1)
+    assert out == [{"score": 10.0}, {"score": 21.0}, {"score": 21.0}, {"score": 30.0}]
+    assert calls == [("a", 1.0, 0), ("a", 2.0, 1), ("b", 3.0, 0)]  # each distinct call ran once
+    assert run("b", 3.0) == {"score": 30.0} and len(calls) == 3  # read back, not rerun
+    out[0]["score"] = -1
+    assert run("a", 1.0) == {"score": 10.0}  # copies, as from a call
+
+
+@pytest.mark.slow  # worker processes, each loading torch
+def test_many_in_worker_processes_remembers_what_the_workers_computed():
+    run = memo(_square_plus)
+    assert run.many([(2,), (3,), (2,)], workers=2) == [5, 10, 5]
+    assert sorted(run.cache.values()) == [5, 10]  # the workers' results are remembered here
+
+
+def _square_plus(x):
+    return x * x + 1

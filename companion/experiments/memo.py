@@ -5,8 +5,10 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Any
+
+from .protocol import parallel_map
 
 
 def _frozen(name: str, value: Any) -> Hashable:
@@ -34,7 +36,8 @@ def memo(fn: Callable) -> Callable:
     tuples), so `run("equal", 1e-3)` and `run("equal", lr=1e-3, tasks=["left"])` share an entry when those are
     the defaults. Every call returns a deep copy, so a caller that changes a result cannot change the cache.
     The cache lives on the returned function (`.cache`, a dict argument key -> result; `.cache_clear()`), not in
-    a module global. Built on `functools.wraps` and `inspect.signature`: `functools.cache` alone rejects list
+    a module global. `.many(calls)` runs the calls not yet remembered side by side in worker processes and
+    remembers their results (a run in a worker would otherwise be forgotten). Built on `functools.wraps` and `inspect.signature`: `functools.cache` alone rejects list
     arguments, tells `f(1)` from `f(x=1)` and hands out the cached object itself.
     """
     if not callable(fn):
@@ -51,6 +54,35 @@ def memo(fn: Callable) -> Callable:
             cache[key] = fn(*bound.args, **bound.kwargs)
         return copy.deepcopy(cache[key])
 
+    def many(
+        calls: Iterable[tuple | Mapping],
+        *,
+        workers: int | str | None = None,
+        progress: bool = False,
+        desc: str = "runs",
+    ) -> list:
+        """`fn` for every call (a tuple of positional arguments, or a dict of keyword arguments), in order: the
+        calls not yet remembered run side by side (`protocol.parallel_map`: worker processes, `workers` as for
+        `per_seed`), their results join the cache, and every result comes back as a copy, as from a call."""
+        bound = []
+        for call in calls:
+            args, kwargs = ((), dict(call)) if isinstance(call, Mapping) else (tuple(call), {})
+            b = signature.bind(*args, **kwargs)
+            b.apply_defaults()
+            key = tuple((name, _frozen(name, value)) for name, value in b.arguments.items())
+            bound.append((key, b.args, b.kwargs))
+        todo = list({key: (a, k) for key, a, k in bound if key not in cache}.items())
+        done = parallel_map(
+            lambda job: fn(*job[0], **job[1]),
+            [job for _, job in todo],
+            workers=workers,
+            progress=progress,
+            desc=desc,
+        )
+        cache.update(zip([key for key, _ in todo], done))
+        return [copy.deepcopy(cache[key]) for key, _, _ in bound]
+
     remembered.cache = cache
     remembered.cache_clear = cache.clear
+    remembered.many = many
     return remembered

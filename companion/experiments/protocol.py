@@ -9,9 +9,12 @@ whole measurement once per seed and stacks the numbers so `companion.verdicts` c
 from __future__ import annotations
 
 import os
+import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 
+import cloudpickle
 import torch
 from joblib import Parallel, delayed
 from tqdm.auto import tqdm
@@ -74,6 +77,17 @@ def _one_thread(run: Callable, item: object, worker: bool) -> object:
             torch.set_num_threads(threads)
 
 
+def _from_file(path: str, item: object) -> object:
+    """In a worker: load the function saved at `path` once (the latest one kept), run it on `item`."""
+    if _LOADED.get("path") != path:
+        _LOADED.clear()
+        _LOADED.update(path=path, run=cloudpickle.loads(Path(path).read_bytes()))
+    return _one_thread(_LOADED["run"], item, True)
+
+
+_LOADED: dict = {}  # in a worker: the function of the current parallel_map call, loaded once
+
+
 def parallel_map(
     run: Callable,
     items: Iterable,
@@ -83,21 +97,24 @@ def parallel_map(
     desc: str = "runs",
 ) -> list:
     """[run(item) for item in items], in order, each run with one torch thread; in `workers` processes when that
-    resolves (`seed_workers`) to more than 1. joblib's loky backend: `run` travels by cloudpickle, so a function
-    defined in a notebook works, and whatever it returns must be picklable. Since every run seeds itself and uses
-    one thread, the results are bit-identical whatever the number of workers; side effects of `run` (e.g. a dict
-    it fills) stay in the worker, so return what you keep."""
+    resolves (`seed_workers`) to more than 1. joblib's loky backend; `run` is pickled once by cloudpickle (so a
+    function defined in a notebook works, with whatever it captures, e.g. the data) into a temporary file that
+    each worker loads once, and whatever it returns must be picklable. Since every run seeds itself and uses one
+    thread, the results are bit-identical whatever the number of workers; side effects of `run` (e.g. a dict it
+    fills) stay in the worker, so return what you keep."""
     items = list(items)
     n = min(seed_workers(workers), len(items))
-    if n > 1:
-        rows = Parallel(n_jobs=n, backend="loky", return_as="generator")(
-            delayed(_one_thread)(run, item, True) for item in items
-        )
-    else:
-        rows = (_one_thread(run, item, False) for item in items)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), tempfile.TemporaryDirectory(prefix="companion-run-") as tmp:
         # loky notes when it retires an idle worker between jobs; the results are not affected
         warnings.filterwarnings("ignore", message="A worker stopped while some jobs", category=UserWarning)
+        if n > 1:
+            path = Path(tmp) / "run.pkl"
+            path.write_bytes(cloudpickle.dumps(run))
+            rows = Parallel(n_jobs=n, backend="loky", return_as="generator")(
+                delayed(_from_file)(str(path), item) for item in items
+            )
+        else:
+            rows = (_one_thread(run, item, False) for item in items)
         return list(tqdm(rows, total=len(items), desc=desc, disable=not progress))
 
 
