@@ -149,3 +149,54 @@ def test_fullscale_estimate_covers_every_committed_notebook(tmp_path):
     for row in saved["notebooks"].values():
         assert row["quick_cpu_s"] > 0
         assert row["quick_cpu_s"] <= row["full_cpu_s"]["low"] + 1e-9 <= row["full_cpu_s"]["high"] + 2e-9
+
+
+def test_fullscale_seeds_called_for_reads_the_inconclusive_verdicts():
+    from benchmarks import fullscale
+
+    def claim(short, verdict, need=None, parts=None):
+        record = {"verdict": verdict}
+        if verdict == "inconclusive":
+            record |= {"detectable": 0.1, "seeds_needed": need}
+        if parts:
+            record["parts"] = parts
+        return {"short": short, "verdict": verdict, "measured": {"verdict": record}}
+
+    parts = {
+        "a": {"verdict": "inconclusive", "detectable": 0.1, "seeds_needed": 9},
+        "b": {"verdict": "inconclusive", "detectable": 0.2, "seeds_needed": 14},
+        "c": {"verdict": "supported"},
+    }
+    claims = [
+        claim("settled", "supported"),
+        claim("needs 12", "inconclusive", 12),
+        claim("two parts", "inconclusive", 9, parts),  # the most any open part needs: 14
+        claim("out of reach", "inconclusive", 40),
+        claim("beyond any count", "inconclusive", None),
+    ]
+    out = fullscale.seeds_called_for(claims, cap=20)
+    assert out["wanted"] == 14
+    assert out["claims"] == {"needs 12": 12, "two parts": 14, "out of reach": 40, "beyond any count": None}
+    assert out["beyond"] == ["out of reach", "beyond any count"]
+    assert fullscale.seeds_called_for(claims[:1], cap=20) == {"wanted": None, "claims": {}, "beyond": []}
+
+
+def test_fullscale_counts_the_seed_list_as_n_seeds(tmp_path):
+    from benchmarks import fullscale
+
+    nb = _notebook(
+        [
+            ("N_SEEDS: int = 0", 0.0),
+            (
+                'cfg = setup(N_SEEDS=N_SEEDS, defaults={"N_SEEDS": (5, 10)})\nSEEDS = [cfg.SEED + i for i in range(cfg.N_SEEDS)]',
+                1.0,
+            ),
+            ("runs = [train(seed) for seed in SEEDS]", 10.0),
+        ]
+    )
+    path = tmp_path / "00_x.ipynb"
+    path.write_text(json.dumps(nb))
+    assert fullscale.notebook_estimate(path)["full_cpu_s"]["low"] == pytest.approx(1.0 + 10 * 2)
+    assert fullscale.notebook_estimate(path, full={"N_SEEDS": 20})["full_cpu_s"]["low"] == pytest.approx(
+        1.0 + 10 * 4
+    )
