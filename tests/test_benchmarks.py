@@ -200,3 +200,16 @@ def test_fullscale_counts_the_seed_list_as_n_seeds(tmp_path):
     assert fullscale.notebook_estimate(path, full={"N_SEEDS": 20})["full_cpu_s"]["low"] == pytest.approx(
         1.0 + 10 * 4
     )
+
+
+def test_first_run_links_the_datasets_but_not_the_caches(tmp_path):
+    from benchmarks import first_run
+
+    source = tmp_path / "data"
+    (source / "mnist").mkdir(parents=True)
+    (source / "cache" / "sources").mkdir(parents=True)
+    (source / "README.md").write_text("licences")
+    (tmp_path / "tmp").mkdir()
+    data = first_run.cold_data(source, tmp_path / "tmp")
+    assert sorted(p.name for p in data.iterdir()) == ["README.md", "mnist"]
+    assert (data / "mnist").resolve() == (source / "mnist").resolve() and not (data / "cache").exists()

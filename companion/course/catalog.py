@@ -19,7 +19,9 @@ ESTIMATE = (
 
 
 def runtimes() -> dict:
-    """Measured runtimes, {notebook stem: {"cpu"|"gpu": {wall_s, cpu_s, load, cores, scale}}} (`make notebooks`)."""
+    """Measured runtimes, {notebook stem: {"cpu"|"gpu"|"cpu_first": {wall_s, cpu_s, load, cores, scale}}}:
+    "cpu" and "gpu" from `make notebooks` (warm caches), "cpu_first" from `benchmarks/first_run.py` (the first run
+    of the course, which fills the caches)."""
     return json.loads(RUNTIMES.read_text()) if RUNTIMES.exists() else {}
 
 
@@ -47,6 +49,11 @@ class Notebook:
     def cpu_minutes(self) -> float | None:
         """Measured minutes at quick scale on a CPU machine (the course's reference: 2 cores); None if never run."""
         return expected_minutes(runtimes().get(self.stem, {}).get("cpu"))
+
+    @property
+    def first_run_minutes(self) -> float | None:
+        """Measured minutes of the course's first run on the CPU machine (empty caches); None if never measured."""
+        return expected_minutes(runtimes().get(self.stem, {}).get("cpu_first"))
 
     @property
     def gpu_minutes(self) -> float | None:
@@ -120,8 +127,10 @@ COURSE = [
 
 def expected_time(nb: Notebook) -> str:
     """The header line every notebook carries, generated from its measured runtimes (kept in sync by the runner)."""
-    cpu, gpu, estimate = nb.cpu_minutes, nb.gpu_minutes, nb.gpu_estimate
+    cpu, gpu, estimate, first = nb.cpu_minutes, nb.gpu_minutes, nb.gpu_estimate, nb.first_run_minutes
     cpu_text = f"about {cpu:g} minutes on a 2-core CPU" if cpu is not None else "not yet measured on a CPU"
+    if cpu is not None and first is not None and first - cpu >= 0.2:
+        cpu_text += f" ({first:g} the first time, which fills the caches)"
     gpu_text = f"about {gpu:g} minutes on a GPU" if gpu is not None else "not yet measured on a GPU"
     guess = ""
     if gpu is None and estimate is not None:
@@ -135,10 +144,14 @@ def minutes_span(estimate: tuple[float, float]) -> str:
     return f"{low:g}" if low == high else f"{low:g} to {high:g}"
 
 
-def record_runtime(stem: str, wall_s: float, cpu_s: float, scale: str, device: str) -> None:
-    """Keep one measured run of a committed notebook in notebooks/runtimes.json (under "gpu" or "cpu")."""
+def record_runtime(
+    stem: str, wall_s: float, cpu_s: float, scale: str, device: str, *, first_run: bool = False
+) -> None:
+    """Keep one measured run of a committed notebook in notebooks/runtimes.json (under "gpu" or "cpu"; a CPU run
+    with empty caches, `first_run`, under "cpu_first")."""
     data = runtimes()
-    data.setdefault(stem, {})["gpu" if device == "cuda" else "cpu"] = {
+    key = "gpu" if device == "cuda" else "cpu_first" if first_run else "cpu"
+    data.setdefault(stem, {})[key] = {
         "wall_s": round(wall_s, 1),
         "cpu_s": round(cpu_s, 1),
         "load": round(os.getloadavg()[0], 2),

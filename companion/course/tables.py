@@ -18,11 +18,36 @@ def _course_table() -> str:
             return f"not measured (estimated {minutes_span(estimate)})"
         return "not measured" if v is None else f"{v:g}"
 
-    rows = ["| notebook | topic | minutes, 2-core CPU (quick) | minutes, GPU (full) |", "|---|---|---|---|"]
+    rows = [
+        "| notebook | topic | minutes, 2-core CPU (quick) | first run, caches empty | minutes, GPU (full) |",
+        "|---|---|---|---|---|",
+    ]
     rows += [
-        f"| {nb.stem} | {nb.title} | {cell(nb.cpu_minutes)} | {cell(nb.gpu_minutes, nb.gpu_estimate)} |"
+        f"| {nb.stem} | {nb.title} | {cell(nb.cpu_minutes)} | {cell(nb.first_run_minutes)} | "
+        f"{cell(nb.gpu_minutes, nb.gpu_estimate)} |"
         for nb in COURSE
     ]
+
+    def total(values: list) -> str:
+        known = [v for v in values if v is not None]
+        missing = len(values) - len(known)
+        return (
+            "not measured"
+            if not known
+            else f"{sum(known):.1f}" + (f" ({missing} not measured)" if missing else "")
+        )
+
+    gpu = [nb.gpu_minutes for nb in COURSE]
+    estimates = [nb.gpu_estimate for nb in COURSE]
+    gpu_total = (
+        f"not measured (estimated {minutes_span(tuple(round(sum(e[i] for e in estimates), 1) for i in (0, 1)))})"
+        if all(v is None for v in gpu) and all(e is not None for e in estimates)
+        else total(gpu)
+    )
+    rows.append(
+        f"| **all** | the whole course | {total([nb.cpu_minutes for nb in COURSE])} | "
+        f"{total([nb.first_run_minutes for nb in COURSE])} | {gpu_total} |"
+    )
     return "\n".join(rows)
 
 
@@ -45,15 +70,20 @@ def _teaching_table(times: dict | None = None) -> str:
     """The workshop plan's table (docs/teaching.md): course order, measured minutes per notebook (from
     notebooks/runtimes.json, or `times` in its format) and their sum."""
     times = runtimes() if times is None else times
-    rows = ["| order | notebook | minutes, 2-core CPU (quick) | minutes, GPU (full) |", "|---|---|---|---|"]
-    totals: dict[str, list[float | None]] = {"cpu": [], "gpu": []}
+    kinds = {
+        "cpu": "minutes, 2-core CPU (quick)",
+        "cpu_first": "first run, caches empty",
+        "gpu": "minutes, GPU (full)",
+    }
+    rows = ["| order | notebook | " + " | ".join(kinds.values()) + " |", "|---|---|" + "---|" * len(kinds)]
+    totals: dict[str, list[float | None]] = {kind: [] for kind in kinds}
     for i, nb in enumerate(COURSE, 1):
         cells = []
-        for kind in ("cpu", "gpu"):
+        for kind in kinds:
             minutes = expected_minutes(times.get(nb.stem, {}).get(kind))
             totals[kind].append(minutes)
             cells.append("not measured" if minutes is None else f"{minutes:g}")
-        rows.append(f"| {i} | {nb.stem} | {cells[0]} | {cells[1]} |")
+        rows.append(f"| {i} | {nb.stem} | " + " | ".join(cells) + " |")
 
     def total(values: list[float | None]) -> str:
         known = [v for v in values if v is not None]
@@ -62,7 +92,7 @@ def _teaching_table(times: dict | None = None) -> str:
         missing = len(values) - len(known)
         return f"{sum(known):.1f}" + (f" ({missing} not measured)" if missing else "")
 
-    rows.append(f"| | **all, in one sitting** | {total(totals['cpu'])} | {total(totals['gpu'])} |")
+    rows.append("| | **all, in one sitting** | " + " | ".join(total(totals[kind]) for kind in kinds) + " |")
     return "\n".join(rows)
 
 
