@@ -99,3 +99,15 @@ def test_auxiliary_sweep_rows_and_curves():
         auxiliary_sweep(builders, _data, [20], [0], main="nope", steps=8, device="cpu")
     with pytest.raises(ValueError, match="sizes"):
         auxiliary_sweep(builders, _data, [100], [0], main="main", steps=8, device="cpu")
+
+
+@pytest.mark.slow  # worker processes, each loading torch
+def test_auxiliary_sweep_in_worker_processes_gives_the_same_rows():
+    builders = {"single": lambda: _model(["main"]), "multi": lambda: _model(["main", "aux"])}
+    kw = dict(main="main", steps=8, batch_size=10, lr=1e-2, device="cpu", curve_size=60, eval_every=2)
+    one = auxiliary_sweep(builders, _data, [20, 60], [1, 0], workers=1, **kw)
+    two = auxiliary_sweep(builders, _data, [20, 60], [1, 0], workers=2, **kw)
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in two] == [
+        {k: v for k, v in r.items() if k != "seconds"} for r in one
+    ]  # floats compared exactly, rows in (seed, size, model) order
+    assert [(r["seed"], r["n"]) for r in one[::2]] == [(1, 20), (1, 60), (0, 20), (0, 60)]

@@ -540,3 +540,24 @@ def test_labels_to_reach_interpolates_in_log_labels():
     assert labels_to_reach(curve, 0.95) is None
     with pytest.raises(ValueError, match="points"):
         labels_to_reach({0: 0.5}, 0.4)
+
+
+@pytest.mark.slow  # worker processes, each loading torch
+def test_label_efficiency_in_worker_processes_gives_the_same_rows():
+    kw = dict(
+        per_class=[2, None],
+        strategies=["scratch", "linear_probe"],
+        seeds=[1, 0],
+        min_steps=5,
+        batch_size=4,
+        lr=0.01,
+        **RUN,
+    )
+    key = ("seed", "label", "strategy", "acc", "steps", "epochs", "n_train")
+    one = label_efficiency(_model(), _pair(), _pair(12, seed=1), workers=1, **kw)
+    two = label_efficiency(_model(), _pair(), _pair(12, seed=1), workers=2, **kw)
+    assert [tuple(r[k] for k in key) for r in two] == [tuple(r[k] for k in key) for r in one]
+    assert [(r["seed"], r["label"], r["strategy"]) for r in one[:2]] == [
+        (1, "2", "scratch"),
+        (1, "2", "linear_probe"),
+    ]

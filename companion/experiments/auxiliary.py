@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from .protocol import parallel_map
 from .runners import compare_models, labels_to_reach
 from .runners import steps_to as _steps_to
 
@@ -128,6 +129,7 @@ def auxiliary_sweep(
     curve_size: int | None = None,
     eval_every: int = 25,
     fit_options: dict | None = None,
+    workers: int | str | None = None,
 ) -> list[dict]:
     """Train every model on nested training sets for every seed, judged on the `main` task.
 
@@ -136,7 +138,9 @@ def auxiliary_sweep(
     steps (epochs = max(1, round(steps * batch_size / n))), same batches and seed for every model. At
     n == `curve_size` the main task's test accuracy is recorded every `eval_every` steps. Returns one row per
     (seed, n, model): {"model", "n", "seed", "epochs", "params", "seconds", "train", "test", "curve"} with
-    "curve" = {"steps": [...], "acc": [...]} (empty lists away from curve_size).
+    "curve" = {"steps": [...], "acc": [...]} (empty lists away from curve_size). Every (seed, n) runs as one job
+    of `protocol.parallel_map` (`workers` processes; the same numbers whatever the count; "seconds" are then
+    measured in the worker).
     """
 
     sizes, seeds = list(sizes), list(seeds)
@@ -148,45 +152,54 @@ def auxiliary_sweep(
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
     if not callable(data):
         raise ValueError("data must be a callable seed -> ((x, y) pool, (x, y) test)")
-    rows = []
-    for seed in seeds:
+
+    def checked(seed: int) -> tuple:
         (x, y), (xt, yt) = data(seed)
         if main not in y or main not in yt:
             raise ValueError(f"main: task {main!r} is not among the targets {sorted(y)}")
         if max(sizes) > len(x):
             raise ValueError(f"sizes: the largest size {max(sizes)} exceeds the pool of {len(x)} items")
-        for n in sizes:
-            epochs = max(1, round(steps * batch_size / n))
-            probes: dict[str, AccuracyEvery] = {}
-            results = compare_models(
-                builders,
-                (x[:n], {t: v[:n] for t, v in y.items()}),
-                (xt, yt),
-                epochs=epochs,
-                lr=lr,
-                batch_size=batch_size,
-                seed=seed,
-                device=device,
-                fit_options=fit_options,
-                fit_kwargs={
-                    name: _with_probe(probes, name, xt, yt[main], main, eval_every) for name in builders
+        return (x, y), (xt, yt)
+
+    checked(seeds[0])  # bad arguments stop here, before any training
+
+    def one(job: tuple[int, int]) -> list[dict]:
+        seed, n = job
+        (x, y), (xt, yt) = checked(seed)
+        epochs = max(1, round(steps * batch_size / n))
+        probes: dict[str, AccuracyEvery] = {}
+        results = compare_models(
+            builders,
+            (x[:n], {t: v[:n] for t, v in y.items()}),
+            (xt, yt),
+            epochs=epochs,
+            lr=lr,
+            batch_size=batch_size,
+            seed=seed,
+            device=device,
+            fit_options=fit_options,
+            fit_kwargs={name: _with_probe(probes, name, xt, yt[main], main, eval_every) for name in builders}
+            if n == curve_size
+            else None,
+        )
+        rows = []
+        for name, r in results.items():
+            probe = probes.get(name)
+            rows.append(
+                {
+                    "model": name,
+                    "n": n,
+                    "seed": seed,
+                    "epochs": epochs,
+                    "params": r["params"],
+                    "seconds": r["seconds"],
+                    "train": r["train"],
+                    "test": r["test"],
+                    "curve": {"steps": probe.steps if probe else [], "acc": probe.acc if probe else []},
                 }
-                if n == curve_size
-                else None,
             )
-            for name, r in results.items():
-                probe = probes.get(name)
-                rows.append(
-                    {
-                        "model": name,
-                        "n": n,
-                        "seed": seed,
-                        "epochs": epochs,
-                        "params": r["params"],
-                        "seconds": r["seconds"],
-                        "train": r["train"],
-                        "test": r["test"],
-                        "curve": {"steps": probe.steps if probe else [], "acc": probe.acc if probe else []},
-                    }
-                )
+        return rows
+
+    jobs = [(seed, n) for seed in seeds for n in sizes]
+    rows = [row for part in parallel_map(one, jobs, workers=workers) for row in part]
     return rows

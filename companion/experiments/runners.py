@@ -26,6 +26,7 @@ from ..models import count_params, stages
 from ..plugins import EvaluateEvery
 from ..train import fit
 from ..transfer import BN_POLICIES, STRATEGIES, adapt, check_pair, layer_groups, prepare, transfer_blocks
+from .protocol import parallel_map
 
 __all__ = [
     "block_sweep",
@@ -71,6 +72,7 @@ def label_efficiency(
     val: tuple[Tensor, Tensor] | None = None,
     eval_every: int | None = None,
     device: str | torch.device = "auto",
+    workers: int | str | None = 1,
 ) -> list[dict]:
     """Target accuracy per strategy, labels per class and seed: the label-efficiency sweep.
 
@@ -80,7 +82,9 @@ def label_efficiency(
     accuracy on `test`. lr may map strategy -> rate. With `val`, each run's history has val_acc per epoch, or
     every `eval_every` steps (then the history's "epochs" are chunks of that many steps: a convergence curve).
     Rows: {strategy, seed, per_class (all: the mean per class), label ("all" or the count), n_train, acc,
-    epochs, steps, time_s, history}.
+    epochs, steps, time_s, history}. `workers`: 1 (the default) runs here, one run after another, so time_s
+    compares runs on an otherwise quiet machine; None or a count runs every (seed, size, strategy) as one job of
+    `protocol.parallel_map` (worker processes, the same numbers; time_s then measured side by side).
     """
     x, y = check_pair("train", train)
     x_test, y_test = check_pair("test", test)
@@ -119,52 +123,52 @@ def label_efficiency(
     val_batches = (
         None if val is None else TensorBatches(*check_pair("val", val), 512, shuffle=False, device=dev)
     )
-    rows = []
-    for seed in seed_list:
-        for k in sizes:
-            xs, ys = (x, y) if k is None else subsample_per_class(x, y, k, seed=seed)
-            batches = TensorBatches(xs, ys, min(batch_size, len(xs)), seed=seed, device=dev)
-            n_epochs = _epochs_for(batches, epochs, min_steps)
-            curve_kw = {}
-            if eval_every is not None:  # whole evaluation intervals: the run ends on an evaluation
-                steps = -(-n_epochs * len(batches) // eval_every) * eval_every
-                n_epochs, curve_kw["max_steps"] = -(-steps // len(batches)), steps
-            for strategy in names:
-                curve = EvaluateEvery(val_batches, eval_every) if eval_every is not None else None
-                if curve is not None:
-                    curve_kw["callbacks"] = [curve]
-                model = copy.deepcopy(source)
-                t0 = time.perf_counter()
-                history = adapt(
-                    model,
-                    strategy,
-                    batches,
-                    val_batches if curve is None else None,
-                    epochs=max(n_epochs, 2) if strategy == "lp_ft" else n_epochs,
-                    num_classes=num_classes,
-                    bn=bn,
-                    lr=_lr_of(lr, strategy),
-                    seed=seed,
-                    device=dev,
-                    progress=False,
-                    **curve_kw,
-                )
-                history = curve.history() if curve is not None else history
-                acc = evaluate(model, test_batches, device=dev)["acc"]
-                rows.append(
-                    dict(
-                        strategy=strategy,
-                        seed=seed,
-                        per_class=k if k is not None else round(len(ys) / num_classes),
-                        label="all" if k is None else str(k),
-                        n_train=len(ys),
-                        acc=acc,
-                        epochs=len(history),
-                        steps=int(history.last.get("step", 0)),
-                        time_s=time.perf_counter() - t0,
-                        history=history,
-                    )
-                )
+
+    def one(job: tuple[int, int | None, str]) -> dict:
+        seed, k, strategy = job
+        xs, ys = (x, y) if k is None else subsample_per_class(x, y, k, seed=seed)
+        batches = TensorBatches(xs, ys, min(batch_size, len(xs)), seed=seed, device=dev)
+        n_epochs = _epochs_for(batches, epochs, min_steps)
+        curve_kw = {}
+        if eval_every is not None:  # whole evaluation intervals: the run ends on an evaluation
+            steps = -(-n_epochs * len(batches) // eval_every) * eval_every
+            n_epochs, curve_kw["max_steps"] = -(-steps // len(batches)), steps
+        curve = EvaluateEvery(val_batches, eval_every) if eval_every is not None else None
+        if curve is not None:
+            curve_kw["callbacks"] = [curve]
+        model = copy.deepcopy(source)
+        t0 = time.perf_counter()
+        history = adapt(
+            model,
+            strategy,
+            batches,
+            val_batches if curve is None else None,
+            epochs=max(n_epochs, 2) if strategy == "lp_ft" else n_epochs,
+            num_classes=num_classes,
+            bn=bn,
+            lr=_lr_of(lr, strategy),
+            seed=seed,
+            device=dev,
+            progress=False,
+            **curve_kw,
+        )
+        history = curve.history() if curve is not None else history
+        acc = evaluate(model, test_batches, device=dev)["acc"]
+        return dict(
+            strategy=strategy,
+            seed=seed,
+            per_class=k if k is not None else round(len(ys) / num_classes),
+            label="all" if k is None else str(k),
+            n_train=len(ys),
+            acc=acc,
+            epochs=len(history),
+            steps=int(history.last.get("step", 0)),
+            time_s=time.perf_counter() - t0,
+            history=history,
+        )
+
+    jobs = [(seed, k, strategy) for seed in seed_list for k in sizes for strategy in names]
+    rows = parallel_map(one, jobs, workers=workers)
     return rows
 
 
