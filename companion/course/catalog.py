@@ -129,13 +129,17 @@ def expected_time(nb: Notebook) -> str:
     """The header line every notebook carries, generated from its measured runtimes (kept in sync by the runner)."""
     cpu, gpu, estimate, first = nb.cpu_minutes, nb.gpu_minutes, nb.gpu_estimate, nb.first_run_minutes
     cpu_text = f"about {cpu:g} minutes on a 2-core CPU" if cpu is not None else "not yet measured on a CPU"
+    first_text = ""
     if cpu is not None and first is not None and first - cpu >= 0.2:
-        cpu_text += f" ({first:g} the first time, which fills the caches)"
+        first_text = f"; {first:g} the first time, which fills the caches"
     gpu_text = f"about {gpu:g} minutes on a GPU" if gpu is not None else "not yet measured on a GPU"
     guess = ""
     if gpu is None and estimate is not None:
         guess = f"; estimated {minutes_span(estimate)} minutes by `benchmarks/fullscale.py`"
-    return f'**Expected time.** Measured: {cpu_text} (`SCALE="quick"`); {gpu_text} (`SCALE="full"`{guess}).'
+    return (
+        f'**Expected time.** Measured: {cpu_text} (`SCALE="quick"`{first_text}); {gpu_text} '
+        f'(`SCALE="full"`{guess}).'
+    )
 
 
 def minutes_span(estimate: tuple[float, float]) -> str:
