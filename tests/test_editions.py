@@ -321,7 +321,9 @@ def test_sync_runtimes_rewrites_the_teaching_plan(tmp_path, monkeypatch):
         monkeypatch.setattr(module, name, value)
     assert "docs/teaching.md" in tables.sync_runtimes()
     text = (tmp_path / "docs" / "teaching.md").read_text()
-    assert "| 4 | 03_multitask_approaches | not measured | not measured | 0.5 |" in text and "stale" not in text
+    assert (
+        "| 4 | 03_multitask_approaches | not measured | not measured | 0.5 |" in text and "stale" not in text
+    )
     assert text.startswith("# Plan\n\n") and text.endswith(f"{LIST_END}\nend\n")
     assert _between(text, LIST_START, LIST_END) == _exercise_list()
     assert "docs/teaching.md" not in tables.sync_runtimes(), "a second sync changes nothing"
