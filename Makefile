@@ -25,9 +25,10 @@ course: data
 # Unit tests (`make test-fast` runs these alone) and every notebook rerun at another seed through the runner (the seed
 # guard), then nbval over every committed notebook (strict mode turns a course claim that did not hold into a failing
 # cell; their results files go to build/nbval/, not over the committed ones beside the notebooks). Two pytest-xdist
-# workers with one thread each use a 2-core machine better than one process with two threads.
+# workers with one thread each use a 2-core machine better than one process with two threads; since they already fill
+# the cores, the notebooks' seeds run in their own kernel (COMPANION_SEED_WORKERS=1; tests/conftest.py does the same).
 TEST_WORKERS ?= 2
-THREADS := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+THREADS := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 COMPANION_SEED_WORKERS=1
 test: data
 	$(THREADS) $(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal --durations 15 tests
 	COMPANION_STRICT_CLAIMS=1 COMPANION_RESULTS_BASE=$(CURDIR)/build/nbval $(THREADS) $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --nbval-lax --nbval-current-env -p no:cacheprovider --ignore-glob='*.failed.ipynb' notebooks
