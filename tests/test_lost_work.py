@@ -248,24 +248,30 @@ def test_ctrl_c_during_a_run_leaves_the_previous_notebook_and_says_so_in_one_lin
     )
     out = tmp_path / "out"
     out.mkdir()
-    (out / "tiny.ipynb").write_bytes(PREVIOUS)
-    log = tmp_path / "stderr.txt"
-    with log.open("w") as err:  # a file, not a pipe: nothing the runner writes can block it
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "companion", "run", str(nb), "--out", str(out)],
-            stderr=err,
-            stdout=subprocess.DEVNULL,
-        )
-    deadline = time.time() + 180
-    while not marker.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.1)
-    while proc.poll() is None:  # again if a loaded machine let one pass before the runner was waiting
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            pass
-    code = proc.returncode
+    # on a loaded machine a SIGINT can be lost before it reaches the runner (the notebook then runs to its end):
+    # the test is about what the runner does once it arrives, so a lost one is tried again
+    for _attempt in range(3):
+        (out / "tiny.ipynb").write_bytes(PREVIOUS)
+        marker.unlink(missing_ok=True)
+        log = tmp_path / "stderr.txt"
+        with log.open("w") as err:  # a file, not a pipe: nothing the runner writes can block it
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "companion", "run", str(nb), "--out", str(out)],
+                stderr=err,
+                stdout=subprocess.DEVNULL,
+            )
+        deadline = time.time() + 180
+        while not marker.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.1)
+        while proc.poll() is None:  # again if a loaded machine let one pass before the runner was waiting
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                pass
+        code = proc.returncode
+        if code != 0:  # 0: the interrupt never arrived and the notebook ran to its end
+            break
     line = _error_line(log.read_text())
     assert code == 130 and marker.exists()
     assert line.startswith("error: interrupted (Ctrl-C); tiny.ipynb was left as it was"), line
