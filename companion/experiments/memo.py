@@ -37,21 +37,26 @@ def memo(fn: Callable) -> Callable:
     the defaults. Every call returns a deep copy, so a caller that changes a result cannot change the cache.
     The cache lives on the returned function (`.cache`, a dict argument key -> result; `.cache_clear()`), not in
     a module global. `.many(calls)` runs the calls not yet remembered side by side in worker processes and
-    remembers their results (a run in a worker would otherwise be forgotten). Built on `functools.wraps` and `inspect.signature`: `functools.cache` alone rejects list
-    arguments, tells `f(1)` from `f(x=1)` and hands out the cached object itself.
+    remembers their results (a run in a worker would otherwise be forgotten). Built on `functools.wraps` and
+    `inspect.signature`: `functools.cache` alone rejects list arguments, tells `f(1)` from `f(x=1)` and hands out the cached object itself.
     """
     if not callable(fn):
         raise ValueError(f"fn must be callable, got {type(fn).__name__}")
     signature = inspect.signature(fn)
     cache: dict = {}
 
-    @functools.wraps(fn)
-    def remembered(*args: Any, **kwargs: Any) -> Any:
+    def bind(args: tuple, kwargs: dict) -> tuple[tuple, tuple, dict]:
+        """(cache key, positional, keyword arguments) of one call, as `fn` sees it (defaults filled in)."""
         bound = signature.bind(*args, **kwargs)
         bound.apply_defaults()
         key = tuple((name, _frozen(name, value)) for name, value in bound.arguments.items())
+        return key, bound.args, bound.kwargs
+
+    @functools.wraps(fn)
+    def remembered(*args: Any, **kwargs: Any) -> Any:
+        key, args, kwargs = bind(args, kwargs)
         if key not in cache:
-            cache[key] = fn(*bound.args, **bound.kwargs)
+            cache[key] = fn(*args, **kwargs)
         return copy.deepcopy(cache[key])
 
     def many(
@@ -64,13 +69,9 @@ def memo(fn: Callable) -> Callable:
         """`fn` for every call (a tuple of positional arguments, or a dict of keyword arguments), in order: the
         calls not yet remembered run side by side (`protocol.parallel_map`: worker processes, `workers` as for
         `per_seed`), their results join the cache, and every result comes back as a copy, as from a call."""
-        bound = []
-        for call in calls:
-            args, kwargs = ((), dict(call)) if isinstance(call, Mapping) else (tuple(call), {})
-            b = signature.bind(*args, **kwargs)
-            b.apply_defaults()
-            key = tuple((name, _frozen(name, value)) for name, value in b.arguments.items())
-            bound.append((key, b.args, b.kwargs))
+        bound = [
+            bind((), dict(call)) if isinstance(call, Mapping) else bind(tuple(call), {}) for call in calls
+        ]
         todo = list({key: (a, k) for key, a, k in bound if key not in cache}.items())
         done = parallel_map(
             lambda job: fn(*job[0], **job[1]),
