@@ -8,7 +8,15 @@ import pytest
 import torch
 from torch import nn
 
-from companion.experiments.protocol import mean_range, over_seeds, per_seed, seed_stats, seed_workers, tune
+from companion.experiments.protocol import (
+    mean_range,
+    over_seeds,
+    per_seed,
+    seed_stats,
+    seed_workers,
+    tune,
+    tune_each_seed,
+)
 
 
 def _train(seed: int) -> dict[str, float]:
@@ -78,3 +86,15 @@ def test_tune_in_workers_picks_the_same_value_with_the_same_scores_and_nesting_s
         1,
     ]  # a run inside a worker starts no more workers
     assert seed_workers(4) == 4  # this process is not a worker
+
+
+def _job(item):
+    seed, name, value = item
+    return {"val_acc": -abs(value - (seed + len(name))), "test": (seed, name, value)}
+
+
+def test_tune_each_seed_picks_every_seed_and_name_from_one_batch_of_jobs():
+    out = tune_each_seed(_job, [0, 2], ["a", "bb"], [1, 2, 3, 4], workers=1)
+    assert sorted(out) == [(0, "a"), (0, "bb"), (2, "a"), (2, "bb")]
+    assert out[0, "a"] == (1, {1: 0.0, 2: -1.0, 3: -2.0, 4: -3.0}, {"val_acc": 0.0, "test": (0, "a", 1)})
+    assert [out[key][0] for key in sorted(out)] == [1, 2, 3, 4]  # seed + len(name)

@@ -29,7 +29,7 @@ from ..device import pick_device
 from ..evaluation import evaluate
 from ..sources import cached_source
 from ..train import fit
-from .protocol import parallel_map, tune
+from .protocol import tune_each_seed
 from .strategies import tuned_strategies
 from .verdicts import paired
 
@@ -293,21 +293,18 @@ def domain_adaptation(
             "val_acc": evaluate(model, val_b, device=dev)["acc"],
         }
 
-    plan = [(seed, method, lr) for seed in seed_list for method in names for lr in grid]
-    done = dict(zip(plan, parallel_map(run, plan, workers=workers)))
+    picked = tune_each_seed(run, seed_list, names, grid, workers=workers)
     rows = []
     for seed in seed_list:
         for method in names:
-            best, scores = tune(
-                lambda lr, key=(seed, method): done[(*key, lr)]["val_acc"], grid, name="lr_grid"
-            )
+            best, scores, result = picked[seed, method]
             rows.append(
                 {
                     "method": method,
                     "seed": seed,
                     "lr": best,
                     "val_acc": scores[best],
-                    "test_acc": done[(seed, method, best)]["test_acc"],
+                    "test_acc": result["test_acc"],
                     "val_scores": scores,
                 }
             )

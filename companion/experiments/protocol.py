@@ -39,6 +39,29 @@ def tune(
     return best, scores
 
 
+def tune_each_seed(
+    run: Callable[[tuple], Mapping],
+    seeds: Sequence[int],
+    names: Sequence[str],
+    grid: Sequence,
+    *,
+    score: str = "val_acc",
+    workers: int | str | None = None,
+) -> dict[tuple[int, str], tuple[object, dict, Mapping]]:
+    """`tune` for every (seed, name) with one batch of jobs: `run((seed, name, value))` trains once and returns a
+    mapping holding a validation `score`; every (seed, name, value) runs through `parallel_map` (`workers`), then
+    `tune` picks each (seed, name)'s value from the scores. Returns {(seed, name): (best value, {value: score},
+    run's result at the best value)}."""
+    plan = [(seed, name, value) for seed in seeds for name in names for value in grid]
+    done = dict(zip(plan, parallel_map(run, plan, workers=workers)))
+    out = {}
+    for seed in seeds:
+        for name in names:
+            best, scores = tune(lambda v, key=(seed, name): done[(*key, v)][score], grid, name="grid")
+            out[seed, name] = (best, scores, done[seed, name, best])
+    return out
+
+
 WORKERS_ENV = "COMPANION_SEED_WORKERS"
 
 

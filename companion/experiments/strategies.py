@@ -23,7 +23,7 @@ from ..device import pick_device
 from ..evaluation import evaluate
 from ..train import fit
 from ..transfer import STRATEGIES, adapt, check_pair, layer_groups, prepare, transfer_blocks
-from .protocol import parallel_map, tune
+from .protocol import tune_each_seed
 
 __all__ = ["base_network", "copy_stages", "random_network", "summarize", "tuned_strategies"]
 
@@ -115,15 +115,12 @@ def tuned_strategies(
             "val_acc": evaluate(model, val_batches, device=dev)["acc"],
         }
 
-    plan = [(seed, strategy, lr) for seed in seed_list for strategy in names for lr in grid]
-    done = dict(zip(plan, parallel_map(run, plan, workers=workers)))
+    picked = tune_each_seed(run, seed_list, names, grid, workers=workers)
     rows = []
     for seed in seed_list:
         for strategy in names:
-            best, scores = tune(
-                lambda lr, key=(seed, strategy): done[(*key, lr)]["val_acc"], grid, name="lr_grid"
-            )
-            result = dict(done[(seed, strategy, best)])
+            best, scores, result = picked[seed, strategy]
+            result = dict(result)
             val_acc, test_acc = result.pop("val_acc"), result.pop("test_acc")
             rows.append(
                 dict(
